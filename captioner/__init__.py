@@ -1,0 +1,1 @@
+"""Corpus sources, caption engines, CLAP scoring and the distributed captioning job."""

@@ -1,0 +1,32 @@
+"""Captioner commands: `capflow synth-corpus` (also `python -m captioner ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _synth(args) -> int:
+    from .synth import synth_corpus
+
+    out = synth_corpus(args.directory, num_clips=args.clips, num_missing=args.missing, num_corrupt=args.corrupt,
+                       seed=args.seed)
+    print(f"wrote an AudioSet-format corpus to {out}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth-corpus", help="a small AudioSet-format corpus of procedural sounds")
+    p.add_argument("directory", help="output directory")
+    p.add_argument("--clips", type=int, default=24, help="clips with audio (default 24)")
+    p.add_argument("--missing", type=int, default=2, help="listed clips with no audio file (default 2)")
+    p.add_argument("--corrupt", type=int, default=2, help="clips whose file is not decodable (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_synth)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m captioner")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return args.func(args)

@@ -1,0 +1,156 @@
+"""Input corpora as lists of Items: AudioSet exactly as distributed, a folder of audio files, or a
+JSONL/CSV manifest. A source never decodes audio; it says where each clip should be.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from shards.audio import AUDIO_SUFFIXES
+from shards.config import Strict
+from shards.format import make_key
+
+
+@dataclass
+class Item:
+    source: str
+    id: str
+    path: Path
+    labels: list[str] = field(default_factory=list)  # display names
+    strong: list[dict] = field(default_factory=list)  # {"label", "start", "end"} in seconds, time-ordered
+    extra: dict = field(default_factory=dict)  # source-specific ids (ytid, start, end) and human captions
+
+    @property
+    def key(self) -> str:
+        return make_key(self.source, self.id)
+
+    def meta(self) -> dict:
+        return {"key": self.key, "source": self.source, "id": self.id, "path": str(self.path),
+                "labels": self.labels, "strong_labels": self.strong, **self.extra}
+
+
+class SourceConfig(Strict):
+    kind: Literal["audioset", "folder", "manifest"] = "audioset"
+    name: str | None = None  # the key prefix; default: the kind
+    audio_dir: str = ""
+    # AudioSet
+    segments: list[str] = []  # segment CSVs (balanced_train_segments.csv, ...)
+    pattern: str = "{ytid}_{start_ms}.flac"  # file name under audio_dir; fields: ytid, start, end, start_ms
+    class_labels: str | None = None  # class_labels_indices.csv
+    ontology: str | None = None  # ontology.json
+    strong: list[str] = []  # strong-label TSVs
+    # folder
+    glob: str = "**/*"
+    # manifest (JSONL or CSV with a `path` column; optional `id`, `labels`, `caption`)
+    manifest: str | None = None
+    limit: int | None = None  # first N items (after sorting), for quick runs
+
+
+def _read_label_names(cfg: SourceConfig) -> dict[str, str]:
+    names: dict[str, str] = {}
+    if cfg.ontology:
+        for node in json.loads(Path(cfg.ontology).read_text()):
+            names[node["id"]] = node["name"]
+    if cfg.class_labels:
+        with open(cfg.class_labels, newline="") as f:
+            for row in csv.DictReader(f):
+                names[row["mid"]] = row["display_name"]
+    return names
+
+
+def _read_segments(path: str):
+    """Rows of an AudioSet segment CSV: '# ' comment lines, then `YTID, start, end, "mid,mid"`."""
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.strip() and not line.startswith("#")]
+    for row in csv.reader(lines, skipinitialspace=True):
+        if len(row) < 4:
+            raise ValueError(f"{path}: malformed segment row {row!r} (expected YTID, start, end, labels)")
+        yield row[0], float(row[1]), float(row[2]), [m for m in row[3].split(",") if m]
+
+
+def _read_strong(paths: list[str]) -> dict[str, list[tuple[float, float, str]]]:
+    events: dict[str, list] = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                events.setdefault(row["segment_id"], []).append(
+                    (float(row["start_time_seconds"]), float(row["end_time_seconds"]), row["label"]))
+    return events
+
+
+def audioset_items(cfg: SourceConfig) -> list[Item]:
+    if not cfg.segments:
+        raise ValueError("source.kind=audioset needs source.segments (the segment CSV files)")
+    names = _read_label_names(cfg)
+    strong = _read_strong(cfg.strong)
+    audio_dir = Path(cfg.audio_dir)
+    items = []
+    for seg_path in cfg.segments:
+        for ytid, start, end, mids in _read_segments(seg_path):
+            start_ms = round(start * 1000)
+            segment_id = f"{ytid}_{start_ms}"
+            path = audio_dir / cfg.pattern.format(ytid=ytid, start=f"{start:.3f}", end=f"{end:.3f}", start_ms=start_ms)
+            timeline = sorted(strong.get(segment_id, []))
+            items.append(Item(
+                source=cfg.name or "audioset", id=f"{ytid}_{start:.3f}", path=path,
+                labels=[names.get(m, m) for m in mids],
+                strong=[{"label": names.get(m, m), "start": s, "end": e} for s, e, m in timeline],
+                extra={"ytid": ytid, "start": start, "end": end, "segment_id": segment_id},
+            ))
+    return items
+
+
+def folder_items(cfg: SourceConfig) -> list[Item]:
+    root = Path(cfg.audio_dir)
+    if not root.is_dir():
+        raise ValueError(f"source.audio_dir {root} is not a directory")
+    paths = sorted(p for p in root.glob(cfg.glob) if p.suffix.lower() in AUDIO_SUFFIXES)
+    return [Item(source=cfg.name or "folder", id=str(p.relative_to(root).with_suffix("")), path=p) for p in paths]
+
+
+def manifest_items(cfg: SourceConfig) -> list[Item]:
+    if not cfg.manifest:
+        raise ValueError("source.kind=manifest needs source.manifest (a .jsonl or .csv file)")
+    path = Path(cfg.manifest)
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    items = []
+    for n, row in enumerate(rows):
+        if "path" not in row:
+            raise ValueError(f"{path}: row {n + 1} has no 'path' field")
+        audio = Path(cfg.audio_dir) / row["path"] if cfg.audio_dir else Path(row["path"])
+        labels = row.get("labels") or []
+        if isinstance(labels, str):
+            labels = [x for x in labels.split(",") if x]
+        extra = {"human_captions": [row["caption"]]} if row.get("caption") else {}
+        items.append(Item(source=cfg.name or "manifest", id=str(row.get("id") or Path(row["path"]).stem),
+                          path=audio, labels=labels, extra=extra))
+    return items
+
+
+SOURCES = {"audioset": audioset_items, "folder": folder_items, "manifest": manifest_items}
+
+
+def load_items(cfg: SourceConfig) -> list[Item]:
+    """All items of a source, sorted by key (a deterministic order for partitioning), keys unique."""
+    if cfg.kind not in SOURCES:
+        raise ValueError(f"unknown source kind {cfg.kind!r}; valid: {sorted(SOURCES)}")
+    items = sorted(SOURCES[cfg.kind](cfg), key=lambda it: it.key)
+    seen: dict[str, Item] = {}
+    for it in items:
+        if it.key in seen:
+            raise ValueError(f"two items map to the key {it.key!r}: {seen[it.key].id!r} and {it.id!r}")
+        seen[it.key] = it
+    return items[: cfg.limit] if cfg.limit else items
+
+
+def partition(items: list[Item], unit_size: int) -> list[list[Item]]:
+    """Deterministic work units of consecutive items; unit i becomes shard i."""
+    return [items[i: i + unit_size] for i in range(0, len(items), unit_size)]

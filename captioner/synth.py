@@ -1,0 +1,115 @@
+"""`capflow synth-corpus DIR`: a small corpus in AudioSet's distributed formats, made of procedural sounds.
+
+Layout written (the same files a real AudioSet download has):
+    DIR/balanced_train_segments.csv   segment CSV (comment header, quoted label ids)
+    DIR/class_labels_indices.csv      index,mid,display_name
+    DIR/ontology.json                 the ontology nodes of the labels used
+    DIR/audioset_train_strong.tsv     strong labels (segment_id, start, end, label)
+    DIR/audio/{ytid}_{start_ms}.flac  the clips; a few listed clips are missing, a few are corrupt
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from shards.audio import Audio, write
+
+SAMPLE_RATE = 16_000
+# Label ids in AudioSet's "/t/..." style; they are ours, not AudioSet's ontology ids.
+CLASSES = {
+    "/t/cf_tone": "Sine tone",
+    "/t/cf_chirp": "Chirp",
+    "/t/cf_noise": "Noise burst",
+    "/t/cf_click": "Clicking",
+    "/t/cf_hum": "Hum",
+}
+
+
+def _event(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(n) / SAMPLE_RATE
+    if kind == "/t/cf_tone":
+        sig = np.sin(2 * np.pi * rng.uniform(220, 1760) * t)
+    elif kind == "/t/cf_chirp":
+        f0, f1 = rng.uniform(200, 800), rng.uniform(1500, 5000)
+        sig = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * max(t[-1], 1e-3))))
+    elif kind == "/t/cf_noise":
+        sig = rng.standard_normal(n) * 0.5
+    elif kind == "/t/cf_click":
+        sig = np.zeros(n)
+        period = int(SAMPLE_RATE / rng.uniform(4, 20))
+        sig[::period] = 1.0
+        sig = np.convolve(sig, np.exp(-np.arange(64) / 8.0), mode="same")
+    else:  # hum: mains frequency and harmonics
+        f = rng.choice([50.0, 60.0])
+        sig = sum(np.sin(2 * np.pi * f * k * t) / k for k in (1, 2, 3, 4))
+    ramp = min(n // 10, SAMPLE_RATE // 50)
+    env = np.ones(n)
+    if ramp:
+        env[:ramp], env[-ramp:] = np.linspace(0, 1, ramp), np.linspace(1, 0, ramp)
+    return sig * env
+
+
+def make_clip(rng: np.random.Generator, duration: float) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    n = int(duration * SAMPLE_RATE)
+    clip = rng.standard_normal(n) * 0.003  # faint background so no clip is digital silence
+    events = []
+    for _ in range(rng.integers(1, 4)):
+        kind = str(rng.choice(list(CLASSES)))
+        length = rng.uniform(0.5, min(4.0, duration))
+        start = round(rng.uniform(0, duration - length), 2)
+        end = round(start + length, 2)
+        a, b = int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)
+        clip[a:b] += rng.uniform(0.2, 0.5) * _event(kind, b - a, rng)
+        events.append((start, end, kind))
+    return (clip / max(1.0, np.abs(clip).max())).astype(np.float32), sorted(events)
+
+
+def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 2, num_corrupt: int = 2,
+                 seed: int = 0) -> Path:
+    """Write the corpus; returns DIR. Deterministic for a given seed."""
+    directory = Path(directory)
+    audio_dir = directory / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    segments, strong = [], []
+    for i in range(num_clips + num_missing):
+        ytid = f"syn{i:04d}{''.join(rng.choice(list('abcdefghijkLMNOPQ_-'), 3))}"
+        start = float(rng.choice([0.0, 30.0, 70.5]))
+        duration = 10.0 if i % 6 else 7.5  # AudioSet has some clips shorter than 10 s
+        clip, events = make_clip(rng, duration)
+        mids = sorted({m for _, _, m in events})
+        segments.append((ytid, start, start + duration, mids))
+        start_ms = round(start * 1000)
+        strong += [(f"{ytid}_{start_ms}", s, e, m) for s, e, m in events]
+        path = audio_dir / f"{ytid}_{start_ms}.flac"
+        if i >= num_clips:
+            continue  # listed in the CSV, no audio file: a "missing" clip
+        if i < num_corrupt:
+            path.write_bytes(b"fLaC\x00\x00 this is not a flac stream" + rng.bytes(64))
+        else:
+            write(path, Audio(clip[None], SAMPLE_RATE))
+
+    with open(directory / "balanced_train_segments.csv", "w", newline="") as f:
+        f.write("# Segments csv created by capflow synth-corpus\n")
+        f.write(f"# num_ytids={len(segments)}, num_segs={len(segments)}, num_unique_labels={len(CLASSES)}\n")
+        f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
+        for ytid, s, e, mids in segments:
+            f.write(f'{ytid}, {s:.3f}, {e:.3f}, "{",".join(mids)}"\n')
+    with open(directory / "class_labels_indices.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "display_name"])
+        for i, (mid, name) in enumerate(CLASSES.items()):
+            w.writerow([i, mid, name])
+    ontology = [{"id": mid, "name": name, "description": f"Procedural {name.lower()}.", "citation_uri": "",
+                 "positive_examples": [], "child_ids": [], "restrictions": []} for mid, name in CLASSES.items()]
+    (directory / "ontology.json").write_text(json.dumps(ontology, indent=1))
+    with open(directory / "audioset_train_strong.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["segment_id", "start_time_seconds", "end_time_seconds", "label"])
+        for seg, s, e, m in strong:
+            w.writerow([seg, f"{s:.3f}", f"{e:.3f}", m])
+    return directory

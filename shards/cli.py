@@ -1,0 +1,66 @@
+"""`capflow shards validate|stats|release` (also `python -m shards ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _validate(args) -> int:
+    from .validate import validate
+
+    problems = validate(args.directory, check_hashes=not args.no_hashes)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.directory}", file=sys.stderr)
+        return 1
+    print(f"{args.directory}: ok")
+    return 0
+
+
+def _stats(args) -> int:
+    from .stats import write_stats
+
+    stats = write_stats(args.directory, args.out)
+    print(json.dumps({k: v for k, v in stats.items() if k != "top_labels"}, indent=2))
+    return 0
+
+
+def _release(args) -> int:
+    from .release import release
+
+    out = release(args.directory, args.out, with_audio=args.with_audio, license=args.license, name=args.name)
+    print(f"released {args.directory} -> {out} (load with datasets.load_dataset({str(out)!r}))")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    shards = sub.add_parser("shards", help="validate, summarise and release shard sets")
+    cmds = shards.add_subparsers(dest="shards_command", required=True)
+
+    p = cmds.add_parser("validate", help="check a shard set against its manifest (exit 1 on any problem)")
+    p.add_argument("directory", help="shard set directory (with manifest.json)")
+    p.add_argument("--no-hashes", action="store_true", help="skip sha256 checks (faster on large sets)")
+    p.set_defaults(func=_validate)
+
+    p = cmds.add_parser("stats", help="statistics and plots from the parquet sidecars")
+    p.add_argument("directory", help="shard set directory")
+    p.add_argument("--out", default=None, help="where to write stats.json and PNGs (default DIR/stats)")
+    p.set_defaults(func=_stats)
+
+    p = cmds.add_parser("release", help="export as a Hugging Face dataset with a dataset card")
+    p.add_argument("directory", help="shard set directory")
+    p.add_argument("out", help="output directory (loadable with datasets.load_dataset)")
+    p.add_argument("--with-audio", action="store_true", help="include the FLAC audio (default: captions and metadata)")
+    p.add_argument("--license", default="other", help="license field of the dataset card (e.g. cc-by-4.0)")
+    p.add_argument("--name", default=None, help="dataset name on the card (default: the directory name)")
+    p.set_defaults(func=_release)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shards")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["shards", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)

@@ -1,0 +1,91 @@
+"""The shard format contract (documented in shards/FORMAT.md): names, keys, members, sidecar schema.
+
+Bump SCHEMA_VERSION on any change a reader could notice, and describe the change in FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TAR_MTIME = 0  # fixed member mtime: identical input gives byte-identical tars
+TAR_USER = "capflow"
+
+# Member extensions. webdataset splits a member name at the first dot, so keys never contain one.
+AUDIO, META, LATENT = "flac", "json", "npy"
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+STATUS_OK = "ok"
+# A failure row's status: the audio is missing, undecodable, or a later stage failed on the clip.
+FAILURE_STATUSES = ("missing", "unreadable", "failed")
+
+
+class InvalidKey(ValueError):
+    """A sample key breaks the format's key rules."""
+
+
+def suggest_key(key: str) -> str:
+    """The conforming spelling of a key: dots dropped, other characters replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", key.replace(".", ""))
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.match(key):
+        hint = "dots split webdataset member names" if "." in key else "allowed: [A-Za-z0-9_-]"
+        raise InvalidKey(f"invalid sample key {key!r} ({hint}); use {suggest_key(key)!r}")
+    return key
+
+
+def make_key(source: str, item_id: str) -> str:
+    """`{source}-{id}` with the id made conforming: AudioSet `YTID_30.000` becomes `YTID_30000`."""
+    return check_key(f"{suggest_key(source)}-{suggest_key(item_id)}")
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}"
+
+
+TAR_SUFFIX, SIDECAR_SUFFIX, STATS_SUFFIX = ".tar", ".parquet", "_stats.json"
+
+# One row per input item, failures included. Derived from each sample's json metadata.
+SIDECAR_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("source", pa.string()),
+    ("id", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("duration", pa.float64()),
+    ("sample_rate", pa.int64()),
+    ("channels", pa.int64()),
+    ("labels", pa.list_(pa.string())),
+    ("num_candidates", pa.int64()),
+    ("candidate_scores", pa.list_(pa.float64())),
+    ("captions", pa.list_(pa.string())),
+    ("caption_scores", pa.list_(pa.float64())),
+    ("bytes", pa.int64()),
+])
+
+
+def sidecar_row(key: str, meta: dict, status: str = STATUS_OK, error: str | None = None, nbytes: int = 0) -> dict:
+    """The parquet row of one input item, from its json metadata (possibly partial for failures)."""
+    candidates = meta.get("candidates") or []
+    scores = {c["text"]: c.get("clap") for c in candidates}
+    return {
+        "key": key,
+        "source": meta.get("source"),
+        "id": meta.get("id"),
+        "status": status,
+        "error": error,
+        "duration": meta.get("duration"),
+        "sample_rate": meta.get("sample_rate"),
+        "channels": meta.get("channels"),
+        "labels": list(meta.get("labels") or []),
+        "num_candidates": len(candidates),
+        "candidate_scores": [c["clap"] for c in candidates if c.get("clap") is not None],
+        "captions": list(meta.get("captions") or []),
+        "caption_scores": [scores[t] for t in meta.get("captions") or [] if scores.get(t) is not None],
+        "bytes": nbytes,
+    }

@@ -1,0 +1,142 @@
+"""Training-side shard reader: a webdataset pipeline over shard URLs with decoding, read-time caption
+filtering, shuffling, batching into dicts and an explicit error policy.
+
+URLs are local paths today; webdataset's gopen also takes `pipe:` and fsspec URLs, so the same code reads
+from object stores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from . import format as fmt
+from .audio import load
+from .manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+class ErrorPolicy:
+    """webdataset handler: counts and skips bad samples, or re-raises when strict."""
+
+    def __init__(self, strict: bool = False, max_logged: int = 5):
+        self.strict = strict
+        self.max_logged = max_logged
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, exn: Exception) -> bool:
+        if self.strict:
+            raise exn
+        self.counts[type(exn).__name__] += 1
+        if sum(self.counts.values()) <= self.max_logged:
+            log.warning("skipping a bad sample: %s: %s", type(exn).__name__, exn)
+        return True  # continue
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+
+def shard_urls(source: str | Path | list) -> list[str]:
+    """Shard URLs from a shard-set directory (its manifest), a list, or a brace pattern / single URL."""
+    if isinstance(source, (list, tuple)):
+        return [str(u) for u in source]
+    path = Path(source)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        urls = [str(path / s["tar"]) for s in manifest["shards"]]
+        if not urls:
+            raise ValueError(f"{path}: the manifest lists no finished shards")
+        return urls
+    return list(wds.shardlists.expand_urls(str(source)))
+
+
+def select_captions(meta: dict, min_clap: float | None = None, top_k: int | None = None) -> list[str]:
+    """Captions kept at read time. Without thresholds: the ones the writer kept; with them: re-ranked
+    candidates with CLAP >= min_clap, best first, at most top_k."""
+    if min_clap is None and top_k is None:
+        return list(meta.get("captions") or [])
+    scored = [c for c in meta.get("candidates") or [] if c.get("clap") is not None]
+    scored = [c for c in scored if min_clap is None or c["clap"] >= min_clap]
+    scored.sort(key=lambda c: -c["clap"])
+    texts = list(dict.fromkeys(c["text"] for c in scored))
+    return texts[:top_k] if top_k is not None else texts
+
+
+class SampleDecoder:
+    """Raw tar sample (bytes per member) -> dict with key, meta, captions, audio and/or latent."""
+
+    def __init__(self, sample_rate: int | None = None, mono: bool = True, duration: float | None = None,
+                 decode_audio: bool = True, min_clap: float | None = None, top_k: int | None = None):
+        self.sample_rate, self.mono, self.duration = sample_rate, mono, duration
+        self.decode_audio, self.min_clap, self.top_k = decode_audio, min_clap, top_k
+
+    def __call__(self, sample: dict) -> dict:
+        key = sample["__key__"]
+        if fmt.META not in sample:
+            raise ValueError(f"{sample.get('__url__')}: sample {key!r} has no {fmt.META} member")
+        meta = json.loads(sample[fmt.META])
+        out = {"key": key, "meta": meta, "captions": select_captions(meta, self.min_clap, self.top_k)}
+        if self.decode_audio and fmt.AUDIO in sample:
+            audio = load(sample[fmt.AUDIO], sample_rate=self.sample_rate, mono=self.mono,
+                         duration=self.duration, name=f"{key}.{fmt.AUDIO}")
+            out["audio"] = audio.samples
+            out["sample_rate"] = audio.sample_rate
+        if fmt.LATENT in sample:
+            out["latent"] = np.load(io.BytesIO(sample[fmt.LATENT]), allow_pickle=False)
+        return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """List of sample dicts -> dict of batched values: same-shape arrays become one tensor, else lists."""
+    batch = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if isinstance(values[0], np.ndarray) and all(v.shape == values[0].shape for v in values):
+            batch[name] = torch.from_numpy(np.stack(values))
+        else:
+            batch[name] = values
+    return batch
+
+
+def make_pipeline(
+    source,
+    batch_size: int | None = None,
+    *,
+    decoder: SampleDecoder | None = None,
+    shuffle: int = 0,
+    resampled: bool = False,
+    seed: int = 0,
+    require_captions: bool = False,
+    strict: bool = False,
+    partial: bool = True,
+) -> wds.DataPipeline:
+    """A webdataset pipeline of decoded samples (batched into dicts when batch_size is set).
+
+    resampled=True draws shards with replacement forever (multi-node training: every rank gets an endless
+    independent stream); otherwise shards are split by node and by dataloader worker. The pipeline's
+    `errors` attribute counts what was skipped; strict=True raises instead.
+    """
+    urls = shard_urls(source)
+    errors = ErrorPolicy(strict=strict)
+    stages: list = [wds.ResampledShards(urls, seed=seed, deterministic=True)] if resampled else [
+        wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
+    stages.append(wds.tarfile_to_samples(handler=errors))
+    if shuffle > 1:
+        stages.append(wds.shuffle(shuffle, seed=seed))
+    stages.append(wds.map(decoder or SampleDecoder(), handler=errors))
+    if require_captions:
+        stages.append(wds.select(lambda s: bool(s["captions"])))
+    if batch_size:
+        stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))
+    pipeline = wds.DataPipeline(*stages)
+    pipeline.errors = errors
+    return pipeline

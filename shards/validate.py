@@ -1,0 +1,111 @@
+"""`shards validate DIR`: check a shard set against its manifest, one problem per line.
+
+Checks: every manifest shard has its tar, sidecar and stats; size and sha256 match; the tar reads to the
+end with safe member names; every sample has the members the shard declares and parseable json; sample
+and row counts agree with the sidecar; tars on disk that the manifest does not list are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from . import format as fmt
+from .manifest import read_manifest
+
+
+@dataclass
+class Problem:
+    shard: str
+    message: str
+    sample: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.shard}: sample {self.sample}" if self.sample else self.shard
+        return f"{where}: {self.message}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_tar(path: Path, name: str, members: list[str]) -> tuple[int, list[Problem]]:
+    problems, samples = [], {}
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for info in tar:
+                if not info.isfile() or "/" in info.name or info.name.startswith((".", "/")) or ".." in info.name:
+                    problems.append(Problem(name, f"unsafe or unexpected tar member {info.name!r}"))
+                    continue
+                key, _, ext = info.name.partition(".")
+                data = tar.extractfile(info).read()
+                samples.setdefault(key, {})[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as e:
+        problems.append(Problem(name, f"tar is truncated or corrupt ({type(e).__name__}: {e})"))
+    for key, found in samples.items():
+        for ext in members:
+            if ext not in found:
+                problems.append(Problem(name, f"missing member {ext!r}", sample=key))
+        if fmt.META in found:
+            try:
+                json.loads(found[fmt.META])
+            except json.JSONDecodeError as e:
+                problems.append(Problem(name, f"json member does not parse ({e})", sample=key))
+    return len(samples), problems
+
+
+def validate(directory: str | Path, check_hashes: bool = True) -> list[Problem]:
+    """All problems found in the shard set at `directory` (empty when it is valid)."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except (FileNotFoundError, ValueError) as e:
+        return [Problem(fmt.MANIFEST_NAME, str(e))]
+    problems: list[Problem] = []
+    if manifest.get("schema_version") != fmt.SCHEMA_VERSION:
+        problems.append(Problem(fmt.MANIFEST_NAME, f"schema_version {manifest.get('schema_version')} is not "
+                                                   f"{fmt.SCHEMA_VERSION} (written by another capflow version)"))
+    listed = set()
+    for entry in manifest.get("shards", []):
+        name = entry["shard"]
+        tar = directory / entry["tar"]
+        listed.add(tar.name)
+        sidecar = directory / (name + fmt.SIDECAR_SUFFIX)
+        stats_path = directory / (name + fmt.STATS_SUFFIX)
+        missing = [p.name for p in (tar, sidecar, stats_path) if not p.is_file()]
+        if missing:
+            problems.append(Problem(name, f"missing file(s): {', '.join(missing)}"))
+            if tar.name in missing:
+                continue
+        size = tar.stat().st_size
+        if size != entry["bytes"]:
+            problems.append(Problem(name, f"tar is {size} bytes, manifest says {entry['bytes']} (truncated or rewritten)"))
+        if check_hashes and _sha256(tar) != entry["sha256"]:
+            problems.append(Problem(name, "sha256 mismatch: the tar differs from the one the manifest records"))
+        count, tar_problems = _check_tar(tar, name, entry.get("members") or [fmt.META])
+        problems += tar_problems
+        if count != entry["samples"]:
+            problems.append(Problem(name, f"tar holds {count} samples, manifest says {entry['samples']}"))
+        if sidecar.is_file():
+            try:
+                table = pq.read_table(sidecar, columns=["status"])
+                ok = sum(1 for s in table.column("status").to_pylist() if s == fmt.STATUS_OK)
+                if table.num_rows != entry["rows"]:
+                    problems.append(Problem(name, f"sidecar has {table.num_rows} rows, manifest says {entry['rows']}"))
+                if ok != entry["samples"]:
+                    problems.append(Problem(name, f"sidecar has {ok} ok rows for {entry['samples']} samples"))
+            except Exception as e:  # pyarrow raises several types for a damaged file
+                problems.append(Problem(name, f"sidecar unreadable ({type(e).__name__}: {e})"))
+    for tar in sorted(directory.glob("*" + fmt.TAR_SUFFIX)):
+        if tar.name not in listed:
+            problems.append(Problem(tar.stem, "tar on disk is not in the manifest (an unfinished shard? rerun the job)"))
+    return problems

@@ -1,0 +1,215 @@
+"""Shard writers: one shard (tar + parquet sidecar + stats, atomically, stats last) and a rolling set.
+
+A shard is done when its `_stats.json` exists; every file is written under a temporary name first, so a
+crash leaves only `.tmp` files that the next run overwrites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from . import format as fmt
+
+
+class _HashingFile:
+    """Write-only file that counts bytes and computes sha256 while the tar streams out.
+
+    tarfile's stream mode writes in 10 KiB records; batching them into 4 MiB blocks before the hash
+    update and the write() call keeps the per-call overhead off the hot path.
+    """
+
+    BLOCK = 4 << 20
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb", buffering=0)
+        self._buf = bytearray()
+        self.sha256 = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data) -> int:
+        self._buf += data
+        self.nbytes += len(data)
+        if len(self._buf) >= self.BLOCK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self.sha256.update(self._buf)
+            self._f.write(self._buf)
+            self._buf.clear()
+
+    def close(self) -> None:
+        self.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """.npy bytes of a plain numeric array (never pickled)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_members(members: dict) -> dict[str, bytes]:
+    """bytes for each member: json dicts are serialised, npy arrays saved, bytes passed through."""
+    out = {}
+    for ext, value in members.items():
+        if ext == fmt.META and isinstance(value, dict):
+            out[ext] = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+        elif ext == fmt.LATENT and isinstance(value, np.ndarray):
+            out[ext] = npy_bytes(value)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            out[ext] = bytes(value)
+        else:
+            raise TypeError(f"member {ext!r}: expected bytes (or a dict for json, an array for npy), got {type(value)}")
+    return out
+
+
+class ShardWriter:
+    """Writes one shard `{prefix}-{index:06d}` into `directory`."""
+
+    def __init__(self, directory: str | Path, prefix: str, index: int, extra_stats: dict | None = None):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = fmt.shard_name(prefix, index)
+        self.index = index
+        self.extra_stats = extra_stats or {}
+        self._tar_path = self.directory / (self.name + fmt.TAR_SUFFIX)
+        self._file = _HashingFile(self._tar_path.with_name(self._tar_path.name + ".tmp"))
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=fmt.TAR_MTIME, user=fmt.TAR_USER, group=fmt.TAR_USER)
+        self.rows: list[dict] = []
+        self.keys: set[str] = set()
+        self.members: set[str] = set()
+        self.samples = 0
+        self.duration = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return self._file.nbytes
+
+    def _claim(self, key: str) -> None:
+        fmt.check_key(key)
+        if key in self.keys:
+            raise ValueError(f"{self.name}: duplicate sample key {key!r}")
+        self.keys.add(key)
+
+    def write(self, key: str, members: dict) -> None:
+        """Add one sample. `members` maps extension to bytes, or a dict for `json`, an array for `npy`."""
+        if fmt.META not in members:
+            raise ValueError(f"sample {key!r}: every sample needs a {fmt.META!r} member with its metadata")
+        self._claim(key)
+        encoded = encode_members(members)
+        meta = members[fmt.META] if isinstance(members[fmt.META], dict) else json.loads(encoded[fmt.META])
+        nbytes = self._tar.write({"__key__": key, **encoded})
+        self.members.update(encoded)
+        self.rows.append(fmt.sidecar_row(key, meta, nbytes=nbytes))
+        self.samples += 1
+        self.duration += float(meta.get("duration") or 0.0)
+
+    def add_failure(self, key: str, status: str, error: str, meta: dict | None = None) -> None:
+        """Record an input item that produced no sample (a sidecar row with its status and error)."""
+        if status not in fmt.FAILURE_STATUSES:
+            raise ValueError(f"failure status must be one of {fmt.FAILURE_STATUSES}, got {status!r}")
+        self._claim(key)
+        self.rows.append(fmt.sidecar_row(key, meta or {}, status=status, error=error))
+
+    def close(self) -> dict:
+        """Finish the tar, then the sidecar, then the stats file (the done marker). Returns the stats."""
+        self._tar.close()
+        self._file.close()
+        os.replace(self._tar_path.with_name(self._tar_path.name + ".tmp"), self._tar_path)
+
+        sidecar = self.directory / (self.name + fmt.SIDECAR_SUFFIX)
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=fmt.SIDECAR_SCHEMA), tmp)
+        os.replace(tmp, sidecar)
+
+        stats = {
+            "shard": self.name,
+            "index": self.index,
+            "schema_version": fmt.SCHEMA_VERSION,
+            "samples": self.samples,
+            "rows": len(self.rows),
+            "status": dict(Counter(r["status"] for r in self.rows)),
+            "members": sorted(self.members),
+            "duration_s": round(self.duration, 3),
+            "bytes": self._file.nbytes,
+            "sha256": self._file.sha256.hexdigest(),
+            **self.extra_stats,
+        }
+        write_json_atomic(self.directory / (self.name + fmt.STATS_SUFFIX), stats)
+        return stats
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # leave no half shard behind: the tmp tar is removed, nothing was renamed
+            self._tar.close()
+            self._file.close()
+            self._tar_path.with_name(self._tar_path.name + ".tmp").unlink(missing_ok=True)
+
+
+class ShardSetWriter:
+    """Writes a stream of samples as consecutive shards, rolling over by sample count and by bytes."""
+
+    def __init__(self, directory: str | Path, prefix: str = "shard", max_count: int = 1000,
+                 max_bytes: int = 1 << 30, start_index: int = 0):
+        if max_count < 1 or max_bytes < 1:
+            raise ValueError("max_count and max_bytes must be positive")
+        self.directory, self.prefix = Path(directory), prefix
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.next_index = start_index
+        self.current: ShardWriter | None = None
+        self.stats: list[dict] = []
+
+    def _writer(self) -> ShardWriter:
+        if self.current is not None and (len(self.current.rows) >= self.max_count or self.current.nbytes >= self.max_bytes):
+            self.stats.append(self.current.close())
+            self.current = None
+        if self.current is None:
+            self.current = ShardWriter(self.directory, self.prefix, self.next_index)
+            self.next_index += 1
+        return self.current
+
+    def write(self, key: str, members: dict) -> None:
+        self._writer().write(key, members)
+
+    def add_failure(self, key: str, status: str, error: str, meta: dict | None = None) -> None:
+        self._writer().add_failure(key, status, error, meta)
+
+    def close(self) -> list[dict]:
+        if self.current is not None:
+            self.stats.append(self.current.close())
+            self.current = None
+        return self.stats
+
+    def __enter__(self) -> ShardSetWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        elif self.current is not None:
+            self.current.__exit__(exc_type)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,214 @@
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from shards import audio
+from shards.format import InvalidKey, make_key
+from shards.manifest import ConfigMismatch, open_shard_set, write_manifest
+from shards.reader import SampleDecoder, make_pipeline, select_captions
+from shards.release import release
+from shards.stats import write_stats
+from shards.validate import validate
+from shards.writer import ShardSetWriter, ShardWriter
+
+
+def _sample(i: int, rng):
+    clip = audio.Audio((0.1 * rng.standard_normal((1, 1600))).astype(np.float32), 16000)
+    cands = [{"text": f"sound {i} v{j}", "clap": 0.2 + 0.1 * j, "kind": "alm", "engine": "t", "prompt": "p", "seed": j}
+             for j in range(4)]
+    meta = {"key": f"src-item{i}", "source": "src", "id": f"item{i}", "duration": 0.1, "sample_rate": 16000,
+            "channels": 1, "labels": ["Dog"], "candidates": cands, "captions": [c["text"] for c in cands if c["clap"] >= 0.4]}
+    return f"src-item{i}", {"flac": audio.encode_flac(clip), "json": meta,
+                            "npy": rng.standard_normal((8, 5)).astype(np.float16)}
+
+
+def _write_set(directory, n=10, max_count=4, seed=0, failures=True):
+    rng = np.random.default_rng(seed)
+    open_shard_set(directory, {"test": True})
+    with ShardSetWriter(directory, prefix="t", max_count=max_count) as w:
+        for i in range(n):
+            key, members = _sample(i, rng)
+            w.write(key, members)
+        if failures:
+            w.add_failure("src-missing1", "missing", "no audio file /x/missing1.flac", {"source": "src", "id": "missing1"})
+    return write_manifest(directory)
+
+
+def test_round_trip_every_member(tmp_path):
+    manifest = _write_set(tmp_path / "s")
+    assert manifest["num_samples"] == 10 and manifest["num_shards"] == 3
+    rng = np.random.default_rng(0)
+    expected = dict(_sample(i, rng) for i in range(10))
+    got = list(make_pipeline(tmp_path / "s", decoder=SampleDecoder(sample_rate=16000)))
+    assert sorted(s["key"] for s in got) == sorted(expected)
+    for s in got:
+        exp = expected[s["key"]]
+        assert s["meta"] == exp["json"]
+        np.testing.assert_array_equal(s["latent"], exp["npy"])
+        assert s["latent"].dtype == np.float16
+        np.testing.assert_allclose(s["audio"], audio.decode(exp["flac"]).samples)
+        assert s["captions"] == exp["json"]["captions"]
+    assert validate(tmp_path / "s") == []
+
+
+def test_tars_are_byte_identical(tmp_path):
+    _write_set(tmp_path / "a")
+    _write_set(tmp_path / "b")
+    for name in ("t-000000.tar", "t-000001.tar", "t-000002.tar"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_rollover_by_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    with ShardSetWriter(tmp_path, prefix="b", max_count=100, max_bytes=20_000) as w:
+        for i in range(12):
+            w.write(*_sample(i, rng))
+    assert len(w.stats) > 1 and sum(s["samples"] for s in w.stats) == 12
+
+
+def test_sidecar_rows_include_failures(tmp_path):
+    import pyarrow.parquet as pq
+
+    _write_set(tmp_path / "s", n=3, max_count=10)
+    rows = pq.read_table(tmp_path / "s" / "t-000000.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 3 + ["missing"]
+    assert rows[-1]["error"].startswith("no audio file") and rows[0]["caption_scores"] == pytest.approx([0.4, 0.5])
+
+
+def test_keys_are_checked():
+    assert make_key("audioset", "YTID_30.000") == "audioset-YTID_30000"
+    with pytest.raises(InvalidKey, match="audioset-YTID_30000"):
+        ShardWriter.__new__(ShardWriter)._claim("audioset-YTID_30.000")
+
+
+def _corrupt_and_validate(tmp_path, mutate):
+    d = tmp_path / "s"
+    _write_set(d)
+    mutate(d)
+    problems = validate(d)
+    assert problems, "validate accepted a damaged shard set"
+    return [str(p) for p in problems]
+
+
+def test_validate_truncated_tar(tmp_path):
+    def truncate(d):
+        data = (d / "t-000001.tar").read_bytes()
+        (d / "t-000001.tar").write_bytes(data[: len(data) // 2])
+    lines = _corrupt_and_validate(tmp_path, truncate)
+    assert all(line.startswith("t-000001") for line in lines)
+    assert any("truncated" in line for line in lines)
+
+
+def test_validate_missing_member(tmp_path):
+    def drop_json(d):
+        path = d / "t-000000.tar"
+        src = tarfile.open(fileobj=io.BytesIO(path.read_bytes()))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as dst:
+            for info in src.getmembers():
+                if info.name != "src-item1.json":
+                    dst.addfile(info, src.extractfile(info))
+        path.write_bytes(buf.getvalue())
+    lines = _corrupt_and_validate(tmp_path, drop_json)
+    assert "t-000000: sample src-item1: missing member 'json'" in lines
+
+
+def test_validate_checksum_mismatch(tmp_path):
+    def flip(d):
+        data = bytearray((d / "t-000002.tar").read_bytes())
+        data[700] ^= 0xFF
+        (d / "t-000002.tar").write_bytes(bytes(data))
+    lines = _corrupt_and_validate(tmp_path, flip)
+    assert any(line.startswith("t-000002") and "sha256" in line for line in lines)
+
+
+def test_validate_cli_exit_code(tmp_path):
+    _write_set(tmp_path / "s")
+    ok = subprocess.run([sys.executable, "-m", "shards", "validate", str(tmp_path / "s")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "s" / "t-000000.parquet").unlink()
+    bad = subprocess.run([sys.executable, "-m", "shards", "validate", str(tmp_path / "s")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "t-000000: missing file(s): t-000000.parquet" in bad.stdout
+
+
+def test_resume_refuses_changed_config(tmp_path):
+    open_shard_set(tmp_path, {"a": 1, "b": {"c": 2}})
+    open_shard_set(tmp_path, {"a": 1, "b": {"c": 2}})  # same config resumes
+    with pytest.raises(ConfigMismatch, match=r"b\.c: 2 -> 3"):
+        open_shard_set(tmp_path, {"a": 1, "b": {"c": 3}})
+
+
+def test_read_time_filter_and_batches(tmp_path):
+    _write_set(tmp_path / "s")
+    meta = {"candidates": [{"text": "a", "clap": 0.3}, {"text": "b", "clap": 0.6}, {"text": "c", "clap": 0.5}],
+            "captions": ["b"]}
+    assert select_captions(meta) == ["b"]
+    assert select_captions(meta, min_clap=0.45) == ["b", "c"]
+    assert select_captions(meta, min_clap=0.0, top_k=1) == ["b"]
+    pipe = make_pipeline(tmp_path / "s", batch_size=4, decoder=SampleDecoder(decode_audio=False, min_clap=0.35))
+    batches = list(pipe)
+    assert [len(b["key"]) for b in batches] == [4, 4, 2]
+    assert batches[0]["latent"].shape == (4, 8, 5)
+    assert all(caps == ["sound {} v3".format(k.removeprefix("src-item")), "sound {} v2".format(k.removeprefix("src-item"))]
+               for b in batches for k, caps in zip(b["key"], b["captions"]))
+
+
+def test_error_policy_counts_or_raises(tmp_path):
+    d = tmp_path / "s"
+    _write_set(d, failures=False)
+    # Replace one sample's json with garbage, keeping the tar well-formed.
+    path = d / "t-000000.tar"
+    src = tarfile.open(fileobj=io.BytesIO(path.read_bytes()))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as dst:
+        for info in src.getmembers():
+            data = src.extractfile(info).read()
+            if info.name == "src-item2.json":
+                data = b"{not json"
+                info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    pipe = make_pipeline(d, decoder=SampleDecoder(decode_audio=False))
+    assert len(list(pipe)) == 9 and pipe.errors.skipped == 1
+    with pytest.raises(json.JSONDecodeError):
+        list(make_pipeline(d, decoder=SampleDecoder(decode_audio=False), strict=True))
+
+
+def test_resampled_stream_is_endless(tmp_path):
+    _write_set(tmp_path / "s")
+    pipe = make_pipeline(tmp_path / "s", batch_size=3, resampled=True, decoder=SampleDecoder(decode_audio=False))
+    it = iter(pipe)
+    assert all(len(next(it)["key"]) == 3 for _ in range(8))  # more than one pass over 10 samples
+
+
+def test_plain_webdataset_reads_shards(tmp_path):
+    _write_set(tmp_path / "s")
+    ds = wds.WebDataset(str(tmp_path / "s" / "t-{000000..000002}.tar"), shardshuffle=False)
+    samples = list(ds)
+    assert len(samples) == 10 and all({"flac", "json", "npy"} <= set(s) for s in samples)
+
+
+def test_stats_and_release_load_back(tmp_path):
+    import datasets
+
+    d = tmp_path / "s"
+    _write_set(d)
+    stats = write_stats(d)
+    assert stats["samples"] == 10 and stats["status"] == {"ok": 10, "missing": 1}
+    assert stats["captions_kept"] == 20 and stats["kept_clap"]["mean"] == pytest.approx(0.45)
+    assert (d / "stats" / "clap_scores.png").stat().st_size > 1000
+    out = release(d, tmp_path / "rel", license="cc-by-4.0")
+    ds = datasets.load_dataset(str(out), split="train")
+    assert len(ds) == 10 and set(ds[0]["captions"]) <= {c["text"] for c in ds[0]["candidates"]}
+    card = (out / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and "sha256" in card.lower()
+    out2 = release(d, tmp_path / "rel_audio", with_audio=True)
+    ds2 = datasets.load_dataset(str(out2), split="train").cast_column("audio", datasets.Audio(decode=False))
+    flac = ds2[0]["audio"]["bytes"]
+    assert audio.decode(flac).sample_rate == 16000
