@@ -7,10 +7,19 @@ import logging
 import sys
 
 from captioner import cli as captioner_cli
+from pretrain import cli as pretrain_cli
 from shards import cli as shards_cli
 from shards.manifest import ConfigMismatch
 
 from . import __version__
+
+
+def _tiny_models(args) -> int:
+    from .tiny import write_all_tiny_models
+
+    for name, path in write_all_tiny_models(args.directory, seed=args.seed).items():
+        print(f"{name:<10} {path}")
+    return 0
 
 
 def _demo(args) -> int:
@@ -25,8 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"capflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("tiny-models", help="tiny random models of every kind the pipeline loads (save_pretrained layout)")
+    p.add_argument("directory", help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_tiny_models)
     captioner_cli.add_commands(sub)
     shards_cli.add_commands(sub)
+    pretrain_cli.add_commands(sub)
     p = sub.add_parser("demo", help="the whole pipeline, offline, on tiny models and a synthetic corpus")
     p.add_argument("--workdir", default="demo", help="where everything is written (default ./demo)")
     p.set_defaults(func=_demo)

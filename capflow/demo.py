@@ -8,6 +8,7 @@ from pathlib import Path
 
 from captioner.sources import SourceConfig, load_items
 from captioner.synth import synth_corpus
+from pretrain.pipeline import TextToAudio
 from shards import audio
 from shards.format import META
 from shards.manifest import open_shard_set, write_manifest
@@ -15,6 +16,8 @@ from shards.release import release
 from shards.stats import write_stats
 from shards.validate import validate
 from shards.writer import ShardSetWriter
+
+from .tiny import write_all_tiny_models
 
 log = logging.getLogger("capflow.demo")
 
@@ -65,5 +68,11 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     log.info("%d clips, %.3f h, status %s", stats["samples"], stats["hours"], stats["status"])
     _step(5, f"release as a Hugging Face dataset -> {workdir / 'release'}")
     release(shards_dir, workdir / "release", license="cc0-1.0", name="capflow-demo")
+    _step(6, f"tiny random models -> {workdir / 'models'}")
+    models = write_all_tiny_models(workdir / "models")
+    _step(7, "generate with the untrained tiny text-to-audio bundle (noise expected; the path is what runs)")
+    t2a = TextToAudio.from_pretrained(models["t2a-untrained"])
+    wave = t2a.generate(["a dog barks twice"], steps=4, duration=2.0)
+    audio.write(workdir / "generated_untrained.wav", audio.Audio(wave[0].numpy(), t2a.codec.sample_rate))
     log.info("demo finished: everything is under %s", workdir)
     return workdir

@@ -24,3 +24,11 @@ def corpus(tmp_path_factory):
     from captioner.synth import synth_corpus
 
     return synth_corpus(tmp_path_factory.mktemp("corpus"), num_clips=10, num_missing=1, num_corrupt=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Every tiny model, written once per test session by the same code as `capflow tiny-models`."""
+    from capflow.tiny import write_all_tiny_models
+
+    return write_all_tiny_models(tmp_path_factory.mktemp("tiny_models"))

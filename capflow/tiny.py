@@ -1,0 +1,16 @@
+"""`capflow tiny-models DIR`: every tiny model the pipeline loads, each in its standard layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captioner.tiny import write_tiny_models as write_captioner_models
+from pretrain.tiny import write_tiny_bundle
+from pretrain.tiny import write_tiny_models as write_pretrain_models
+
+
+def write_all_tiny_models(directory: str | Path, seed: int = 0) -> dict[str, Path]:
+    directory = Path(directory)
+    models = {**write_captioner_models(directory, seed), **write_pretrain_models(directory, seed)}
+    models["t2a-untrained"] = write_tiny_bundle(directory / "t2a-untrained", models, seed)
+    return models

@@ -1,0 +1,82 @@
+"""Model commands: `capflow model-info`, `capflow generate` (also `python -m pretrain ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def _model_info(args) -> int:
+    from .info import format_info, model_info
+
+    info = model_info(args.preset, adaln=args.adaln, text=not args.no_text, long_skip=not args.no_long_skip)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "untitled"
+
+
+def _generate(args) -> int:
+    import torch
+
+    from shards.audio import Audio, write
+
+    from .pipeline import TextToAudio
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give a prompt, or --prompts-file with one prompt per line")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = TextToAudio.from_pretrained(args.checkpoint, device=device)
+    out = Path(args.output)
+    if len(prompts) > 1:
+        out.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start: start + args.batch_size]
+        waves = model.generate(batch, negative=args.negative, steps=args.steps, cfg=args.cfg, rescale=args.rescale,
+                               seed=args.seed + start, duration=args.duration, method=args.sampler, progress=True)
+        for i, (prompt, wave) in enumerate(zip(batch, waves)):
+            path = out if len(prompts) == 1 else out / f"{start + i:04d}_{_slug(prompt)}.wav"
+            write(path, Audio(wave.cpu().numpy(), model.codec.sample_rate))
+            print(f"{path}  <- {prompt!r}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model-info", help="parameter counts of a DiT preset by group (no weights allocated)")
+    p.add_argument("--preset", default="dit-l", help="tiny | small | dit-l | dit-xl (default dit-l)")
+    p.add_argument("--adaln", choices=["sola", "full", "single"], default=None, help="AdaLN variant (default: preset's)")
+    p.add_argument("--no-text", action="store_true", help="without text modules (a stage-mask model)")
+    p.add_argument("--no-long-skip", action="store_true", help="without U-ViT long skips (ablation)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a `total` field")
+    p.set_defaults(func=_model_info)
+
+    p = sub.add_parser("generate", help="text-to-audio with a trained bundle")
+    p.add_argument("--checkpoint", required=True, help="bundle directory or hub id (an export of `capflow pretrain`)")
+    p.add_argument("prompt", nargs="*", help="one or more prompts")
+    p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    p.add_argument("-o", "--output", default="out.wav", help="output .wav (one prompt) or directory (several)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale w (default: the bundle's, EzAudio 5)")
+    p.add_argument("--rescale", type=float, default=None, help="CFG rescale factor φ (default: the bundle's, 0.75)")
+    p.add_argument("--negative", default=None, help="negative prompt (default: the empty string)")
+    p.add_argument("--sampler", choices=["euler", "heun"], default=None, help="ODE solver (default: the bundle's)")
+    p.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (prompt i of a file uses seed + i)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch")
+    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
+    p.set_defaults(func=_generate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return args.func(args)

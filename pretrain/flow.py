@@ -1,0 +1,86 @@
+"""The flow-matching objective, pinned once (RFM-Editing eq. 1–2; DESIGN.md "Flow-matching convention").
+
+t ∈ [0, 1]; t = 0 is noise, t = 1 is data:
+    x_t = (1 − (1 − σ_min)·t)·ε + t·x1          target  v = x1 − (1 − σ_min)·ε
+Also here: timestep sampling, EzAudio span masking, and the masked-frame loss.
+Shape legend: b batch, c latent channels, n latent frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SIGMA_MIN = 1e-4  # noise scale left at t = 1 (RFM-Editing's σ_min; its value is not given there)
+
+
+def interpolate(x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+    """x_t on the straight path from noise (t=0) to data (t=1). t: (b,) or a scalar."""
+    t = _expand(t, x1)
+    return (1 - (1 - sigma_min) * t) * noise + t * x1
+
+
+def target_velocity(x1: torch.Tensor, noise: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+    """dx_t/dt, the regression target."""
+    return x1 - (1 - sigma_min) * noise
+
+
+def start_point(x_src: torch.Tensor, noise: torch.Tensor, t_start: float, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+    """Editing start (RFM-Editing eq. 4): the source pushed back to t_start on the path."""
+    return interpolate(x_src, noise, torch.as_tensor(t_start, dtype=x_src.dtype, device=x_src.device), sigma_min)
+
+
+def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.reshape(-1, *([1] * (like.dim() - 1))) if t.dim() else t
+
+
+def sample_timesteps(batch: int, kind: str = "logit_normal", mean: float = 0.0, std: float = 1.0,
+                     generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Training times in (0, 1): logit-normal (SD3's default, more weight mid-path) or uniform."""
+    if kind == "logit_normal":
+        return torch.sigmoid(mean + std * torch.randn(batch, generator=generator, device=device))
+    if kind == "uniform":
+        return torch.rand(batch, generator=generator, device=device)
+    raise ValueError(f"unknown timestep sampling {kind!r}; valid: 'logit_normal', 'uniform'")
+
+
+def span_mask(batch: int, frames: int, span: int, ratio: tuple[float, float] = (0.25, 1.0),
+              full_mask_prob: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Masked-audio-modeling mask (b, n), True = frame hidden from the context and generated.
+
+    Per sample a ratio r ~ U(ratio); frames are grouped into spans of `span` frames (0.2 s minimum span,
+    EzAudio §2.3) and ceil(r·n / span) random spans are hidden, so the masked fraction is r rounded up to
+    whole spans. With probability full_mask_prob every frame is hidden (no audio context at all).
+    """
+    if span < 1 or not 0 < ratio[0] <= ratio[1] <= 1:
+        raise ValueError(f"span must be >= 1 and 0 < ratio[0] <= ratio[1] <= 1, got span={span}, ratio={ratio}")
+    num_spans = math.ceil(frames / span)
+    mask = torch.zeros(batch, frames, dtype=torch.bool)
+    r = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(batch, generator=generator)
+    full = torch.rand(batch, generator=generator) < full_mask_prob
+    for i in range(batch):
+        if full[i]:
+            mask[i] = True
+            continue
+        k = max(1, math.ceil(r[i].item() * frames / span))
+        chosen = torch.randperm(num_spans, generator=generator)[:k]
+        span_hidden = torch.zeros(num_spans, dtype=torch.bool)
+        span_hidden[chosen] = True
+        mask[i] = span_hidden.repeat_interleave(span)[:frames]
+    return mask
+
+
+def flow_loss(v_pred: torch.Tensor, v_target: torch.Tensor, mask: torch.Tensor | None = None,
+              reduce: bool = True) -> torch.Tensor:
+    """MSE on masked frames only, normalised per sample by its masked-frame count (so a sample with few
+    masked frames weighs as much as a fully masked one); all frames when mask is None.
+    v_pred, v_target: (b, c, n); mask: (b, n) bool. Returns the batch mean, or (b,) with reduce=False."""
+    err = (v_pred.float() - v_target.float()).pow(2).mean(dim=1)  # (b, n)
+    if mask is None:
+        per_sample = err.mean(dim=1)
+    else:
+        m = mask.to(err.dtype)
+        per_sample = (err * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)  # (b,)
+    return per_sample.mean() if reduce else per_sample

@@ -1,0 +1,140 @@
+"""A text-to-audio model as one loadable bundle: DiT weights + codec and text-encoder references + sampler
+defaults. Layout (a directory, or a hub repo with the same files):
+
+    capflow.json        {"format": "capflow-t2a", "version": 1, "codec": {...}, "text_encoder": {...},
+                         "sampler": {...}, "stage": "...", "info": {...}}
+    dit/config.json, dit/model.safetensors
+
+Codec and text-encoder references are hub ids or paths; a relative path is taken relative to the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .codec import AudioCodec, CodecConfig
+from .dit import EzAudioDiT
+from .flow import start_point
+from .sampler import guided_velocity, integrate
+from .text import TextEncoder
+
+log = logging.getLogger(__name__)
+BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION = "capflow.json", "capflow-t2a", 1
+
+
+@dataclass
+class SamplerDefaults:
+    steps: int = 50
+    cfg: float = 5.0  # EzAudio §3.4: CFG 5 with rescale 0.75
+    rescale: float = 0.75
+    method: str = "euler"
+    duration: float = 10.0
+    negative: str = ""
+
+
+@dataclass
+class TextEncoderRef:
+    pretrained: str
+    max_length: int = 100
+    dtype: str = "float32"
+
+
+def _resolve(ref: str, root: Path) -> str:
+    candidate = root / ref
+    return str(candidate) if not Path(ref).is_absolute() and candidate.exists() else ref
+
+
+class TextToAudio:
+    def __init__(self, dit: EzAudioDiT, codec: AudioCodec, text_encoder: TextEncoder | None,
+                 text_ref: TextEncoderRef | None, sampler: SamplerDefaults | None = None, stage: str = "",
+                 info: dict | None = None):
+        self.dit, self.codec, self.text_encoder, self.text_ref = dit, codec, text_encoder, text_ref
+        self.sampler = sampler or SamplerDefaults()
+        self.stage, self.info = stage, info or {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    def to(self, device) -> TextToAudio:
+        for m in (self.dit, self.codec, self.text_encoder):
+            if m is not None:
+                m.to(device)
+        return self
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        directory = Path(directory)
+        self.dit.save_pretrained(directory / "dit")
+        index = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": self.stage,
+            "codec": self.codec.config.to_dict(),
+            "text_encoder": dataclasses.asdict(self.text_ref) if self.text_ref else None,
+            "sampler": dataclasses.asdict(self.sampler), "info": self.info,
+        }
+        (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (directory / name).write_text(text)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TextToAudio:
+        root = Path(directory)
+        if not (root / BUNDLE_NAME).is_file():
+            if root.exists():
+                raise FileNotFoundError(f"{root} is not a capflow text-to-audio bundle (no {BUNDLE_NAME}); "
+                                        "export one with `capflow pretrain ... export`")
+            from huggingface_hub import snapshot_download
+
+            root = Path(snapshot_download(str(directory)))
+        index = json.loads((root / BUNDLE_NAME).read_text())
+        if index.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{root / BUNDLE_NAME}: format {index.get('format')!r} is not {BUNDLE_FORMAT!r}")
+        codec_cfg = CodecConfig(**index["codec"])
+        codec_cfg.pretrained = _resolve(codec_cfg.pretrained, root)
+        dit = EzAudioDiT.from_pretrained(root / "dit")
+        text_ref = TextEncoderRef(**index["text_encoder"]) if index.get("text_encoder") else None
+        text_encoder = None
+        if text_ref is not None and dit.has_text:
+            text_encoder = TextEncoder(_resolve(text_ref.pretrained, root), text_ref.max_length, text_ref.dtype)
+        model = cls(dit.eval(), AudioCodec(codec_cfg), text_encoder, text_ref,
+                    SamplerDefaults(**index.get("sampler", {})), index.get("stage", ""), index.get("info", {}))
+        return model.to(device)
+
+    # ---- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, negative: str | None = None, steps: int | None = None,
+                 cfg: float | None = None, rescale: float | None = None, seed: int = 0,
+                 duration: float | None = None, method: str | None = None, source: torch.Tensor | None = None,
+                 t_start: float = 0.0, progress: bool = False) -> torch.Tensor:
+        """Waveforms (b, a, samples) at codec.sample_rate for the prompts.
+
+        source (b, c, n): normalised latents to start from at t_start (editing); default: pure noise at 0.
+        """
+        s = self.sampler
+        steps, cfg, rescale = steps or s.steps, s.cfg if cfg is None else cfg, s.rescale if rescale is None else rescale
+        duration, method = duration or s.duration, method or s.method
+        negative = s.negative if negative is None else negative
+        b, device = len(prompts), self.device
+        n = source.shape[-1] if source is not None else self.codec.frames(duration)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(b, self.dit.config.latent_channels, n, generator=generator).to(device)
+        x = noise if source is None else start_point(source.to(device), noise, t_start)
+        text = text_mask = neg = neg_mask = None
+        if self.dit.has_text:
+            text, text_mask = (t.to(device) for t in self.text_encoder(prompts))
+            neg, neg_mask = (t.to(device) for t in self.text_encoder([negative] * b))
+        elif any(prompts):
+            log.warning("this is a stage-%r model without text modules: prompts are ignored", self.stage)
+        velocity = guided_velocity(self.dit, text=text, text_mask=text_mask, neg_text=neg, neg_mask=neg_mask,
+                                   scale=cfg, rescale=rescale)
+        latents = integrate(velocity, x, t_start=t_start, steps=steps, method=method, progress=progress)
+        wave = self.codec.decode(latents)
+        target = round(duration * self.codec.sample_rate) if source is None else n * self.codec.hop
+        return torch.nn.functional.pad(wave, (0, max(0, target - wave.shape[-1])))[..., :target]
