@@ -40,6 +40,80 @@ def build_tokenizer(special_tokens: list[str], eos: str, pad: str, unk: str | No
                                    additional_special_tokens=special_tokens or None, **kwargs)
 
 
+CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>"]
+AUDIO_SPECIALS = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+
+
+def _qwen2_text_config(vocab_size: int, tokenizer):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                       eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=True)
+
+
+def write_tiny_alm(directory: str | Path, seed: int = 0) -> Path:
+    """A tiny Qwen2-Audio (Whisper-style encoder + Qwen2 LM) with its processor and chat template."""
+    import torch
+    from transformers import (Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration,
+                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(QWEN_SPECIALS + AUDIO_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>")
+    audio = Qwen2AudioEncoderConfig(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2,
+                                    encoder_ffn_dim=64, d_model=32, max_source_positions=1500)
+    config = Qwen2AudioConfig(audio_config=audio, text_config=_qwen2_text_config(len(tokenizer), tokenizer),
+                              audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000)
+    Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(directory)
+    return Path(directory)
+
+
+def write_tiny_llm(directory: str | Path, seed: int = 0) -> Path:
+    """A tiny Qwen2 causal LM with a ChatML chat template (the label-enrichment LLM)."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>")
+    tokenizer.chat_template = CHATML
+    model = Qwen2ForCausalLM(_qwen2_text_config(len(tokenizer), tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)
+
+
+def write_tiny_clap(directory: str | Path, seed: int = 0) -> Path:
+    """A tiny unfused CLAP (HTSAT audio tower + RoBERTa text tower) with its processor."""
+    import torch
+    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, ClapTextConfig
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer([], eos="</s>", pad="<pad>", unk="<unk>", bos_token="<s>", cls_token="<s>",
+                                sep_token="</s>", mask_token="<mask>")
+    text = ClapTextConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id,
+                          projection_dim=16)
+    audio = ClapAudioConfig(patch_embeds_hidden_size=8, depths=[1, 1, 1, 1], num_attention_heads=[2, 2, 2, 2],
+                            hidden_size=64, projection_dim=16, enable_fusion=False)
+    ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16)).save_pretrained(directory)
+    features = ClapFeatureExtractor(feature_size=64, sampling_rate=48000, hop_length=480, max_length_s=10,
+                                    truncation="rand_trunc", padding="repeatpad")
+    ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(directory)
+    return Path(directory)
+
+
 def write_tiny_models(directory: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Tiny captioning models (later: ALM, LLM, CLAP). Returns {name: path}."""
-    return {}
+    """Tiny audio-language model, text LLM and CLAP under DIR/{alm,llm,clap}. Returns {name: path}."""
+    directory = Path(directory)
+    return {"alm": write_tiny_alm(directory / "alm", seed), "llm": write_tiny_llm(directory / "llm", seed),
+            "clap": write_tiny_clap(directory / "clap", seed)}

@@ -94,6 +94,7 @@ class ShardWriter:
         self.members: set[str] = set()
         self.samples = 0
         self.duration = 0.0
+        self.stats: dict | None = None  # set once closed
 
     @property
     def nbytes(self) -> int:
@@ -127,6 +128,8 @@ class ShardWriter:
 
     def close(self) -> dict:
         """Finish the tar, then the sidecar, then the stats file (the done marker). Returns the stats."""
+        if self.stats is not None:
+            return self.stats
         self._tar.close()
         self._file.close()
         os.replace(self._tar_path.with_name(self._tar_path.name + ".tmp"), self._tar_path)
@@ -150,6 +153,7 @@ class ShardWriter:
             **self.extra_stats,
         }
         write_json_atomic(self.directory / (self.name + fmt.STATS_SUFFIX), stats)
+        self.stats = stats
         return stats
 
     def __enter__(self) -> ShardWriter:
@@ -158,7 +162,7 @@ class ShardWriter:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
-        else:  # leave no half shard behind: the tmp tar is removed, nothing was renamed
+        elif self.stats is None:  # leave no half shard behind: the tmp tar is removed, nothing was renamed
             self._tar.close()
             self._file.close()
             self._tar_path.with_name(self._tar_path.name + ".tmp").unlink(missing_ok=True)

@@ -1,0 +1,97 @@
+"""CLAP scoring through transformers' ClapModel (laion/larger_clap_general by default), deterministic.
+
+Audio: 48 kHz mono, exactly 10 s per window. A shorter clip is repeat-padded (CLAP's own "repeatpad");
+a longer one is scored on three windows at fixed offsets (start, middle, end) whose normalised embeddings
+are averaged, so the whole clip counts and nothing is random (CLAP's "rand_trunc" would be).
+Text: truncated to 77 tokens, padded to 77, embedded in fixed-size micro-batches padded with empty
+strings, so every forward has the same shapes and a score never depends on what it was batched with.
+Score: cosine similarity of the normalised embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from shards.config import Strict
+
+TEXT_TOKENS = 77  # the CLIP/CLAP text context
+
+
+class ClapConfig(Strict):
+    model: str = "laion/larger_clap_general"
+    threshold: float = 0.40  # EzAudio §3.3 (AF-AudioSet used 0.35–0.45)
+    top_k: int = 3  # captions kept per clip
+    text_batch: int = 32
+    device: str = "auto"
+
+
+def clap_windows(wave: np.ndarray, window: int) -> np.ndarray:
+    """(k, window) windows of a mono clip: repeat-padded when short, start/middle/end when long."""
+    n = wave.shape[-1]
+    if n <= window:
+        return np.tile(wave, -(-window // n))[None, :window]
+    starts = sorted({0, (n - window) // 2, n - window})
+    return np.stack([wave[s: s + window] for s in starts])
+
+
+class ClapScorer:
+    def __init__(self, cfg: ClapConfig):
+        from transformers import AutoFeatureExtractor, AutoTokenizer, ClapModel
+
+        self.cfg = cfg
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.model = ClapModel.from_pretrained(cfg.model).to(self.device).eval()
+        self.features = AutoFeatureExtractor.from_pretrained(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.sample_rate = int(self.features.sampling_rate)
+        self.window = int(self.features.nb_max_samples)
+        self.timings: dict[str, float] = defaultdict(float)
+
+    @torch.no_grad()
+    def embed_audio(self, wave: np.ndarray) -> torch.Tensor:
+        """One normalised embedding (d,) for a mono clip at self.sample_rate; one forward per window."""
+        start = time.perf_counter()
+        embeddings = []
+        for w in clap_windows(wave.astype(np.float32), self.window):
+            feats = self.features([w], sampling_rate=self.sample_rate, truncation="rand_trunc", padding="repeatpad",
+                                  return_tensors="pt")  # exactly one window long: no random crop happens
+            out = self.model.get_audio_features(input_features=feats["input_features"].to(self.device))
+            embeddings.append(torch.nn.functional.normalize(_embedding(out), dim=-1)[0])
+        self.timings["clap"] += time.perf_counter() - start
+        return torch.nn.functional.normalize(torch.stack(embeddings).mean(0), dim=-1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Normalised embeddings (m, d), in fixed-size padded micro-batches."""
+        start = time.perf_counter()
+        b, out = self.cfg.text_batch, []
+        for i in range(0, len(texts), b):
+            chunk = texts[i: i + b]
+            tokens = self.tokenizer(chunk + [""] * (b - len(chunk)), padding="max_length", truncation=True,
+                                    max_length=TEXT_TOKENS, return_tensors="pt").to(self.device)
+            emb = _embedding(self.model.get_text_features(**tokens))
+            out.append(torch.nn.functional.normalize(emb, dim=-1)[: len(chunk)])
+        self.timings["clap"] += time.perf_counter() - start
+        return torch.cat(out) if out else torch.zeros(0, self.model.config.projection_dim, device=self.device)
+
+    def score(self, wave: np.ndarray, texts: list[str]) -> list[float]:
+        """Cosine similarity of each text with the clip (audio embedded once, texts in one pass)."""
+        if not texts:
+            return []
+        sims = self.embed_texts(texts) @ self.embed_audio(wave)
+        return [round(float(s), 6) for s in sims.cpu()]
+
+
+def _embedding(out) -> torch.Tensor:
+    """transformers 5 returns an output object (pooler_output); older versions a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def keep_best(candidates: list[dict], threshold: float, top_k: int) -> list[str]:
+    """Texts of the top_k candidates with clap >= threshold, best first (ties: first generated wins)."""
+    ranked = sorted((c for c in candidates if c["clap"] >= threshold), key=lambda c: -c["clap"])
+    return [c["text"] for c in ranked[:top_k]]

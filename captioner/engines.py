@@ -1,0 +1,198 @@
+"""Caption engines behind one interface: `generate(requests) -> list of n texts per request`.
+
+- `transformers` (default): any transformers audio-text-to-text model with a chat template (Qwen2-Audio,
+  Audio Flamingo 3) or a text LLM. The audio encoder and the prompt prefill run once per request: the
+  prompt (minus its last token) is prefilled at batch 1, the KV cache is repeated n times, and only the
+  sampled continuations run at batch n.
+- `vllm` (extra `capflow[vllm]`): vLLM's offline engine; `SamplingParams(n=...)` shares the prefill.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shards.config import Strict
+
+DEFAULT_PROMPT = "Can you briefly describe what you hear in this audio?"  # AF-AudioSet's captioning prompt
+
+
+class SamplingConfig(Strict):
+    n: int = 20  # AF-AudioSet: 20 samples per clip, top-k 50, top-p 0.95
+    top_k: int = 50
+    top_p: float = 0.95
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+
+
+class EngineConfig(Strict):
+    kind: str = "transformers"
+    model: str = "Qwen/Qwen2-Audio-7B-Instruct"  # hub id or local save_pretrained directory
+    prompts: list[str] = [DEFAULT_PROMPT]
+    system_prompt: str | None = None
+    sampling: SamplingConfig = SamplingConfig()
+    device: str = "auto"  # auto: cuda when available
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    trust_remote_code: bool = False
+    vllm: dict = {}  # extra keyword arguments for vllm.LLM (tensor_parallel_size, max_model_len, ...)
+
+
+@dataclass
+class Request:
+    prompt: str
+    audio: np.ndarray | None  # mono float32 at the engine's sample_rate, or None for text-only
+    seed: int
+    n: int
+
+
+def render_prompt(processor, prompt: str, audio: bool, system: str | None = None) -> str:
+    """The model's own chat template around one user turn (with one audio placeholder when audio)."""
+    content = [{"type": "audio", "audio": "clip"}, {"type": "text", "text": prompt}] if audio else prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def clean_caption(text: str) -> str:
+    """Whitespace collapsed, wrapping quotes/bullets removed, first letter capitalised, final period."""
+    text = re.sub(r"\s+", " ", text).strip().strip("\"'`*-• ").strip()
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def dedupe(candidates: list[dict]) -> list[dict]:
+    """Candidates with a non-empty, new text, in first-seen order; case and punctuation do not make a
+    caption new."""
+    seen, out = set(), []
+    for c in candidates:
+        norm = re.sub(r"[^a-z0-9 ]", "", c["text"].lower()).strip()
+        if norm and norm not in seen:
+            seen.add(norm)
+            out.append(c)
+    return out
+
+
+def _resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+class TransformersEngine:
+    def __init__(self, cfg: EngineConfig):
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoProcessor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+        self.cfg = cfg
+        self.name = f"transformers:{cfg.model}"
+        self.device = _resolve_device(cfg.device)
+        dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        self.processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        from transformers import AutoConfig
+
+        model_type = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code).model_type
+        # Audio-language models (Qwen2-Audio, Audio Flamingo 3) are registered as seq2seq-causal LMs.
+        auto = AutoModelForSeq2SeqLM if model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES else AutoModelForCausalLM
+        self.model = auto.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        self.model.to(self.device).eval()
+        features = getattr(self.processor, "feature_extractor", None)
+        self.sample_rate = int(features.sampling_rate) if features is not None else None
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, for the benchmark
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _inputs(self, req: Request) -> dict:
+        text = render_prompt(self.processor, req.prompt, req.audio is not None, self.cfg.system_prompt)
+        if req.audio is None:
+            return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        if self.sample_rate is None:
+            raise ValueError(f"{self.cfg.model} has no audio feature extractor; it cannot caption audio")
+        return self.processor(text=text, audio=[req.audio], sampling_rate=self.sample_rate, return_tensors="pt")
+
+    @torch.no_grad()
+    def _sample(self, req: Request) -> list[str]:
+        start = time.perf_counter()
+        inputs = {k: v.to(self.device) for k, v in self._inputs(req).items()}
+        self.timings["features"] += time.perf_counter() - start
+        start = time.perf_counter()
+        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        # Prefill everything but the last prompt token once (audio encoder included) ...
+        prefill = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **inputs)
+        cache = prefill.past_key_values
+        cache.batch_repeat_interleave(req.n)
+        # ... then sample n continuations from the shared cache (generate feeds only the last token).
+        torch.manual_seed(req.seed)
+        s = self.cfg.sampling
+        out = self.model.generate(input_ids=ids.expand(req.n, -1), attention_mask=mask.expand(req.n, -1),
+                                  past_key_values=cache, do_sample=True, top_k=s.top_k, top_p=s.top_p,
+                                  temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        self.timings["generate"] += time.perf_counter() - start
+        return texts
+
+    def generate(self, requests: list[Request]) -> list[list[str]]:
+        return [self._sample(r) for r in requests]
+
+
+class VLLMEngine:
+    """Thin adapter over vllm.LLM: requests are built here, scheduling and batching are vLLM's."""
+
+    def __init__(self, cfg: EngineConfig):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("the vllm engine needs vLLM: pip install 'capflow[vllm]' (GPU machines)") from e
+        from transformers import AutoProcessor
+
+        self.cfg = cfg
+        self.name = f"vllm:{cfg.model}"
+        self.processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        features = getattr(self.processor, "feature_extractor", None)
+        self.sample_rate = int(features.sampling_rate) if features is not None else None
+        self.llm = LLM(model=cfg.model, trust_remote_code=cfg.trust_remote_code, seed=0, **cfg.vllm)
+        self.timings: dict[str, float] = defaultdict(float)
+
+    def generate(self, requests: list[Request]) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        prompts, params = build_vllm_requests(self.processor, requests, self.cfg, self.sample_rate)
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, sampling_params=[SamplingParams(**p) for p in params], use_tqdm=False)
+        self.timings["generate"] += time.perf_counter() - start
+        return parse_vllm_outputs(outputs)
+
+
+def build_vllm_requests(processor, requests: list[Request], cfg: EngineConfig,
+                        sample_rate: int | None) -> tuple[list[dict], list[dict]]:
+    """vLLM prompt dicts (text + multi_modal_data) and SamplingParams keyword dicts, one per request."""
+    prompts, params = [], []
+    s = cfg.sampling
+    for r in requests:
+        prompt = {"prompt": render_prompt(processor, r.prompt, r.audio is not None, cfg.system_prompt)}
+        if r.audio is not None:
+            prompt["multi_modal_data"] = {"audio": [(r.audio, sample_rate)]}
+        prompts.append(prompt)
+        params.append({"n": r.n, "seed": r.seed, "top_k": s.top_k, "top_p": s.top_p, "temperature": s.temperature,
+                       "max_tokens": s.max_new_tokens})
+    return prompts, params
+
+
+def parse_vllm_outputs(outputs) -> list[list[str]]:
+    """RequestOutput list -> texts per request, in request order (vLLM returns them in order)."""
+    return [[c.text for c in out.outputs] for out in outputs]
+
+
+ENGINES = {"transformers": TransformersEngine, "vllm": VLLMEngine}
+
+
+def make_engine(cfg: EngineConfig):
+    if cfg.kind not in ENGINES:
+        raise ValueError(f"unknown caption engine {cfg.kind!r}; valid: {sorted(ENGINES)}")
+    return ENGINES[cfg.kind](cfg)

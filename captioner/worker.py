@@ -1,0 +1,123 @@
+"""One captioning worker: models loaded once and kept resident; processes whole work units into shards.
+
+Per unit: decode every clip (bad ones become status rows), ask the ALM for n captions per prompt and the
+LLM for time-ordered captions from strong labels (one engine call per unit, so vLLM can batch it), clean
+and de-duplicate, score every candidate with CLAP against its clip, keep the best, write the shard.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+from shards import audio
+from shards.format import AUDIO, META
+from shards.writer import ShardWriter
+
+from .clap import ClapScorer, keep_best
+from .config import CaptionConfig
+from .engines import Request, clean_caption, dedupe, make_engine
+from .labels import enrichment_prompt
+from .sources import Item
+
+
+def clip_seed(base: int, key: str, stream: int) -> int:
+    """A per-clip, per-prompt seed that depends only on the key (not on scheduling)."""
+    return (base * 1_000_003 + zlib.crc32(key.encode()) * 97 + stream) % (2**31 - 1)
+
+
+class CaptionWorker:
+    def __init__(self, cfg: CaptionConfig | dict):
+        self.cfg = cfg if isinstance(cfg, CaptionConfig) else CaptionConfig.model_validate(cfg)
+        self.alm = make_engine(self.cfg.alm) if self.cfg.alm else None
+        self.llm = make_engine(self.cfg.labels.engine) if self.cfg.labels.enabled else None
+        self.clap = ClapScorer(self.cfg.clap)
+        self.timings: dict[str, float] = defaultdict(float)
+
+    def _decode(self, items: list[Item], writer: ShardWriter) -> list[tuple[Item, audio.Audio, bytes]]:
+        clips = []
+        for item in items:
+            start = time.perf_counter()
+            if not item.path.is_file():
+                writer.add_failure(item.key, "missing", f"no audio file {item.path}", item.meta())
+                continue
+            try:
+                clip = audio.decode(item.path)
+            except audio.AudioError as e:
+                writer.add_failure(item.key, "unreadable", str(e), item.meta())
+                continue
+            # FLAC sources go into the shard byte for byte; anything else is re-encoded once.
+            flac = item.path.read_bytes() if item.path.suffix.lower() == ".flac" else audio.encode_flac(clip)
+            clips.append((item, clip, flac))
+            self.timings["decode"] += time.perf_counter() - start
+        return clips
+
+    def _alm_candidates(self, clips) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = defaultdict(list)
+        if not self.alm or not clips:
+            return out
+        start = time.perf_counter()
+        requests, owners = [], []
+        max_samples = int(self.cfg.max_seconds * self.alm.sample_rate)
+        for item, clip, _ in clips:
+            wave = audio.resample(audio.to_mono(clip), self.alm.sample_rate).samples[0][:max_samples]
+            for p, prompt in enumerate(self.cfg.alm.prompts):
+                seed = clip_seed(self.cfg.seed, item.key, p)
+                requests.append(Request(prompt, wave, seed, self.cfg.alm.sampling.n))
+                owners.append((item.key, prompt, seed))
+        self.timings["resample"] += time.perf_counter() - start
+        for (key, prompt, seed), texts in zip(owners, self.alm.generate(requests)):
+            out[key] += [{"text": clean_caption(t), "kind": "alm", "engine": self.alm.name, "prompt": prompt,
+                          "seed": seed} for t in texts]
+        return out
+
+    def _label_candidates(self, clips) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = defaultdict(list)
+        if not self.llm:
+            return out
+        requests, owners = [], []
+        for item, _, _ in clips:
+            prompt = enrichment_prompt(item.strong, item.labels, self.cfg.labels)
+            if prompt:
+                seed = clip_seed(self.cfg.seed, item.key, 1000)
+                requests.append(Request(prompt, None, seed, self.cfg.labels.engine.sampling.n))
+                owners.append((item.key, prompt, seed))
+        for (key, prompt, seed), texts in zip(owners, self.llm.generate(requests) if requests else []):
+            out[key] += [{"text": clean_caption(t), "kind": "labels", "engine": self.llm.name, "prompt": prompt,
+                          "seed": seed} for t in texts]
+        return out
+
+    def process_unit(self, index: int, items: list[Item], directory: str | Path) -> dict:
+        """Write shard `index` for `items`; returns its stats plus caption counts and stage timings."""
+        self.timings.clear()
+        for engine in (self.alm, self.llm, self.clap):
+            if engine is not None:
+                engine.timings.clear()
+        with ShardWriter(directory, self.cfg.prefix, index) as writer:
+            clips = self._decode(items, writer)
+            alm, labels = self._alm_candidates(clips), self._label_candidates(clips)
+            kept_total = candidates_total = 0
+            for item, clip, flac in clips:
+                candidates = dedupe(alm[item.key] + labels[item.key])
+                start = time.perf_counter()
+                wave48 = audio.resample(audio.to_mono(clip), self.clap.sample_rate).samples[0]
+                self.timings["resample"] += time.perf_counter() - start
+                for c, score in zip(candidates, self.clap.score(wave48, [c["text"] for c in candidates])):
+                    c["clap"] = score
+                kept = keep_best(candidates, self.cfg.clap.threshold, self.cfg.clap.top_k)
+                start = time.perf_counter()
+                meta = item.meta() | {"duration": round(clip.duration, 6), "sample_rate": clip.sample_rate,
+                                      "channels": clip.channels, "candidates": candidates, "captions": kept}
+                writer.write(item.key, {AUDIO: flac, META: meta})
+                self.timings["write"] += time.perf_counter() - start
+                kept_total += len(kept)
+                candidates_total += len(candidates)
+            stats = writer.close()
+        timings = dict(self.timings)
+        for name, engine in (("alm", self.alm), ("llm", self.llm), ("clap", self.clap)):
+            if engine is not None:
+                for stage, seconds in engine.timings.items():
+                    timings[f"{name}_{stage}" if name != "clap" else stage] = seconds
+        return {**stats, "captions_kept": kept_total, "candidates": candidates_total, "timings": timings}
