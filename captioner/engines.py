@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from collections import defaultdict
@@ -102,6 +103,7 @@ class TransformersEngine:
         self.model.to(self.device).eval()
         features = getattr(self.processor, "feature_extractor", None)
         self.sample_rate = int(features.sampling_rate) if features is not None else None
+        self._fe_takes_device = features is not None and "device" in inspect.signature(features.__call__).parameters
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, for the benchmark
 
     @property
@@ -114,7 +116,9 @@ class TransformersEngine:
             return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         if self.sample_rate is None:
             raise ValueError(f"{self.cfg.model} has no audio feature extractor; it cannot caption audio")
-        return self.processor(text=text, audio=[req.audio], sampling_rate=self.sample_rate, return_tensors="pt")
+        # Whisper-style extractors compute the log-mel on the model's device when asked: off the CPU on GPUs.
+        extra = {"device": self.device} if self._fe_takes_device else {}
+        return self.processor(text=text, audio=[req.audio], sampling_rate=self.sample_rate, return_tensors="pt", **extra)
 
     @torch.no_grad()
     def _sample(self, req: Request) -> list[str]:

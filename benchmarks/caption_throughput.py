@@ -1,0 +1,92 @@
+"""Captioning throughput with the tiny models: clips/s end to end, milliseconds per clip for each stage,
+and encoder forward passes per clip. One run, one process (no Ray start-up in the numbers).
+
+Target (issue #3): CPU-side work (decode, resample, feature extraction, CLAP features, writing: everything
+but the model forward passes) at most 25 ms per 10-second clip per core.
+
+    python benchmarks/caption_throughput.py [--clips 48 --samples 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from capflow.tiny import write_all_tiny_models  # noqa: E402
+from captioner.config import CaptionConfig  # noqa: E402
+from captioner.sources import SourceConfig, load_items, partition  # noqa: E402
+from captioner.synth import synth_corpus  # noqa: E402
+from captioner.worker import CaptionWorker  # noqa: E402
+
+CPU_STAGES = ("decode", "resample", "alm_features", "clap_features", "write")
+MODEL_STAGES = ("alm_generate", "llm_generate", "clap")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--samples", type=int, default=20, help="captions per clip (AF-AudioSet: 20)")
+    parser.add_argument("--unit-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # "per core"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = synth_corpus(tmp / "corpus", num_clips=args.clips, num_missing=0, num_corrupt=0)
+        models = write_all_tiny_models(tmp / "models")
+        cfg = CaptionConfig.model_validate({
+            "source": SourceConfig(kind="audioset", audio_dir=str(corpus / "audio"),
+                                   segments=[str(corpus / "balanced_train_segments.csv")],
+                                   strong=[str(corpus / "audioset_train_strong.tsv")]).model_dump(),
+            "output": str(tmp / "shards"), "unit_size": args.unit_size,
+            "alm": {"model": str(models["alm"]), "sampling": {"n": args.samples, "max_new_tokens": 16}},
+            "labels": {"engine": {"model": str(models["llm"]), "prompts": [], "sampling": {"n": 3, "max_new_tokens": 16}}},
+            "clap": {"model": str(models["clap"]), "threshold": -1.0}, "ray": {"workers": 0}})
+        worker = CaptionWorker(cfg)
+        encoder_calls = []
+        worker.alm.model.model.audio_tower.register_forward_hook(lambda *a: encoder_calls.append(1))
+        units = partition(load_items(cfg.source), cfg.unit_size)
+        worker.process_unit(0, units[0][:2], tmp / "warmup")  # warm-up: lazy imports, first-call allocations
+        encoder_calls.clear()
+        totals: Counter[str] = Counter()
+        start = time.perf_counter()
+        clips = 0
+        for i, unit in enumerate(units):
+            result = worker.process_unit(i, unit, tmp / "shards")
+            totals.update(result["timings"])
+            clips += result["samples"]
+        wall = time.perf_counter() - start
+        # The ALM's log-mel alone (it runs inside alm_features), to show what a GPU node keeps on its CPUs:
+        # there both log-mels run on the GPU (the Whisper extractor is given device=cuda, CLAP's is torch).
+        wave = (0.1 * torch.randn(16000 * 10)).numpy()
+        fe = worker.alm.processor.feature_extractor
+        t0 = time.perf_counter()
+        for _ in range(10):
+            fe([wave], sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt")
+        whisper_ms = (time.perf_counter() - t0) * 100
+        date = time.strftime("%Y-%m-%d")
+
+    print(f"{clips} clips of 10 s, {args.samples} ALM samples + 3 LLM samples per clip, 1 thread, tiny models")
+    print(f"end to end: {clips / wall:.2f} clips/s ({1e3 * wall / clips:.1f} ms/clip)")
+    print(f"{'stage':<16}{'ms/clip':>10}")
+    for stage in CPU_STAGES + MODEL_STAGES:
+        print(f"{stage:<16}{1e3 * totals.get(stage, 0.0) / clips:>10.2f}")
+    cpu = sum(totals.get(s, 0.0) for s in CPU_STAGES) * 1e3 / clips
+    print(f"CPU-side work, all on this CPU: {cpu:.1f} ms per 10-s clip per core (target <= 25): ratio {cpu / 25:.2f}")
+    gpu_node = cpu - whisper_ms - 1e3 * totals.get("clap_features", 0.0) / clips
+    print(f"  of which log-mels (ALM {whisper_ms:.1f} ms, CLAP {1e3 * totals.get('clap_features', 0.0) / clips:.1f} ms) "
+          f"run on the GPU on a GPU node; CPU-side left there: {gpu_node:.1f} ms: ratio {gpu_node / 25:.2f} ({date})")
+    print(f"audio-encoder forward passes per clip: {len(encoder_calls) / clips:.2f} (with {args.samples} samples/clip)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from captioner.clap import ClapConfig, ClapScorer, clap_windows, keep_best
+from captioner.config import CaptionConfig
+from captioner.engines import (EngineConfig, Request, SamplingConfig, TransformersEngine, build_vllm_requests,
+                               clean_caption, dedupe, parse_vllm_outputs)
+from captioner.job import run_caption_job
+from captioner.labels import LabelsConfig, enrichment_prompt, timeline
+from captioner.sources import SourceConfig, load_items, partition
+from shards.manifest import ConfigMismatch
+from shards.validate import validate
+
+
+def _source(corpus) -> SourceConfig:
+    return SourceConfig(kind="audioset", audio_dir=str(corpus / "audio"),
+                        segments=[str(corpus / "balanced_train_segments.csv")],
+                        class_labels=str(corpus / "class_labels_indices.csv"), ontology=str(corpus / "ontology.json"),
+                        strong=[str(corpus / "audioset_train_strong.tsv")])
+
+
+def _config(corpus, tiny_models, out, **overrides) -> CaptionConfig:
+    data = {
+        "source": _source(corpus).model_dump(), "output": str(out), "unit_size": 4,
+        "alm": {"model": str(tiny_models["alm"]), "sampling": {"n": 3, "max_new_tokens": 8}},
+        "labels": {"engine": {"model": str(tiny_models["llm"]), "prompts": [], "sampling": {"n": 2, "max_new_tokens": 8}}},
+        "clap": {"model": str(tiny_models["clap"]), "threshold": -1.0},
+        "ray": {"workers": 2, "num_cpus": 0.25},
+    }
+    for key, value in overrides.items():
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return CaptionConfig.model_validate(data)
+
+
+# ---- sources ------------------------------------------------------------------------------------------
+
+def test_audioset_source_reads_the_distributed_formats(corpus):
+    items = load_items(_source(corpus))
+    assert len(items) == 11 and items == sorted(items, key=lambda i: i.key)
+    assert all("." not in it.key and it.key.startswith("audioset-") for it in items)
+    with_audio = [it for it in items if it.path.is_file()]
+    assert len(with_audio) == 10  # one listed clip has no file
+    it = with_audio[0]
+    assert it.labels and all(not label.startswith("/t/") for label in it.labels)  # names, not ids
+    assert it.strong == sorted(it.strong, key=lambda e: (e["start"], e["end"], e["label"]))
+    assert it.extra["segment_id"] == f"{it.extra['ytid']}_{round(it.extra['start'] * 1000)}"
+    assert [len(u) for u in partition(items, 5)] == [5, 5, 1]
+
+
+def test_folder_and_manifest_sources(corpus, tmp_path):
+    folder = load_items(SourceConfig(kind="folder", audio_dir=str(corpus / "audio")))
+    assert len(folder) == 10 and all(it.source == "folder" for it in folder)
+    rows = [{"path": p.name, "caption": "a tone"} for p in sorted((corpus / "audio").iterdir())[:3]]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    items = load_items(SourceConfig(kind="manifest", manifest=str(tmp_path / "m.jsonl"), audio_dir=str(corpus / "audio")))
+    assert len(items) == 3 and items[0].extra["human_captions"] == ["a tone"] and items[0].path.is_file()
+    with pytest.raises(ValueError, match="segments"):
+        load_items(SourceConfig(kind="audioset"))
+
+
+# ---- engines ------------------------------------------------------------------------------------------
+
+def test_clean_and_dedupe():
+    assert clean_caption('  "a dog   barks"  ') == "A dog barks."
+    assert clean_caption("Birds sing!") == "Birds sing!"
+    cands = [{"text": t} for t in ["A dog barks.", "a dog barks", "", "Rain falls."]]
+    assert [c["text"] for c in dedupe(cands)] == ["A dog barks.", "Rain falls."]
+
+
+@pytest.fixture(scope="module")
+def alm(tiny_models):
+    return TransformersEngine(EngineConfig(model=str(tiny_models["alm"]), sampling=SamplingConfig(n=5, max_new_tokens=6)))
+
+
+def test_audio_encoder_runs_once_per_clip_whatever_n(alm):
+    calls = []
+    hook = alm.model.model.audio_tower.register_forward_hook(lambda *a: calls.append(1))
+    wave = (0.1 * np.random.default_rng(0).standard_normal(16000 * 3)).astype(np.float32)
+    try:
+        for n in (1, 5, 12):
+            calls.clear()
+            texts = alm.generate([Request("Describe.", wave, seed=1, n=n), Request("Describe.", wave, seed=2, n=n)])
+            assert [len(t) for t in texts] == [n, n]
+            assert len(calls) == 2  # two clips, two encoder passes, independent of n
+    finally:
+        hook.remove()
+
+
+def test_sampling_is_seeded(alm):
+    wave = (0.1 * np.random.default_rng(1).standard_normal(16000 * 2)).astype(np.float32)
+    a = alm.generate([Request("Describe.", wave, seed=7, n=4)])
+    assert a == alm.generate([Request("Describe.", wave, seed=7, n=4)])
+    assert a != alm.generate([Request("Describe.", wave, seed=8, n=4)])
+
+
+def test_vllm_request_building_and_output_parsing(alm):
+    cfg = EngineConfig(kind="vllm", model="x", sampling=SamplingConfig(n=20, top_k=50, top_p=0.95, max_new_tokens=32))
+    wave = np.zeros(16000, np.float32)
+    prompts, params = build_vllm_requests(alm.processor, [Request("Describe.", wave, 3, 20), Request("Hi.", None, 4, 2)],
+                                          cfg, 16000)
+    assert "<|AUDIO|>" in prompts[0]["prompt"] and prompts[0]["prompt"].endswith("<|im_start|>assistant\n")
+    assert prompts[0]["multi_modal_data"]["audio"][0][1] == 16000 and "multi_modal_data" not in prompts[1]
+    assert params[0] == {"n": 20, "seed": 3, "top_k": 50, "top_p": 0.95, "temperature": 1.0, "max_tokens": 32}
+    assert params[1]["n"] == 2
+    fake = [SimpleNamespace(outputs=[SimpleNamespace(text="a"), SimpleNamespace(text="b")]),
+            SimpleNamespace(outputs=[SimpleNamespace(text="c")])]
+    assert parse_vllm_outputs(fake) == [["a", "b"], ["c"]]
+
+
+def test_vllm_missing_gives_install_hint():
+    from captioner.engines import make_engine
+
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match=r"capflow\[vllm\]"):
+        make_engine(EngineConfig(kind="vllm", model="x"))
+    with pytest.raises(ValueError, match="transformers"):
+        make_engine(EngineConfig(kind="nope", model="x"))
+
+
+def test_label_enrichment_prompt():
+    strong = [{"label": "Car passing", "start": 1.5, "end": 4.0}, {"label": "Dog", "start": 0.0, "end": 2.3}]
+    assert timeline(strong) == "0.0–2.3 s dog; 1.5–4.0 s car passing"
+    cfg = LabelsConfig()
+    assert "0.0–2.3 s dog; 1.5–4.0 s car passing" in enrichment_prompt(strong, ["Dog"], cfg)
+    assert enrichment_prompt([], ["Dog"], cfg) is None
+    assert "dog" in enrichment_prompt([], ["Dog"], LabelsConfig(use_weak=True))
+
+
+# ---- CLAP ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clap(tiny_models):
+    return ClapScorer(ClapConfig(model=str(tiny_models["clap"]), text_batch=4))
+
+
+def test_clap_windows():
+    short = np.arange(1, 4, dtype=np.float32)
+    np.testing.assert_array_equal(clap_windows(short, 7), [[1, 2, 3, 1, 2, 3, 0]])  # LAION "repeatpad"
+    long = np.arange(25, dtype=np.float32)
+    w = clap_windows(long, 10)
+    assert w.shape == (3, 10) and w[0, 0] == 0 and w[1, 0] == 7 and w[2, -1] == 24
+
+
+def test_clap_log_mel_matches_the_feature_extractor(clap):
+    wave = (0.3 * np.random.default_rng(0).standard_normal(clap.window)).astype(np.float32)
+    ours = clap.log_mel(wave[None]).numpy()
+    ref = clap.features([wave], sampling_rate=clap.sample_rate, truncation="rand_trunc", padding="repeatpad",
+                        return_tensors="np")["input_features"]
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=2e-3)  # dB
+
+
+def test_clap_scores_do_not_depend_on_batching(clap):
+    rng = np.random.default_rng(0)
+    wave = (0.2 * rng.standard_normal(48000 * 4)).astype(np.float32)
+    texts = ["A dog barks.", "Rain falls.", "A siren wails twice.", "Birds chirping.", "Engine hums.", "Click."]
+    together = clap.score(wave, texts)
+    assert together == clap.score(wave, texts)  # deterministic
+    one_by_one = [clap.score(wave, [t])[0] for t in texts]
+    reversed_ = clap.score(wave, texts[::-1])[::-1]
+    assert together == one_by_one == reversed_
+    long = (0.2 * rng.standard_normal(48000 * 25)).astype(np.float32)
+    assert clap.score(long, texts[:2]) == clap.score(long, texts[:2])
+    assert all(-1.0 <= s <= 1.0 for s in together)
+
+
+def test_keep_best():
+    cands = [{"text": "a", "clap": 0.5}, {"text": "b", "clap": 0.3}, {"text": "c", "clap": 0.7}, {"text": "d", "clap": 0.45}]
+    assert keep_best(cands, 0.4, 3) == ["c", "a", "d"]
+    assert keep_best(cands, 0.4, 1) == ["c"]
+    assert keep_best(cands, 0.9, 3) == []
+
+
+# ---- the job on local Ray ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "shards"
+    summary = run_caption_job(_config(corpus, tiny_models, out), progress=False)
+    return out, summary
+
+
+@pytest.mark.timeout(240)
+def test_job_every_clip_once_and_failures_are_rows(reference_run, corpus):
+    out, summary = reference_run
+    assert summary["clips"] == 11 and summary["ok"] == 9 and summary["failures"] == {"missing": 1, "unreadable": 1}
+    assert summary["failed_units"] == {} and summary["shards"] == 3
+    assert validate(out) == []
+    rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 11
+    assert {it.key for it in load_items(_source(corpus))} == set(keys)
+    unreadable = next(r for r in rows if r["status"] == "unreadable")
+    assert "unreadable audio" in unreadable["error"] and unreadable["id"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["num_candidates"] > 0 and len(r["captions"]) == min(3, r["num_candidates"]) for r in ok)
+    assert (out / "config.yaml").is_file() and json.loads((out / "caption_summary.json").read_text())["ok"] == 9
+
+
+@pytest.mark.timeout(240)
+def test_rerun_skips_done_units_and_changed_config_refuses(reference_run, corpus, tiny_models):
+    out, _ = reference_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    summary = run_caption_job(_config(corpus, tiny_models, out, **{"ray.workers": 1}), progress=False)  # ray may change
+    assert summary["ok"] == 9 and {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
+    with pytest.raises(ConfigMismatch, match=r"clap\.threshold: -1\.0 -> 0\.3"):
+        run_caption_job(_config(corpus, tiny_models, out, **{"clap.threshold": 0.3}), progress=False)
+
+
+@pytest.mark.timeout(300)
+def test_killed_job_resumes_to_identical_shards(reference_run, corpus, tiny_models, tmp_path):
+    ref, _ = reference_run
+    out = tmp_path / "shards"
+    cfg = _config(corpus, tiny_models, out, **{"ray.workers": 0})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "captioner", "caption", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob("*_stats.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = list(out.glob("*_stats.json"))
+    assert 1 <= len(done) < 3, "the job should have been killed mid-run"
+    summary = run_caption_job(_config(corpus, tiny_models, out), progress=False)  # resume on local Ray
+    assert summary["ok"] == 9 and validate(out) == []
+    for tar in sorted(ref.glob("*.tar")):
+        assert (out / tar.name).read_bytes() == tar.read_bytes()
+    assert not list(out.glob("*.tmp"))
