@@ -58,8 +58,13 @@ def _qwen2_text_config(vocab_size: int, tokenizer):
 def write_tiny_alm(directory: str | Path, seed: int = 0) -> Path:
     """A tiny Qwen2-Audio (Whisper-style encoder + Qwen2 LM) with its processor and chat template."""
     import torch
-    from transformers import (Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration,
-                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(QWEN_SPECIALS + AUDIO_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>")
@@ -95,7 +100,14 @@ def write_tiny_llm(directory: str | Path, seed: int = 0) -> Path:
 def write_tiny_clap(directory: str | Path, seed: int = 0) -> Path:
     """A tiny unfused CLAP (HTSAT audio tower + RoBERTa text tower) with its processor."""
     import torch
-    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, ClapTextConfig
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+    )
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer([], eos="</s>", pad="<pad>", unk="<unk>", bos_token="<s>", cls_token="<s>",

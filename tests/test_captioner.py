@@ -13,8 +13,16 @@ import yaml
 
 from captioner.clap import ClapConfig, ClapScorer, clap_windows, keep_best
 from captioner.config import CaptionConfig
-from captioner.engines import (EngineConfig, Request, SamplingConfig, TransformersEngine, build_vllm_requests,
-                               clean_caption, dedupe, parse_vllm_outputs)
+from captioner.engines import (
+    EngineConfig,
+    Request,
+    SamplingConfig,
+    TransformersEngine,
+    build_vllm_requests,
+    clean_caption,
+    dedupe,
+    parse_vllm_outputs,
+)
 from captioner.job import run_caption_job
 from captioner.labels import LabelsConfig, enrichment_prompt, timeline
 from captioner.sources import SourceConfig, load_items, partition

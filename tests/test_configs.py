@@ -1,0 +1,16 @@
+"""Every shipped config loads into its typed model (a renamed key breaks this test, not a user's run)."""
+
+from pathlib import Path
+
+import pytest
+
+from captioner.config import CaptionConfig
+from shards.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "caption").glob("*.yaml")), ids=lambda p: p.name)
+def test_caption_configs_validate(path):
+    cfg = load_config(CaptionConfig, path)
+    assert cfg.clap.top_k >= 1 and cfg.unit_size >= 1
