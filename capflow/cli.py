@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        pretrain_cli.quiet_libraries()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ConfigMismatch) as e:

@@ -1,12 +1,20 @@
-"""Model commands: `capflow model-info`, `capflow generate` (also `python -m pretrain ...`)."""
+"""Model and training commands: `capflow encode | pretrain | generate | model-info` (also `python -m pretrain ...`;
+`python -m pretrain --config C` alone trains, for `accelerate launch -m pretrain --config C`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
+
+
+def quiet_libraries() -> None:
+    """accelerate/DeepSpeed log every file they save at INFO; keep the step line readable."""
+    for name in ("accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _model_info(args) -> int:
@@ -49,7 +57,55 @@ def _generate(args) -> int:
     return 0
 
 
+def _encode(args) -> int:
+    from shards.config import load_config
+
+    from .encode import EncodeConfig, run_encode
+
+    manifest = run_encode(load_config(EncodeConfig, args.config, args.set))
+    if manifest:
+        print(f"{manifest['num_samples']} clips in {manifest['num_shards']} latent shards "
+              f"({manifest['extra']['latent_channels']} channels at {manifest['extra']['frame_rate']:g} frames/s)")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from shards.config import load_config
+
+    from .config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, args.config, args.set)
+    if args.export_only:
+        from .checkpoint import export_bundle, list_checkpoints
+        from .train import data_provenance
+
+        found = list_checkpoints(cfg.output_dir)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint under {cfg.output_dir}/checkpoints to export")
+        codec, _, hashes = data_provenance(cfg)
+        out = export_bundle(cfg, found[-1], args.export_only, codec, use_ema=not args.raw, info={"data_hashes": hashes})
+    else:
+        from .train import run_pretrain
+
+        out = run_pretrain(cfg, resume=args.resume)
+    print(f"exported {out}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="audio shards -> VAE latent shards (resumable, with codec provenance)")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/encode/tiny.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("pretrain", help="train a stage (mask | align | sft); many GPUs: accelerate launch -m pretrain")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain/tiny-mask.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory: continue the same run exactly")
+    p.add_argument("--export-only", default=None, metavar="OUT", help="export the latest checkpoint to OUT and exit")
+    p.add_argument("--raw", action="store_true", help="with --export-only: raw weights instead of the EMA")
+    p.set_defaults(func=_pretrain)
+
     p = sub.add_parser("model-info", help="parameter counts of a DiT preset by group (no weights allocated)")
     p.add_argument("--preset", default="dit-l", help="tiny | small | dit-l | dit-xl (default dit-l)")
     p.add_argument("--adaln", choices=["sola", "full", "single"], default=None, help="AdaLN variant (default: preset's)")
@@ -78,5 +134,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pretrain")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-"):  # `accelerate launch -m pretrain --config C` means training
+        argv = ["pretrain", *argv]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_libraries()
+    args = parser.parse_args(argv)
     return args.func(args)

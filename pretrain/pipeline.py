@@ -45,6 +45,18 @@ class TextEncoderRef:
     dtype: str = "float32"
 
 
+def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, text_ref: TextEncoderRef | None,
+                 sampler: SamplerDefaults, stage: str, info: dict | None = None) -> Path:
+    """Write a bundle without loading the codec or the text encoder (only their references are stored)."""
+    directory = Path(directory)
+    dit.save_pretrained(directory / "dit")
+    index = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": stage, "codec": codec.to_dict(),
+             "text_encoder": dataclasses.asdict(text_ref) if text_ref else None,
+             "sampler": dataclasses.asdict(sampler), "info": info or {}}
+    (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
 def _resolve(ref: str, root: Path) -> str:
     candidate = root / ref
     return str(candidate) if not Path(ref).is_absolute() and candidate.exists() else ref
@@ -69,19 +81,8 @@ class TextToAudio:
         return self
 
     # ---- persistence --------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        directory = Path(directory)
-        self.dit.save_pretrained(directory / "dit")
-        index = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": self.stage,
-            "codec": self.codec.config.to_dict(),
-            "text_encoder": dataclasses.asdict(self.text_ref) if self.text_ref else None,
-            "sampler": dataclasses.asdict(self.sampler), "info": self.info,
-        }
-        (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        for name, text in (extra_files or {}).items():
-            (directory / name).write_text(text)
-        return directory
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return write_bundle(directory, self.dit, self.codec.config, self.text_ref, self.sampler, self.stage, self.info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TextToAudio:

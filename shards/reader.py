@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +60,23 @@ def shard_urls(source: str | Path | list) -> list[str]:
     return list(wds.shardlists.expand_urls(str(source)))
 
 
+def iter_tar_samples(path: Path):
+    """(key, {ext: bytes}) for each sample of a tar, members grouped in order."""
+    key, sample = None, {}
+    with tarfile.open(path, "r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            k, _, ext = info.name.partition(".")
+            if k != key and key is not None:
+                yield key, sample
+                sample = {}
+            key = k
+            sample[ext] = tar.extractfile(info).read()
+    if key is not None:
+        yield key, sample
+
+
 def select_captions(meta: dict, min_clap: float | None = None, top_k: int | None = None) -> list[str]:
     """Captions kept at read time. Without thresholds: the ones the writer kept; with them: re-ranked
     candidates with CLAP >= min_clap, best first, at most top_k."""
@@ -95,6 +113,10 @@ class SampleDecoder:
         return out
 
 
+def has_captions(sample: dict) -> bool:
+    return bool(sample["captions"])
+
+
 def collate(samples: list[dict]) -> dict:
     """List of sample dicts -> dict of batched values: same-shape arrays become one tensor, else lists."""
     batch = {}
@@ -115,7 +137,7 @@ def make_pipeline(
     shuffle: int = 0,
     resampled: bool = False,
     seed: int = 0,
-    require_captions: bool = False,
+    select=None,
     strict: bool = False,
     partial: bool = True,
 ) -> wds.DataPipeline:
@@ -133,8 +155,8 @@ def make_pipeline(
     if shuffle > 1:
         stages.append(wds.shuffle(shuffle, seed=seed))
     stages.append(wds.map(decoder or SampleDecoder(), handler=errors))
-    if require_captions:
-        stages.append(wds.select(lambda s: bool(s["captions"])))
+    if select is not None:  # e.g. `has_captions` to train only on captioned clips
+        stages.append(wds.select(select))
     if batch_size:
         stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))
     pipeline = wds.DataPipeline(*stages)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import datasets
@@ -19,6 +18,7 @@ import yaml
 
 from . import format as fmt
 from .manifest import read_manifest
+from .reader import iter_tar_samples
 from .stats import write_stats
 
 CANDIDATE = {"text": datasets.Value("string"), "clap": datasets.Value("float64"), "kind": datasets.Value("string"),
@@ -39,23 +39,6 @@ def release_features(with_audio: bool) -> datasets.Features:
     if with_audio:
         features["audio"] = datasets.Audio()
     return datasets.Features(features)
-
-
-def iter_tar_samples(path: Path):
-    """(key, {ext: bytes}) for each sample of a tar, members grouped in order."""
-    key, sample = None, {}
-    with tarfile.open(path, "r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            k, _, ext = info.name.partition(".")
-            if k != key and key is not None:
-                yield key, sample
-                sample = {}
-            key = k
-            sample[ext] = tar.extractfile(info).read()
-    if key is not None:
-        yield key, sample
 
 
 def _row(key: str, sample: dict, with_audio: bool) -> dict:

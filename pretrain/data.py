@@ -1,0 +1,81 @@
+"""Training batches from latent shards: an endless, deterministic, resumable stream per rank.
+
+The stream is cut into segments of `segment_steps` batches; segment k draws shards with replacement from a
+seed made of (seed, rank, k). Resuming at batch s rebuilds segment s // S and skips s % S batches, so an
+interrupted run sees exactly the batches an uninterrupted one would, and the skip is bounded.
+Captions are chosen per sample among those the read-time filter keeps, with caption dropout.
+Shape legend: b batch, c latent channels, n latent frames.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Iterator
+
+import torch
+import webdataset as wds
+
+from shards.reader import SampleDecoder, make_pipeline, shard_urls
+
+from .config import PretrainConfig
+
+
+class LatentDecoder(SampleDecoder):
+    """Latent sample -> {key, latent (c, n), valid_frames, caption}; the caption is drawn deterministically."""
+
+    def __init__(self, min_clap, top_k, caption_dropout: float, seed: int):
+        super().__init__(decode_audio=False, min_clap=min_clap, top_k=top_k)
+        self.caption_dropout, self.seed = caption_dropout, seed
+
+    def __call__(self, sample: dict) -> dict:
+        out = super().__call__(sample)
+        if "latent" not in out:
+            raise ValueError(f"{sample.get('__url__')}: sample {out['key']} has no latent (npy) member; "
+                             "train on shards written by `capflow encode`")
+        rng = random.Random(zlib.crc32(f"{self.seed}/{out['key']}".encode()))
+        captions = out["captions"]
+        caption = "" if not captions or rng.random() < self.caption_dropout else rng.choice(captions)
+        latent = out["latent"]
+        valid = int(out["meta"].get("latent", {}).get("valid_frames", latent.shape[-1]))
+        return {"key": out["key"], "latent": latent, "valid_frames": valid, "caption": caption,
+                "captioned": bool(captions)}
+
+
+class LatentBatches:
+    def __init__(self, cfg: PretrainConfig, rank: int = 0, start: int = 0):
+        self.cfg, self.rank, self.position = cfg, rank, start
+        self.urls = [u for source in cfg.data.shards for u in shard_urls(source)]
+        self.errors = None  # the current segment's ErrorPolicy (skip counts)
+
+    def _segment(self, k: int) -> Iterator[dict]:
+        d = self.cfg.data
+        seed = zlib.crc32(f"{self.cfg.seed}/{self.rank}/{k}".encode())
+        pipeline = make_pipeline(
+            self.urls, batch_size=d.micro_batch_size, resampled=True, seed=seed, shuffle=d.shuffle, strict=d.strict,
+            decoder=LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed),
+            select=(lambda s: s["captioned"]) if self.cfg.stage != "mask" else None, partial=False)
+        self.errors = pipeline.errors
+        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers)
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        steps = self.cfg.data.segment_steps
+        while True:
+            segment, offset = divmod(self.position, steps)
+            batches = self._segment(segment)
+            for _ in range(offset):  # bounded skip to the resume position
+                next(batches)
+            for _ in range(steps - offset):
+                batch = next(batches)
+                self.position += 1
+                yield to_training_batch(batch)
+
+
+def to_training_batch(batch: dict) -> dict:
+    """Collated samples -> latent (b, c, n) float32, valid (b, n) bool, captions, keys."""
+    latent = batch["latent"].float()  # (b, c, n)
+    n = latent.shape[-1]
+    valid = torch.arange(n)[None, :] < torch.as_tensor(batch["valid_frames"])[:, None]  # (b, n)
+    return {"latent": latent, "valid": valid, "caption": list(batch["caption"]), "key": list(batch["key"])}
+

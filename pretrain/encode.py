@@ -1,0 +1,188 @@
+"""`capflow encode --config C`: captioned audio shards -> latent shards (VAE latents + the original json).
+
+Audio shard i becomes latent shard i (same done-marker rules, so a rerun skips finished shards). Clips are
+padded/cropped to a fixed duration; `json.latent.valid_frames` says how many frames hold audio. Latents
+are normalised per channel with statistics measured on the first clips (or given in the config) and stored
+with the codec config in the manifest, so a training run and the exported model carry their normalisation.
+
+Placement: static sharding by rank (RANK/WORLD_SIZE, as set by `accelerate launch` or torchrun): the job is
+a stateless map whose cost is the VAE forward, so one process per GPU needs no scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from shards import audio
+from shards import format as fmt
+from shards.config import Strict, config_dict, save_config
+from shards.manifest import open_shard_set, read_manifest, write_manifest
+from shards.reader import iter_tar_samples
+from shards.writer import ShardWriter, write_json_atomic
+
+from .codec import AudioCodec, CodecConfig, measure_stats
+
+log = logging.getLogger(__name__)
+STATS_NAME = "codec_normalization.json"  # not *_stats.json: that suffix marks finished shards
+
+
+class CodecSpec(Strict):
+    pretrained: str = "stabilityai/stable-audio-open-1.0"
+    subfolder: str | None = "vae"
+    sample_posterior: bool = False
+    latent_mean: list[float] = []  # given: used as is; empty: measured on the first `stats_clips` clips
+    latent_std: list[float] = []
+
+
+class EncodeConfig(Strict):
+    input: str  # audio shard set
+    output: str  # latent shard set
+    prefix: str = "latent"
+    codec: CodecSpec = CodecSpec()
+    duration: float = 10.0  # seconds per clip (EzAudio trains on 10 s)
+    batch_size: int = 16
+    stats_clips: int = 256
+    device: str = "auto"
+
+    def identity(self) -> dict:
+        return config_dict(self) | {"device": None}
+
+
+def _waves(samples: list[tuple[str, dict]], codec: AudioCodec, duration: float):
+    """Decode a batch to (b, a, s) at the codec's rate and fixed length. Returns the clips that decoded
+    (key, sample, valid seconds), their waves, and (key, sample, error) for those that did not."""
+    good, waves, bad = [], [], []
+    for key, sample in samples:
+        try:
+            clip = audio.load(sample[fmt.AUDIO], sample_rate=codec.sample_rate, name=f"{key}.{fmt.AUDIO}")
+        except (audio.AudioError, KeyError) as e:
+            bad.append((key, sample, f"encode: {e}"))
+            continue
+        x = audio.fit_length(clip.samples, round(duration * codec.sample_rate))
+        if x.shape[0] != codec.audio_channels:  # mono <-> stereo to what the VAE takes
+            x = np.repeat(x.mean(0, keepdims=True), codec.audio_channels, axis=0)
+        good.append((key, sample, min(clip.duration, duration)))
+        waves.append(x)
+    return good, torch.from_numpy(np.stack(waves)) if waves else None, bad
+
+
+def _measure(cfg: EncodeConfig, codec: AudioCodec, shards: list[dict]) -> tuple[list[float], list[float]]:
+    """Per-channel latent mean/std over the first `stats_clips` clips of the set."""
+    samples = []
+    for entry in shards:
+        for item in iter_tar_samples(Path(cfg.input) / entry["tar"]):
+            samples.append(item)
+            if len(samples) == cfg.stats_clips:
+                break
+        if len(samples) == cfg.stats_clips:
+            break
+    raw = []
+    for start in range(0, len(samples), cfg.batch_size):
+        _, waves, _ = _waves(samples[start: start + cfg.batch_size], codec, cfg.duration)
+        if waves is not None:
+            raw += list(codec.encode(waves.to(codec.mean.device), normalize=False).cpu())
+    if not raw:
+        raise ValueError(f"{cfg.input}: no decodable clip to measure latent statistics on")
+    mean, std = measure_stats(raw)
+    return mean.tolist(), std.tolist()
+
+
+def _codec_config(cfg: EncodeConfig, shards: list[dict], device: str, rank: int) -> CodecConfig:
+    """The codec config with normalisation: given, measured (rank 0), or read from what rank 0 measured."""
+    spec = cfg.codec
+    base = CodecConfig(spec.pretrained, spec.subfolder, spec.sample_posterior, spec.latent_mean, spec.latent_std)
+    if spec.latent_mean and spec.latent_std:
+        return base
+    stats_path = Path(cfg.output) / STATS_NAME
+    if not stats_path.exists() and rank == 0:
+        codec = AudioCodec(base).to(device)
+        mean, std = _measure(cfg, codec, shards)
+        write_json_atomic(stats_path, {"latent_mean": mean, "latent_std": std, "clips": cfg.stats_clips})
+    deadline = time.time() + 3600
+    while not stats_path.exists():  # other ranks wait for rank 0's measurement
+        if time.time() > deadline:
+            raise TimeoutError(f"rank {rank}: no {stats_path} after an hour (did rank 0 fail?)")
+        time.sleep(2)
+    stats = json.loads(stats_path.read_text())
+    return CodecConfig(spec.pretrained, spec.subfolder, spec.sample_posterior, stats["latent_mean"], stats["latent_std"])
+
+
+def _carry_failures(cfg: EncodeConfig, entry: dict, writer: ShardWriter) -> None:
+    """Input items that already failed stay status rows here, so every input item keeps one row."""
+    sidecar = Path(cfg.input) / (entry["shard"] + fmt.SIDECAR_SUFFIX)
+    for row in pq.read_table(sidecar).to_pylist():
+        if row["status"] != fmt.STATUS_OK:
+            writer.add_failure(row["key"], row["status"], row["error"] or "", {"source": row["source"], "id": row["id"]})
+
+
+@torch.no_grad()
+def encode_shard(cfg: EncodeConfig, codec: AudioCodec, entry: dict, index: int, bar=None) -> dict:
+    frame_rate = codec.frame_rate
+    with ShardWriter(cfg.output, cfg.prefix, index) as writer:
+        _carry_failures(cfg, entry, writer)
+        pending: list[tuple[str, dict]] = []
+
+        def flush():
+            good, waves, bad = _waves(pending, codec, cfg.duration)
+            for key, sample, error in bad:
+                writer.add_failure(key, "failed", error, json.loads(sample.get(fmt.META, b"{}")))
+            if good:
+                latents = codec.encode(waves.to(codec.mean.device)).cpu().to(torch.float16).numpy()  # (b, c, n)
+                for (key, sample, seconds), z in zip(good, latents):
+                    meta = json.loads(sample[fmt.META])
+                    meta["latent"] = {"frames": int(z.shape[-1]), "valid_frames": int(np.ceil(seconds * frame_rate)),
+                                      "frame_rate": frame_rate, "codec": codec.config.pretrained}
+                    writer.write(key, {fmt.META: meta, fmt.LATENT: z})
+            if bar is not None:
+                bar.update(len(pending))
+            pending.clear()
+
+        for key, sample in iter_tar_samples(Path(cfg.input) / entry["tar"]):
+            pending.append((key, sample))
+            if len(pending) == cfg.batch_size:
+                flush()
+        flush()
+        return writer.close()
+
+
+def run_encode(cfg: EncodeConfig, progress: bool = True) -> dict:
+    """Encode every unfinished input shard that belongs to this rank; rank 0 writes the manifest."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    source = read_manifest(cfg.input)
+    shards = source["shards"]
+    out = Path(cfg.output)
+    if rank == 0:
+        open_shard_set(out, cfg.identity(), partitioning={"input": cfg.input, "input_config_hash": source["config_hash"],
+                                                          "shards": len(shards)}, kind="latent")
+        save_config(cfg, out)
+    codec_cfg = _codec_config(cfg, shards, device, rank)
+    codec = AudioCodec(codec_cfg).to(device)
+    mine = [(i, e) for i, e in enumerate(shards) if i % world == rank
+            and not (out / (fmt.shard_name(cfg.prefix, e["index"]) + fmt.STATS_SUFFIX)).exists()]
+    bar = tqdm(total=sum(e["rows"] for _, e in mine), unit="clip", desc=f"encoding (rank {rank})", disable=not progress)
+    for _, entry in mine:
+        encode_shard(cfg, codec, entry, entry["index"], bar)
+    bar.close()
+    if rank != 0:
+        return {}
+    deadline = time.time() + 24 * 3600
+    expected = {fmt.shard_name(cfg.prefix, e["index"]) for e in shards}
+    while not all((out / (name + fmt.STATS_SUFFIX)).exists() for name in expected):
+        if time.time() > deadline:
+            raise TimeoutError("other ranks did not finish their shards")
+        time.sleep(2)
+    extra = {"codec": codec_cfg.to_dict(), "duration": cfg.duration, "frame_rate": codec.frame_rate,
+             "latent_channels": codec.latent_channels, "sample_rate": codec.sample_rate, "hop": codec.hop}
+    return write_manifest(out, extra=extra)

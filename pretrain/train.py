@@ -1,0 +1,325 @@
+"""One training loop for every stage (mask | align | sft), on accelerate: single process, DDP or DeepSpeed.
+
+    capflow pretrain --config C [--resume latest]          one process
+    accelerate launch -m pretrain --config C               many (configs/accelerate/*.yaml)
+
+Per optimizer step: `accumulation` micro-batches; each draws a mask (span masking, or a full mask with
+probability full_mask_prob), noise and times, and regresses the flow-matching velocity on masked, valid
+frames. A non-finite loss skips its micro-batch on every rank and is counted; too many in a row stop the run.
+Shape legend: b batch, c latent channels, n latent frames, l text tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from shards.config import config_hash, save_config
+from shards.manifest import read_manifest
+
+from .checkpoint import checkpoint_dir, export_bundle, resolve_resume, rotate
+from .codec import CodecConfig
+from .config import PretrainConfig
+from .data import LatentBatches
+from .dit import EzAudioDiT, preset
+from .flow import flow_loss, interpolate, sample_timesteps, span_mask, target_velocity
+from .text import TextEncoder
+
+log = logging.getLogger("capflow.pretrain")
+
+
+@dataclass
+class TrainState:
+    """Counters that resume restores (registered with accelerate's checkpointing)."""
+
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches drawn from the stream (the data position)
+    samples: int = 0
+    nan_skipped: int = 0
+    nan_in_row: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def lr_lambda(cfg: PretrainConfig):
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, float, list[str]]:
+    """Codec config (with normalisation), latent frame rate and manifest hashes of the training data."""
+    manifests = [read_manifest(p) for p in cfg.data.shards if Path(p).is_dir()]
+    if not manifests or "codec" not in manifests[0].get("extra", {}):
+        raise ValueError(f"{cfg.data.shards[0]}: not a latent shard set with codec provenance (make it with capflow encode)")
+    extra = manifests[0]["extra"]
+    for other in manifests[1:]:
+        if other["extra"].get("codec") != extra["codec"]:
+            raise ValueError("data.shards were encoded with different codecs or normalisations; encode them alike")
+    return CodecConfig(**extra["codec"]), float(extra["frame_rate"]), [m["config_hash"] for m in manifests]
+
+
+def build_model(cfg: PretrainConfig, text_dim: int | None, latent_channels: int) -> EzAudioDiT:
+    if cfg.init_from:
+        dit = EzAudioDiT.from_pretrained(Path(cfg.init_from) / "dit")
+        if cfg.stage != "mask" and not dit.has_text:
+            dit.add_text_modules(text_dim)  # mask -> align: zero-initialised cross-attention (EzAudio §2.3)
+        dit.config.gradient_checkpointing = cfg.model.gradient_checkpointing
+        return dit
+    overrides = {k: v for k, v in {"adaln": cfg.model.adaln, "long_skip": cfg.model.long_skip}.items() if v is not None}
+    return EzAudioDiT(preset(cfg.model.preset, latent_channels=latent_channels, text_dim=text_dim,
+                             gradient_checkpointing=cfg.model.gradient_checkpointing, **overrides))
+
+
+def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encoder: TextEncoder | None,
+                 device) -> torch.Tensor:
+    """Flow-matching loss of one micro-batch: draw the mask, the times and the noise, predict the velocity
+    from the noisy latent and the visible context, score masked valid frames."""
+    x1 = batch["latent"].to(device)  # (b, c, n)
+    b, _, n = x1.shape
+    m = cfg.masking
+    full = 0.0 if cfg.stage == "mask" else m.full_mask_prob
+    mask = span_mask(b, n, span, tuple(m.ratio), full).to(device)  # (b, n)
+    text = text_mask = None
+    if text_encoder is not None:
+        text, text_mask = text_encoder(batch["caption"])  # (b, l, e), (b, l)
+    noise = torch.randn_like(x1)
+    t = sample_timesteps(b, cfg.flow.timesteps, cfg.flow.logit_mean, cfg.flow.logit_std, device=device)
+    v = model(interpolate(x1, noise, t), t, context=x1, mask=mask, text=text, text_mask=text_mask)
+    return flow_loss(v, target_velocity(x1, noise), mask & batch["valid"].to(device))
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, resume: str | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs, set_seed
+        from diffusers.training_utils import EMAModel
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        self.accumulation = cfg.accumulation(world)  # fails before any work if the batch does not divide
+        self.codec_cfg, self.frame_rate, self.data_hashes = data_provenance(cfg)
+        if cfg.mixed_precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() else "no"
+        else:
+            precision = cfg.mixed_precision
+        plugin = None
+        if cfg.deepspeed:
+            ds = json.loads(Path(cfg.deepspeed).read_text())
+            # the training config owns these; the JSON says "auto" for them
+            ds.update(train_micro_batch_size_per_gpu=cfg.data.micro_batch_size, train_batch_size=cfg.batch_size,
+                      gradient_accumulation_steps=self.accumulation, gradient_clipping=cfg.optim.grad_clip)
+            ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
+            ds.setdefault("fp16", {})["enabled"] = precision == "fp16"
+            plugin = DeepSpeedPlugin(hf_ds_config=ds)
+        # Several processes without GPUs: DeepSpeed needs a gloo process group (accelerate picks no backend
+        # there), and plain DDP needs accelerate's CPU mode.
+        cpu_multi = world > 1 and not torch.cuda.is_available()
+        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))] if cpu_multi and plugin else []
+        self.acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=self.accumulation,
+                               deepspeed_plugin=plugin, kwargs_handlers=handlers, project_dir=str(self.out),
+                               cpu=cpu_multi and plugin is None, log_with="tensorboard" if cfg.tensorboard else None)
+        self.is_deepspeed = plugin is not None
+        set_seed(cfg.seed + self.acc.process_index)  # a different noise/mask stream per rank
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out)
+            if cfg.tensorboard:
+                self.acc.init_trackers("tensorboard")
+
+        self.text_encoder = None
+        if cfg.stage != "mask":
+            te = cfg.text_encoder
+            self.text_encoder = TextEncoder(te.pretrained, te.max_length, te.dtype).to(self.acc.device)
+        text_dim = self.text_encoder.dim if self.text_encoder else None
+        model = build_model(cfg, text_dim, len(self.codec_cfg.latent_mean) or 8)
+        if model.has_text and text_dim != model.config.text_dim:
+            raise ValueError(f"init_from model expects text width {model.config.text_dim}, the encoder gives {text_dim}")
+        self.span = max(1, round(cfg.masking.span_seconds * self.frame_rate))
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        self.state = TrainState()
+        self.acc.register_for_checkpointing(self.state)
+        self.ema = None
+        if cfg.ema.enabled:
+            self.ema = EMAModel(self.unwrapped.parameters(), decay=cfg.ema.decay)
+            self.ema.to(self.acc.device, dtype=torch.float32)
+            self.acc.register_for_checkpointing(self.ema)
+        if resume:
+            path = resolve_resume(self.out, resume)
+            self.acc.load_state(str(path))
+            log.info("resumed from %s at step %d (micro-batch %d)", path, self.state.step, self.state.micro)
+        self.stream = LatentBatches(cfg, self.acc.process_index, start=self.state.micro)
+        self.batches = iter(self.stream)
+        self.validator = None
+        self.last_val_clap = None
+
+    @property
+    def unwrapped(self) -> EzAudioDiT:
+        return self.acc.unwrap_model(self.model)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return compute_loss(self.model, batch, self.cfg, self.span, self.text_encoder, self.acc.device)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(loss).all())], device=self.acc.device)
+        return bool(self.acc.reduce(flag, "sum").item() == self.acc.num_processes)
+
+    def _grad_norm(self) -> float | None:
+        if self.is_deepspeed:
+            norm = self.model.get_global_grad_norm()
+            return None if norm is None else float(norm)
+        return None
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg, st = self.cfg, self.state
+        start, start_step, last_log = time.time(), st.step, time.time()
+        window_loss, window_micro, window_samples, frames = 0.0, 0, 0, 0
+        while st.step < cfg.steps:
+            done, grad_norm = 0, None
+            while done < self.accumulation:
+                batch = next(self.batches)
+                st.micro += 1
+                sync = done == self.accumulation - 1
+                ctx = self.acc.no_sync(self.model) if not sync and not self.is_deepspeed else contextlib.nullcontext()
+                with ctx, self.acc.autocast():
+                    loss = self.loss(batch)
+                if not self._all_finite(loss):
+                    st.nan_skipped += 1
+                    st.nan_in_row += 1
+                    log.warning("non-finite loss at step %d (micro-batch %d, keys %s): skipped (%d so far)",
+                                st.step, st.micro, batch["key"][:4], st.nan_skipped)
+                    if st.nan_in_row >= cfg.max_nan_in_row:
+                        raise RuntimeError(f"{st.nan_in_row} non-finite losses in a row at step {st.step} (micro-batch "
+                                           f"{st.micro}); last keys {batch['key']}. Lower the learning rate or check the data.")
+                    continue
+                st.nan_in_row = 0
+                with ctx:
+                    self.acc.backward(loss)
+                done += 1
+                window_loss += loss.item()
+                window_micro += 1
+                window_samples += batch["latent"].shape[0]
+                frames += int(batch["valid"].sum())
+            if not self.is_deepspeed:
+                grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+            self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = grad_norm if grad_norm is not None else self._grad_norm()
+            if self.ema is not None:
+                self.ema.step(self.unwrapped.parameters())
+            st.step += 1
+            st.samples += window_samples * self.acc.num_processes
+
+            if st.step % cfg.log_every == 0 or st.step == cfg.steps:
+                elapsed = time.time() - last_log
+                rate = window_samples * self.acc.num_processes / max(elapsed, 1e-9)
+                eta = (cfg.steps - st.step) * (time.time() - start) / max(1, st.step - start_step)
+                avg = window_loss / max(1, window_micro)
+                metrics = {"loss": avg, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
+                           "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped}
+                if grad_norm is not None:
+                    metrics["grad_norm"] = grad_norm
+                self.acc.log(metrics, step=st.step)
+                if self.acc.is_main_process:
+                    log.info("step %d/%d | loss %.4f | grad %s | lr %.2e | %.1f samples/s | %.0f frames/s | eta %s",
+                             st.step, cfg.steps, avg, "n/a" if grad_norm is None else f"{grad_norm:.3f}",
+                             metrics["lr"], rate, metrics["frames_per_s"], timedelta(seconds=int(eta)))
+                window_loss, window_micro, window_samples, frames, last_log = 0.0, 0, 0, 0, time.time()
+            if cfg.validation.every and st.step % cfg.validation.every == 0:
+                self.validate()
+            if st.step % cfg.save_every == 0 or st.step == cfg.steps:
+                self.save()
+        self.acc.wait_for_everyone()
+        export = self.export() if self.acc.is_main_process else self.out / "export"
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return export
+
+    # ---- checkpoints, export, validation ------------------------------------------------------------
+    def save(self) -> Path:
+        final = checkpoint_dir(self.out) / f"step-{self.state.step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        if self.acc.is_main_process:
+            self.unwrapped.save_pretrained(tmp / "dit_raw")
+            if self.ema is not None:
+                self.ema.store(self.unwrapped.parameters())
+                self.ema.copy_to(self.unwrapped.parameters())
+                self.unwrapped.save_pretrained(tmp / "dit_ema")
+                self.ema.restore(self.unwrapped.parameters())
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state.state_dict(), indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            rotate(self.out, self.cfg.keep_last)
+            log.info("saved %s", final)
+        self.acc.wait_for_everyone()
+        return final
+
+    def export(self, use_ema: bool = True) -> Path:
+        from .checkpoint import list_checkpoints
+
+        info = {"data_hashes": self.data_hashes, "config_hash": config_hash(self.cfg)}
+        if self.last_val_clap is not None:
+            info["validation_clap"] = round(self.last_val_clap, 4)
+        out = export_bundle(self.cfg, list_checkpoints(self.out)[-1], self.out / "export", self.codec_cfg, use_ema, info)
+        log.info("exported %s", out)
+        return out
+
+    def validate(self) -> float | None:
+        """Rank 0 generates the validation prompts with CFG (EMA weights), scores them with CLAP, saves
+        audio and spectrograms; the other ranks wait."""
+        if self.acc.is_main_process:
+            from .validation import Validator
+
+            if self.validator is None:
+                self.validator = Validator(self.cfg, self.codec_cfg, self.text_encoder)
+            model = self.unwrapped
+            if self.ema is not None:
+                self.ema.store(model.parameters())
+                self.ema.copy_to(model.parameters())
+            try:
+                score = self.validator.run(model, self.state.step, self.out / "validation")
+            finally:
+                if self.ema is not None:
+                    self.ema.restore(model.parameters())
+            if score is not None:
+                self.last_val_clap = score
+                self.acc.log({"val_clap": score}, step=self.state.step)
+        self.acc.wait_for_everyone()
+        return self.last_val_clap
+
+
+def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> Path:
+    return Trainer(cfg, resume=resume).train()
