@@ -56,7 +56,9 @@ class LatentBatches:
             decoder=LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed),
             select=(lambda s: s["captioned"]) if self.cfg.stage != "mask" else None, partial=False)
         self.errors = pipeline.errors
-        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers)
+        # its own generator: creating a loader must not draw from the global RNG that resume restores
+        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers,
+                               generator=torch.Generator().manual_seed(seed))
         return iter(loader)
 
     def __iter__(self) -> Iterator[dict]:

@@ -1,0 +1,229 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pretrain.checkpoint import list_checkpoints
+from pretrain.config import PretrainConfig
+from pretrain.dit import EzAudioDiT
+from pretrain.encode import CodecSpec, EncodeConfig, run_encode
+from pretrain.train import Trainer, compute_loss
+from shards.config import ConfigError, load_config
+from shards.manifest import open_shard_set, write_manifest
+from shards.validate import validate
+from shards.writer import ShardSetWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+CHANNELS, FRAMES = 8, 40
+
+
+def _latent_set(directory: Path, n: int = 16, seed: int = 0) -> Path:
+    """A latent shard set of structured synthetic latents (smooth per-channel sinusoids), with provenance."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(FRAMES) / FRAMES
+    open_shard_set(directory, {"synthetic": seed}, kind="latent")
+    with ShardSetWriter(directory, prefix="latent", max_count=4) as w:
+        for i in range(n):
+            freq = rng.integers(1, 4, size=(CHANNELS, 1))
+            z = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi, (CHANNELS, 1))).astype(np.float16)
+            w.write(f"syn-{i:03d}", {"npy": z, "json": {"key": f"syn-{i:03d}", "duration": 4.0,
+                                                         "captions": [f"sound number {i % 3}"],
+                                                         "latent": {"frames": FRAMES, "valid_frames": FRAMES - i % 5}}})
+    codec = {"pretrained": "unused", "subfolder": None, "sample_posterior": False,
+             "latent_mean": [0.0] * CHANNELS, "latent_std": [1.0] * CHANNELS}
+    write_manifest(directory, extra={"codec": codec, "frame_rate": 10.0, "latent_channels": CHANNELS})
+    return directory
+
+
+def _cfg(tmp_path, shards, **overrides) -> PretrainConfig:
+    data = {"stage": "mask", "output_dir": str(tmp_path / "run"), "model": {"preset": "tiny"},
+            "data": {"shards": [str(shards)], "micro_batch_size": 4, "num_workers": 0, "shuffle": 8, "segment_steps": 3},
+            "optim": {"lr": 2e-3, "warmup_steps": 1, "schedule": "constant"}, "ema": {"decay": 0.9},
+            "validation": {"every": 0}, "steps": 4, "batch_size": 4, "log_every": 1, "save_every": 2,
+            "keep_last": 10, "tensorboard": False}
+    for key, value in overrides.items():
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return PretrainConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return _latent_set(tmp_path_factory.mktemp("latents") / "set")
+
+
+def test_config_errors_before_any_work(tmp_path, latents):
+    with pytest.raises(ValueError, match="init_from"):
+        _cfg(tmp_path, latents, stage="align")
+    with pytest.raises(ValueError, match="multiple of data.micro_batch_size"):
+        _cfg(tmp_path, latents, batch_size=6)
+    cfg = _cfg(tmp_path, latents, batch_size=8)
+    with pytest.raises(ValueError, match="not divisible by micro_batch_size × processes"):
+        cfg.accumulation(3)
+    assert cfg.accumulation(2) == 1 and cfg.accumulation(1) == 2
+    (tmp_path / "bad.yaml").write_text("stage: mask\ndata: {shards: [x], micro_batch: 4}\n")
+    with pytest.raises(ConfigError, match="data.micro_batch"):
+        load_config(PretrainConfig, tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pretrain").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pretrain_configs_validate(path):
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.batch_size % cfg.data.micro_batch_size == 0
+
+
+def test_tiny_model_learns(tmp_path, latents):
+    cfg = _cfg(tmp_path, latents, steps=150, save_every=1000, log_every=50, **{"optim.lr": 3e-3, "masking.ratio": [1.0, 1.0]})
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer.stream))
+
+    def fixed_loss():
+        torch.manual_seed(123)
+        with torch.no_grad():
+            trainer.model.eval()
+            value = float(np.mean([trainer.loss(batch).item() for _ in range(8)]))
+            trainer.model.train()
+        return value
+
+    before = fixed_loss()
+    trainer.train()
+    after = fixed_loss()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path, latents):
+    trainer = Trainer(_cfg(tmp_path, latents, steps=3, save_every=100))
+    clean = trainer.batches
+
+    def poisoned():
+        for i, batch in enumerate(clean):
+            if i == 1:
+                batch["latent"][0, 0, 0] = float("nan")
+            yield batch
+
+    trainer.batches = poisoned()
+    trainer.train()
+    assert trainer.state.nan_skipped == 1 and trainer.state.step == 3 and trainer.state.micro == 4
+    assert all(torch.isfinite(p).all() for p in trainer.unwrapped.parameters())
+
+    trainer = Trainer(_cfg(tmp_path / "b", latents, steps=3, max_nan_in_row=2))
+    trainer.batches = ({**b, "latent": b["latent"] * float("nan")} for b in clean)
+    with pytest.raises(RuntimeError, match="2 non-finite losses in a row at step 0"):
+        trainer.train()
+
+
+def test_mask_export_then_align_init_from(tmp_path, latents, tiny_models):
+    mask_cfg = _cfg(tmp_path / "m", latents, steps=2)
+    export = Trainer(mask_cfg).train()
+    assert (export / "capflow.json").is_file() and (export / "README.md").is_file()
+    card = (export / "README.md").read_text()
+    assert "stage `mask`" in card and "| steps | 2 |" in card
+    mask_model = EzAudioDiT.from_pretrained(export / "dit").eval()
+    assert not mask_model.has_text
+
+    align_cfg = _cfg(tmp_path / "a", latents, stage="align", init_from=str(export),
+                     text_encoder={"pretrained": str(tiny_models["flan-t5"])}, **{"masking.full_mask_prob": 0.75})
+    trainer = Trainer(align_cfg)
+    assert trainer.unwrapped.has_text
+    batch = next(iter(trainer.stream))
+    trainer.model.eval()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        first_align = trainer.loss(batch)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        recomputed = compute_loss(mask_model, batch, align_cfg, trainer.span, None, "cpu")
+    torch.testing.assert_close(first_align, recomputed, rtol=0, atol=0)
+
+
+def test_single_process_resume_matches_uninterrupted(tmp_path, latents):
+    full = Trainer(_cfg(tmp_path / "full", latents, steps=4, save_every=2))
+    full.train()
+    part = Trainer(_cfg(tmp_path / "part", latents, steps=2, save_every=2))
+    part.train()
+    resumed = Trainer(_cfg(tmp_path / "part", latents, steps=4, save_every=2), resume="latest")
+    assert resumed.state.step == 2 and resumed.state.micro == 2
+    resumed.train()
+    a = load_file(list_checkpoints(tmp_path / "full" / "run")[-1] / "dit_raw" / "model.safetensors")
+    b = load_file(list_checkpoints(tmp_path / "part" / "run")[-1] / "dit_raw" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.timeout(420)
+def test_two_process_deepspeed_zero2_resume(tmp_path, latents):
+    """accelerate launch, 2 CPU processes, DeepSpeed ZeRO-2: a run stopped at step 2 and resumed reaches the
+    same weights at step 4 as an uninterrupted run (same step, optimizer, RNG and data position)."""
+    ds = tmp_path / "ds.json"
+    ds.write_text((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+
+    def launch(name: str, steps: int, resume: bool) -> None:
+        cfg = _cfg(tmp_path / name, latents, steps=steps, batch_size=8, save_every=2, deepspeed=str(ds))
+        path = tmp_path / f"{name}-{steps}.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+               "--use_deepspeed", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               "-m", "pretrain", "--config", str(path)] + (["--resume", "latest"] if resume else [])
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+    launch("full", 4, resume=False)
+    launch("part", 2, resume=False)
+    launch("part", 4, resume=True)
+    full_ckpt = list_checkpoints(tmp_path / "full" / "run")[-1]
+    part_ckpt = list_checkpoints(tmp_path / "part" / "run")[-1]
+    assert full_ckpt.name == part_ckpt.name == "step-000004"
+    state = json.loads((part_ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["micro"] == 4 and state["samples"] == 32
+    a = load_file(full_ckpt / "dit_raw" / "model.safetensors")
+    b = load_file(part_ckpt / "dit_raw" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_encode_latents_resumable_with_provenance(tmp_path, tiny_models, corpus):
+    from captioner.sources import SourceConfig, load_items
+    from shards import audio
+    from shards.writer import ShardSetWriter as Writer
+
+    audio_dir = tmp_path / "audio_shards"
+    open_shard_set(audio_dir, {"t": 1})
+    with Writer(audio_dir, prefix="audio", max_count=4) as w:
+        for item in load_items(SourceConfig(kind="folder", audio_dir=str(corpus / "audio")))[:6]:
+            try:
+                clip = audio.decode(item.path)
+            except audio.AudioError as e:
+                w.add_failure(item.key, "unreadable", str(e), item.meta())
+                continue
+            w.write(item.key, {"flac": audio.encode_flac(clip), "json": item.meta() | {"duration": clip.duration,
+                                                                                     "captions": ["a tone"]}})
+    write_manifest(audio_dir)
+    cfg = EncodeConfig(input=str(audio_dir), output=str(tmp_path / "latent"), duration=1.0, batch_size=3,
+                       codec=CodecSpec(pretrained=str(tiny_models["oobleck"]), subfolder=None), stats_clips=8)
+    manifest = run_encode(cfg, progress=False)
+    assert manifest["kind"] == "latent" and manifest["num_samples"] == 5 and validate(tmp_path / "latent") == []
+    extra = manifest["extra"]
+    assert extra["frame_rate"] == 50.0 and len(extra["codec"]["latent_mean"]) == 8
+    from shards.reader import SampleDecoder, make_pipeline
+
+    samples = list(make_pipeline(tmp_path / "latent", decoder=SampleDecoder(decode_audio=False)))
+    assert all(s["latent"].shape == (8, 50) and s["latent"].dtype == np.float16 for s in samples)
+    assert all(s["meta"]["captions"] == ["a tone"] and s["meta"]["latent"]["valid_frames"] <= 50 for s in samples)
+    import pyarrow.parquet as pq
+
+    statuses = [r["status"] for p in sorted((tmp_path / "latent").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert sorted(statuses) == ["ok"] * 5 + ["unreadable"]  # the input's failure row is carried over
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latent").glob("*.tar")}
+    run_encode(cfg, progress=False)  # rerun: every shard is done, nothing is rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latent").glob("*.tar")} == before
