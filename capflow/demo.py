@@ -1,7 +1,7 @@
 """`capflow demo`: the whole chain on the embedded default, offline, on one CPU machine.
 
 synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> validate -> stats -> release
--> generate with an untrained tiny text-to-audio bundle.
+-> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from pathlib import Path
 from captioner.config import CaptionConfig
 from captioner.job import run_caption_job
 from captioner.synth import synth_corpus
+from pretrain.config import PretrainConfig
+from pretrain.encode import EncodeConfig, run_encode
 from pretrain.pipeline import TextToAudio
+from pretrain.train import run_pretrain
 from shards import audio
 from shards.config import load_config
 from shards.release import release
@@ -36,7 +39,26 @@ def demo_caption_config(workdir: Path) -> CaptionConfig:
                  f"source.class_labels={corpus / 'class_labels_indices.csv'}", f"source.ontology={corpus / 'ontology.json'}",
                  f"source.strong=[{corpus / 'audioset_train_strong.tsv'}]", f"output={workdir / 'shards' / 'audio'}",
                  f"alm.model={models / 'alm'}", f"labels.engine.model={models / 'llm'}", f"clap.model={models / 'clap'}"]
-    return load_config(CaptionConfig, Path(__file__).parent / "configs" / "caption_tiny.yaml", overrides)
+    return load_config(CaptionConfig, _packaged("caption_tiny.yaml"), overrides)
+
+
+def _packaged(name: str) -> Path:
+    return Path(__file__).parent / "configs" / name
+
+
+def demo_encode_config(workdir: Path) -> EncodeConfig:
+    return load_config(EncodeConfig, _packaged("encode_tiny.yaml"), [
+        f"input={workdir / 'shards' / 'audio'}", f"output={workdir / 'shards' / 'latent'}",
+        f"codec.pretrained={workdir / 'models' / 'oobleck'}"])
+
+
+def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
+    overrides = [f"output_dir={workdir / 'runs' / stage}", f"data.shards=[{workdir / 'shards' / 'latent'}]"]
+    if stage == "align":
+        overrides += [f"init_from={workdir / 'runs' / 'mask' / 'export'}",
+                      f"text_encoder.pretrained={workdir / 'models' / 'flan-t5'}",
+                      f"validation.clap_model={workdir / 'models' / 'clap'}"]
+    return load_config(PretrainConfig, _packaged(f"pretrain_tiny_{stage}.yaml"), overrides)
 
 
 def run_demo(workdir: str | Path = "demo") -> Path:
@@ -65,9 +87,16 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     _step(6, f"release as a Hugging Face dataset -> {workdir / 'release'}")
     release(shards_dir, workdir / "release", license="cc0-1.0", name="capflow-demo")
 
-    _step(7, "generate with the untrained tiny text-to-audio bundle (noise expected; the path is what runs)")
-    t2a = TextToAudio.from_pretrained(models["t2a-untrained"])
-    wave = t2a.generate(["a dog barks twice"], steps=4, duration=2.0)
-    audio.write(workdir / "generated_untrained.wav", audio.Audio(wave[0].numpy(), t2a.codec.sample_rate))
+    _step(7, f"encode the captioned shards to VAE latents -> {workdir / 'shards' / 'latent'}")
+    manifest = run_encode(demo_encode_config(workdir))
+    log.info("%d latent clips in %d shards", manifest["num_samples"], manifest["num_shards"])
+    for n, stage in ((8, "mask"), (9, "align")):
+        _step(n, f"pretrain stage {stage!r} on the tiny preset -> {workdir / 'runs' / stage}")
+        export = run_pretrain(demo_pretrain_config(workdir, stage))
+
+    _step(10, "generate from the align export (a few CPU steps of training: noise is expected; the path is what runs)")
+    t2a = TextToAudio.from_pretrained(export)
+    wave = t2a.generate(["A sine tone then a chirp."], steps=8, duration=2.0)
+    audio.write(workdir / "generated.wav", audio.Audio(wave[0].numpy(), t2a.codec.sample_rate))
     log.info("demo finished: everything is under %s", workdir)
     return workdir

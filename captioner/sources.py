@@ -45,7 +45,7 @@ class SourceConfig(Strict):
     strong: list[str] = []  # strong-label TSVs
     # folder
     glob: str = "**/*"
-    # manifest (JSONL or CSV with a `path` column; optional `id`, `labels`, `caption`)
+    # manifest (JSONL or CSV with a `path` column; optional `id`, `labels`, `caption`: rows of one clip merge)
     manifest: str | None = None
     limit: int | None = None  # first N items (after sorting), for quick runs
 
@@ -121,7 +121,7 @@ def manifest_items(cfg: SourceConfig) -> list[Item]:
     else:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    items = []
+    items: dict[str, Item] = {}
     for n, row in enumerate(rows):
         if "path" not in row:
             raise ValueError(f"{path}: row {n + 1} has no 'path' field")
@@ -129,10 +129,13 @@ def manifest_items(cfg: SourceConfig) -> list[Item]:
         labels = row.get("labels") or []
         if isinstance(labels, str):
             labels = [x for x in labels.split(",") if x]
-        extra = {"human_captions": [row["caption"]]} if row.get("caption") else {}
-        items.append(Item(source=cfg.name or "manifest", id=str(row.get("id") or Path(row["path"]).stem),
-                          path=audio, labels=labels, extra=extra))
-    return items
+        item_id = str(row.get("id") or Path(row["path"]).with_suffix(""))
+        # AudioCaps-style files repeat a clip once per human caption: rows of one clip merge.
+        item = items.setdefault(item_id, Item(source=cfg.name or "manifest", id=item_id, path=audio, labels=labels,
+                                              extra={"human_captions": []}))
+        if row.get("caption"):
+            item.extra["human_captions"].append(row["caption"])
+    return list(items.values())
 
 
 SOURCES = {"audioset": audioset_items, "folder": folder_items, "manifest": manifest_items}

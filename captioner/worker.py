@@ -100,13 +100,19 @@ class CaptionWorker:
             alm, labels = self._alm_candidates(clips), self._label_candidates(clips)
             kept_total = candidates_total = 0
             for item, clip, flac in clips:
-                candidates = dedupe(alm[item.key] + labels[item.key])
+                human = [{"text": clean_caption(t), "kind": "human", "engine": "human", "prompt": None, "seed": None}
+                         for t in item.extra.get("human_captions", [])]
+                candidates = dedupe(human + alm[item.key] + labels[item.key])
                 start = time.perf_counter()
                 wave48 = audio.resample(audio.to_mono(clip), self.clap.sample_rate).samples[0]
                 self.timings["resample"] += time.perf_counter() - start
                 for c, score in zip(candidates, self.clap.score(wave48, [c["text"] for c in candidates])):
                     c["clap"] = score
-                kept = keep_best(candidates, self.cfg.clap.threshold, self.cfg.clap.top_k)
+                # human captions (SFT data such as AudioCaps) are kept whatever their score; generated ones
+                # compete for the remaining top-k places above the threshold
+                humans = [c["text"] for c in candidates if c["kind"] == "human"]
+                generated = [c for c in candidates if c["kind"] != "human"]
+                kept = humans + keep_best(generated, self.cfg.clap.threshold, max(0, self.cfg.clap.top_k - len(humans)))
                 start = time.perf_counter()
                 meta = item.meta() | {"duration": round(clip.duration, 6), "sample_rate": clip.sample_rate,
                                       "channels": clip.channels, "candidates": candidates, "captions": kept}

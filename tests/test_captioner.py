@@ -254,3 +254,21 @@ def test_killed_job_resumes_to_identical_shards(reference_run, corpus, tiny_mode
     for tar in sorted(ref.glob("*.tar")):
         assert (out / tar.name).read_bytes() == tar.read_bytes()
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.timeout(120)
+def test_human_captions_are_kept_for_sft(corpus, tiny_models, tmp_path):
+    """AudioCaps-style manifest: one row per caption, rows of a clip merge; human captions are kept."""
+    clips = sorted((corpus / "audio").glob("*.flac"))[2:4]
+    rows = ["path,caption"] + [f"{clips[0].name},A tone plays.", f"{clips[0].name},A steady beep.",
+                               f"{clips[1].name},Clicking sounds."]
+    (tmp_path / "audiocaps.csv").write_text("\n".join(rows) + "\n")
+    cfg = CaptionConfig.model_validate({
+        "source": {"kind": "manifest", "manifest": str(tmp_path / "audiocaps.csv"), "audio_dir": str(corpus / "audio"),
+                   "name": "audiocaps"},
+        "output": str(tmp_path / "sft"), "alm": None, "labels": {"enabled": False},
+        "clap": {"model": str(tiny_models["clap"]), "threshold": 0.99}, "ray": {"workers": 0}})
+    summary = run_caption_job(cfg, progress=False)
+    assert summary["ok"] == 2
+    captions = sorted(tuple(r["captions"]) for r in pq.read_table(tmp_path / "sft" / "audio-000000.parquet").to_pylist())
+    assert captions == [("A tone plays.", "A steady beep."), ("Clicking sounds.",)]
