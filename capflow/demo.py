@@ -68,7 +68,7 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     _step(1, f"synthetic AudioSet-format corpus -> {workdir / 'corpus'}")
     synth_corpus(workdir / "corpus")
     _step(2, f"tiny random models -> {workdir / 'models'}")
-    models = write_all_tiny_models(workdir / "models")
+    write_all_tiny_models(workdir / "models")
 
     cfg = demo_caption_config(workdir)
     shards_dir = Path(cfg.output)

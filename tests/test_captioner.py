@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from captioner.engines import (
 from captioner.job import run_caption_job
 from captioner.labels import LabelsConfig, enrichment_prompt, timeline
 from captioner.sources import SourceConfig, load_items, partition
+from shards.config import apply_override
 from shards.manifest import ConfigMismatch
 from shards.validate import validate
 
@@ -46,11 +48,7 @@ def _config(corpus, tiny_models, out, **overrides) -> CaptionConfig:
         "ray": {"workers": 2, "num_cpus": 0.25},
     }
     for key, value in overrides.items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        apply_override(data, f"{key}={json.dumps(value)}")  # JSON is YAML
     return CaptionConfig.model_validate(data)
 
 
@@ -132,11 +130,8 @@ def test_vllm_request_building_and_output_parsing(alm):
 def test_vllm_missing_gives_install_hint():
     from captioner.engines import make_engine
 
-    try:
-        import vllm  # noqa: F401
+    if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    except ImportError:
-        pass
     with pytest.raises(ImportError, match=r"capflow\[vllm\]"):
         make_engine(EngineConfig(kind="vllm", model="x"))
     with pytest.raises(ValueError, match="transformers"):

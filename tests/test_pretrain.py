@@ -15,7 +15,7 @@ from pretrain.config import PretrainConfig
 from pretrain.dit import EzAudioDiT
 from pretrain.encode import CodecSpec, EncodeConfig, run_encode
 from pretrain.train import Trainer, compute_loss
-from shards.config import ConfigError, load_config
+from shards.config import ConfigError, apply_override, load_config
 from shards.manifest import open_shard_set, write_manifest
 from shards.validate import validate
 from shards.writer import ShardSetWriter
@@ -49,11 +49,7 @@ def _cfg(tmp_path, shards, **overrides) -> PretrainConfig:
             "validation": {"every": 0}, "steps": 4, "batch_size": 4, "log_every": 1, "save_every": 2,
             "keep_last": 10, "tensorboard": False}
     for key, value in overrides.items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        apply_override(data, f"{key}={json.dumps(value)}")  # JSON is YAML
     return PretrainConfig.model_validate(data)
 
 
