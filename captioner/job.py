@@ -35,10 +35,22 @@ def _pending_units(out: Path, prefix: str, count: int) -> list[int]:
 
 
 def _run_in_process(cfg: CaptionConfig, units, todo, out, on_done) -> dict[int, str]:
-    worker = CaptionWorker(cfg)
+    """Every unit in this process, with the same retry-then-report policy as on Ray."""
+    worker, failed = CaptionWorker(cfg), {}
     for i in todo:
-        on_done(worker.process_unit(i, units[i], out))
-    return {}
+        for attempt in range(cfg.ray.max_retries + 1):
+            try:
+                on_done(worker.process_unit(i, units[i], out))
+                break
+            except Exception as e:  # noqa: BLE001  (reported below with its message, as Ray reports a task error)
+                log.warning("unit %d failed (attempt %d of %d): %s: %s", i, attempt + 1, cfg.ray.max_retries + 1,
+                            type(e).__name__, e)
+                failed[i] = f"{type(e).__name__}: {e}"
+        else:
+            log.error("unit %d failed %d times, giving up: %s", i, cfg.ray.max_retries + 1, failed[i])
+            continue
+        failed.pop(i, None)
+    return failed
 
 
 def _run_on_ray(cfg: CaptionConfig, units, todo, out, on_done, address: str | None) -> dict[int, str]:

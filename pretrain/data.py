@@ -46,7 +46,7 @@ class LatentBatches:
     def __init__(self, cfg: PretrainConfig, rank: int = 0, start: int = 0):
         self.cfg, self.rank, self.position = cfg, rank, start
         self.urls = [u for source in cfg.data.shards for u in shard_urls(source)]
-        self.errors = None  # the current segment's ErrorPolicy (skip counts)
+        self._skipped: dict[tuple[int, int], int] = {}  # (segment, worker) -> bad samples skipped there
 
     def _segment(self, k: int) -> Iterator[dict]:
         d = self.cfg.data
@@ -55,7 +55,10 @@ class LatentBatches:
             self.urls, batch_size=d.micro_batch_size, resampled=True, seed=seed, shuffle=d.shuffle, strict=d.strict,
             decoder=LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed),
             select=(lambda s: s["captioned"]) if self.cfg.stage != "mask" else None, partial=False)
-        self.errors = pipeline.errors
+        errors = pipeline.errors
+        # Bad samples are counted where they are read (a loader worker): each batch carries that worker's
+        # running count, so the main process can report the total.
+        pipeline.append(wds.map(lambda batch: {**batch, "skipped": (_worker_id(), errors.skipped)}))
         # its own generator: creating a loader must not draw from the global RNG that resume restores
         loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers,
                                generator=torch.Generator().manual_seed(seed))
@@ -71,7 +74,19 @@ class LatentBatches:
             for _ in range(steps - offset):
                 batch = next(batches)
                 self.position += 1
+                worker, count = batch.pop("skipped")
+                self._skipped[(segment, worker)] = count
                 yield to_training_batch(batch)
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples counted and skipped so far (since this process started)."""
+        return sum(self._skipped.values())
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return info.id if info is not None else -1
 
 
 def to_training_batch(batch: dict) -> dict:

@@ -70,8 +70,9 @@ def lr_lambda(cfg: PretrainConfig):
     return f
 
 
-def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, float, list[str]]:
-    """Codec config (with normalisation), latent frame rate and manifest hashes of the training data."""
+def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, dict, list[str]]:
+    """Codec config (with normalisation), the latent set's facts (frame_rate, latent_channels, ...) and the
+    manifest hashes of the training data."""
     manifests = [read_manifest(p) for p in cfg.data.shards if Path(p).is_dir()]
     if not manifests or "codec" not in manifests[0].get("extra", {}):
         raise ValueError(f"{cfg.data.shards[0]}: not a latent shard set with codec provenance (make it with capflow encode)")
@@ -79,7 +80,7 @@ def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, float, list[str]]
     for other in manifests[1:]:
         if other["extra"].get("codec") != extra["codec"]:
             raise ValueError("data.shards were encoded with different codecs or normalisations; encode them alike")
-    return CodecConfig(**extra["codec"]), float(extra["frame_rate"]), [m["config_hash"] for m in manifests]
+    return CodecConfig(**extra["codec"]), extra, [m["config_hash"] for m in manifests]
 
 
 def build_model(cfg: PretrainConfig, text_dim: int | None, latent_channels: int) -> EzAudioDiT:
@@ -122,7 +123,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         world = int(os.environ.get("WORLD_SIZE", 1))
         self.accumulation = cfg.accumulation(world)  # fails before any work if the batch does not divide
-        self.codec_cfg, self.frame_rate, self.data_hashes = data_provenance(cfg)
+        self.codec_cfg, latent_info, self.data_hashes = data_provenance(cfg)
         if cfg.mixed_precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "no"
         else:
@@ -156,10 +157,10 @@ class Trainer:
             te = cfg.text_encoder
             self.text_encoder = TextEncoder(te.pretrained, te.max_length, te.dtype).to(self.acc.device)
         text_dim = self.text_encoder.dim if self.text_encoder else None
-        model = build_model(cfg, text_dim, len(self.codec_cfg.latent_mean) or 8)
+        model = build_model(cfg, text_dim, int(latent_info["latent_channels"]))
         if model.has_text and text_dim != model.config.text_dim:
             raise ValueError(f"init_from model expects text width {model.config.text_dim}, the encoder gives {text_dim}")
-        self.span = max(1, round(cfg.masking.span_seconds * self.frame_rate))
+        self.span = max(1, round(cfg.masking.span_seconds * float(latent_info["frame_rate"])))
         o = cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -245,14 +246,17 @@ class Trainer:
                 eta = (cfg.steps - st.step) * (time.time() - start) / max(1, st.step - start_step)
                 avg = window_loss / max(1, window_micro)
                 metrics = {"loss": avg, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
-                           "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped}
+                           "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
+                           "bad_samples": self.stream.skipped}
                 if grad_norm is not None:
                     metrics["grad_norm"] = grad_norm
                 self.acc.log(metrics, step=st.step)
                 if self.acc.is_main_process:
-                    log.info("step %d/%d | loss %.4f | grad %s | lr %.2e | %.1f samples/s | %.0f frames/s | eta %s",
+                    log.info("step %d/%d | loss %.4f | grad %s | lr %.2e | %.1f samples/s | %.0f frames/s | eta %s%s",
                              st.step, cfg.steps, avg, "n/a" if grad_norm is None else f"{grad_norm:.3f}",
-                             metrics["lr"], rate, metrics["frames_per_s"], timedelta(seconds=int(eta)))
+                             metrics["lr"], rate, metrics["frames_per_s"], timedelta(seconds=int(eta)),
+                             f" | skipped {st.nan_skipped} nan, {self.stream.skipped} bad samples"
+                             if st.nan_skipped or self.stream.skipped else "")
                 window_loss, window_micro, window_samples, frames, last_log = 0.0, 0, 0, 0, time.time()
             if cfg.validation.every and st.step % cfg.validation.every == 0:
                 self.validate()
@@ -272,6 +276,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()  # every rank's shard of the state is on disk before the rename
         if self.acc.is_main_process:
             self.unwrapped.save_pretrained(tmp / "dit_raw")
             if self.ema is not None:

@@ -267,3 +267,24 @@ def test_human_captions_are_kept_for_sft(corpus, tiny_models, tmp_path):
     assert summary["ok"] == 2
     captions = sorted(tuple(r["captions"]) for r in pq.read_table(tmp_path / "sft" / "audio-000000.parquet").to_pylist())
     assert captions == [("A tone plays.", "A steady beep."), ("Clicking sounds.",)]
+
+
+def test_failed_unit_is_retried_then_reported(corpus, tiny_models, tmp_path, monkeypatch):
+    from captioner import job
+
+    calls: dict[int, int] = {}
+    original = job.CaptionWorker.process_unit
+
+    def flaky(self, index, items, directory):
+        calls[index] = calls.get(index, 0) + 1
+        if index == 2 or (index == 1 and calls[index] == 1):  # unit 1 fails once, unit 2 always
+            raise RuntimeError(f"simulated failure in unit {index}")
+        return original(self, index, items, directory)
+
+    monkeypatch.setattr(job.CaptionWorker, "process_unit", flaky)
+    cfg = _config(corpus, tiny_models, tmp_path / "s", **{"ray.workers": 0, "ray.max_retries": 1})
+    summary = run_caption_job(cfg, progress=False)
+    assert calls == {0: 1, 1: 2, 2: 2}
+    assert summary["failed_units"] == {"2": "RuntimeError: simulated failure in unit 2"} and summary["shards"] == 2
+    monkeypatch.setattr(job.CaptionWorker, "process_unit", original)
+    assert run_caption_job(cfg, progress=False)["shards"] == 3  # a rerun does only the missing unit

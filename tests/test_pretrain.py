@@ -223,3 +223,27 @@ def test_encode_latents_resumable_with_provenance(tmp_path, tiny_models, corpus)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latent").glob("*.tar")}
     run_encode(cfg, progress=False)  # rerun: every shard is done, nothing is rewritten
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latent").glob("*.tar")} == before
+
+
+def test_bad_sample_counted_or_raised_in_strict_mode(tmp_path):
+    shards = _latent_set(tmp_path / "set", n=8)
+    tar = shards / "latent-000000.tar"
+    import io
+    import tarfile
+
+    src = tarfile.open(fileobj=io.BytesIO(tar.read_bytes()))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as dst:
+        for info in src.getmembers():
+            data = src.extractfile(info).read()
+            if info.name == "syn-001.npy":
+                data = b"\x93NUMPY garbage"
+                info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    tar.write_bytes(buf.getvalue())
+    trainer = Trainer(_cfg(tmp_path / "ok", shards, steps=6, save_every=100, **{"data.shuffle": 0}))
+    trainer.train()
+    assert trainer.stream.skipped >= 1 and trainer.state.step == 6
+    strict = Trainer(_cfg(tmp_path / "strict", shards, steps=6, save_every=100, **{"data.strict": True}))
+    with pytest.raises(ValueError):
+        strict.train()
