@@ -215,8 +215,9 @@ class Trainer:
                 if not self._all_finite(loss):
                     st.nan_skipped += 1
                     st.nan_in_row += 1
-                    log.warning("non-finite loss at step %d (micro-batch %d, keys %s): skipped (%d so far)",
-                                st.step, st.micro, batch["key"][:4], st.nan_skipped)
+                    if self.acc.is_main_process:
+                        log.warning("non-finite loss at step %d (micro-batch %d, keys %s): skipped (%d so far)",
+                                    st.step, st.micro, batch["key"][:4], st.nan_skipped)
                     if st.nan_in_row >= cfg.max_nan_in_row:
                         raise RuntimeError(f"{st.nan_in_row} non-finite losses in a row at step {st.step} (micro-batch "
                                            f"{st.micro}); last keys {batch['key']}. Lower the learning rate or check the data.")
@@ -285,6 +286,7 @@ class Trainer:
                 self.unwrapped.save_pretrained(tmp / "dit_ema")
                 self.ema.restore(self.unwrapped.parameters())
             (tmp / "trainer_state.json").write_text(json.dumps(self.state.state_dict(), indent=2))
+            save_config(self.cfg, tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             rotate(self.out, self.cfg.keep_last)

@@ -10,7 +10,7 @@ import sys
 def _validate(args) -> int:
     from .validate import validate
 
-    problems = validate(args.directory, check_hashes=not args.no_hashes)
+    problems = validate(args.directory, check_hashes=not args.no_hashes, progress=sys.stderr.isatty())
     for p in problems:
         print(p)
     if problems:

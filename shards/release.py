@@ -15,6 +15,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from tqdm.auto import tqdm
 
 from . import format as fmt
 from .manifest import read_manifest
@@ -67,18 +68,19 @@ def release(directory: str | Path, out: str | Path, with_audio: bool = False, li
         raise ValueError(f"{directory}: no finished shards to release")
     (out / "data").mkdir(parents=True, exist_ok=True)
     schema = release_features(with_audio).arrow_schema  # carries the HF feature metadata
-    tables = [pa.Table.from_pylist([_row(k, s, with_audio) for k, s in iter_tar_samples(directory / e["tar"])],
-                                   schema=schema) for e in shards]
-    tables = [t for t in tables if t.num_rows]  # a shard of only failure rows has nothing to release
-    if not tables:
-        raise ValueError(f"{directory}: no samples to release (every item failed)")
-    files = []
-    for i, table in enumerate(tables):
-        path = out / "data" / f"train-{i:05d}-of-{len(tables):05d}.parquet"
+    files = []  # one parquet file per shard, streamed: a release never holds more than one shard in memory
+    for i, entry in enumerate(tqdm(shards, desc="releasing", unit="shard")):
+        table = pa.Table.from_pylist([_row(k, s, with_audio) for k, s in iter_tar_samples(directory / entry["tar"])],
+                                     schema=schema)
+        if not table.num_rows:  # a shard of only failure rows has nothing to release
+            continue
+        path = out / "data" / f"train-{i:05d}-of-{len(shards):05d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp)
         tmp.replace(path)
         files.append(path)
+    if not files:
+        raise ValueError(f"{directory}: no samples to release (every item failed)")
 
     stats = write_stats(directory, out / "plots")
     (out / "plots" / "stats.json").replace(out / "stats.json")

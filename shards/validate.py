@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from . import format as fmt
 from .manifest import read_manifest
@@ -63,7 +64,7 @@ def _check_tar(path: Path, name: str, members: list[str]) -> tuple[int, list[Pro
     return len(samples), problems
 
 
-def validate(directory: str | Path, check_hashes: bool = True) -> list[Problem]:
+def validate(directory: str | Path, check_hashes: bool = True, progress: bool = False) -> list[Problem]:
     """All problems found in the shard set at `directory` (empty when it is valid)."""
     directory = Path(directory)
     try:
@@ -75,7 +76,7 @@ def validate(directory: str | Path, check_hashes: bool = True) -> list[Problem]:
         problems.append(Problem(fmt.MANIFEST_NAME, f"schema_version {manifest.get('schema_version')} is not "
                                                    f"{fmt.SCHEMA_VERSION} (written by another capflow version)"))
     listed = set()
-    for entry in manifest.get("shards", []):
+    for entry in tqdm(manifest.get("shards", []), desc="validating", unit="shard", disable=not progress):
         name = entry["shard"]
         tar = directory / entry["tar"]
         listed.add(tar.name)
