@@ -85,7 +85,7 @@ def _resolve_device(device: str) -> str:
 
 class TransformersEngine:
     def __init__(self, cfg: EngineConfig):
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoProcessor
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoProcessor
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
         self.cfg = cfg
@@ -94,8 +94,6 @@ class TransformersEngine:
         dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
                  "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
         self.processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        from transformers import AutoConfig
-
         model_type = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code).model_type
         # Audio-language models (Qwen2-Audio, Audio Flamingo 3) are registered as seq2seq-causal LMs.
         auto = AutoModelForSeq2SeqLM if model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES else AutoModelForCausalLM
