@@ -57,3 +57,14 @@ def test_generate_cli(tiny_models, tmp_path):
                     "--prompts-file", str(prompts), "-o", str(tmp_path / "many"), "--steps", "1", "--duration", "0.5"],
                    check=True, capture_output=True)
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["0000_a_dog_barks.wav", "0001_rain_falls.wav"]
+
+
+def test_generate_from_a_source_latent_stays_close_to_it(tiny_models):
+    """The editing entry point (RFM-Editing eq. 4): starting at t_start near 1 keeps the source."""
+    model = TextToAudio.from_pretrained(tiny_models["t2a-untrained"])
+    source = torch.randn(1, model.dit.config.latent_channels, 25, generator=torch.Generator().manual_seed(0))
+    edited = model.generate(["add a dog barking"], source=source, t_start=0.999, steps=1)
+    reference = model.codec.decode(source)
+    assert edited.shape == (1, 1, 25 * model.codec.hop)
+    n = min(edited.shape[-1], reference.shape[-1])
+    assert (edited[..., :n] - reference[..., :n]).abs().max() < 0.05 * reference.abs().max() + 1e-3
