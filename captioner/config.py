@@ -23,6 +23,7 @@ class CaptionConfig(Strict):
     output: str = "shards/audio"
     prefix: str = "audio"
     unit_size: int = 64  # clips per work unit = per shard
+    batch_clips: int = 64  # clips handed to the engines at once (vLLM batches their n samples together)
     seed: int = 0
     max_seconds: float = 30.0  # audio the ALM hears (Qwen2-Audio's encoder takes up to 30 s)
     alm: EngineConfig | None = EngineConfig()

@@ -89,41 +89,48 @@ class CaptionWorker:
                           "seed": seed} for t in texts]
         return out
 
+    def _write_clip(self, writer: ShardWriter, item: Item, clip: audio.Audio, flac: bytes,
+                    candidates: list[dict]) -> int:
+        """Score every candidate against the clip, keep the best, write the sample; returns the kept count."""
+        start = time.perf_counter()
+        wave48 = audio.resample(audio.to_mono(clip), self.clap.sample_rate).samples[0]
+        self.timings["resample"] += time.perf_counter() - start
+        for c, score in zip(candidates, self.clap.score(wave48, [c["text"] for c in candidates])):
+            c["clap"] = score
+        # human captions (SFT data such as AudioCaps) are kept whatever their score; generated ones
+        # compete for the remaining top-k places above the threshold
+        humans = [c["text"] for c in candidates if c["kind"] == "human"]
+        generated = [c for c in candidates if c["kind"] != "human"]
+        kept = humans + keep_best(generated, self.cfg.clap.threshold, max(0, self.cfg.clap.top_k - len(humans)))
+        start = time.perf_counter()
+        meta = item.meta() | {"duration": round(clip.duration, 6), "sample_rate": clip.sample_rate,
+                              "channels": clip.channels, "candidates": candidates, "captions": kept}
+        writer.write(item.key, {AUDIO: flac, META: meta})
+        self.timings["write"] += time.perf_counter() - start
+        return len(kept)
+
     def process_unit(self, index: int, items: list[Item], directory: str | Path) -> dict:
-        """Write shard `index` for `items`; returns its stats plus caption counts and stage timings."""
+        """Write shard `index` for `items`; returns its stats plus caption counts and stage timings.
+        Clips go through the engines `batch_clips` at a time, so memory stays flat for any unit size."""
         self.timings.clear()
         for engine in (self.alm, self.llm, self.clap):
             if engine is not None:
                 engine.timings.clear()
+        kept = candidates = 0
         with ShardWriter(directory, self.cfg.prefix, index) as writer:
-            clips = self._decode(items, writer)
-            alm, labels = self._alm_candidates(clips), self._label_candidates(clips)
-            kept_total = candidates_total = 0
-            for item, clip, flac in clips:
-                human = [{"text": clean_caption(t), "kind": "human", "engine": "human", "prompt": None, "seed": None}
-                         for t in item.extra.get("human_captions", [])]
-                candidates = dedupe(human + alm[item.key] + labels[item.key])
-                start = time.perf_counter()
-                wave48 = audio.resample(audio.to_mono(clip), self.clap.sample_rate).samples[0]
-                self.timings["resample"] += time.perf_counter() - start
-                for c, score in zip(candidates, self.clap.score(wave48, [c["text"] for c in candidates])):
-                    c["clap"] = score
-                # human captions (SFT data such as AudioCaps) are kept whatever their score; generated ones
-                # compete for the remaining top-k places above the threshold
-                humans = [c["text"] for c in candidates if c["kind"] == "human"]
-                generated = [c for c in candidates if c["kind"] != "human"]
-                kept = humans + keep_best(generated, self.cfg.clap.threshold, max(0, self.cfg.clap.top_k - len(humans)))
-                start = time.perf_counter()
-                meta = item.meta() | {"duration": round(clip.duration, 6), "sample_rate": clip.sample_rate,
-                                      "channels": clip.channels, "candidates": candidates, "captions": kept}
-                writer.write(item.key, {AUDIO: flac, META: meta})
-                self.timings["write"] += time.perf_counter() - start
-                kept_total += len(kept)
-                candidates_total += len(candidates)
+            for start in range(0, len(items), self.cfg.batch_clips):
+                clips = self._decode(items[start: start + self.cfg.batch_clips], writer)
+                alm, labels = self._alm_candidates(clips), self._label_candidates(clips)
+                for item, clip, flac in clips:
+                    human = [{"text": clean_caption(t), "kind": "human", "engine": "human", "prompt": None,
+                              "seed": None} for t in item.extra.get("human_captions", [])]
+                    unique = dedupe(human + alm[item.key] + labels[item.key])
+                    kept += self._write_clip(writer, item, clip, flac, unique)
+                    candidates += len(unique)
             stats = writer.close()
         timings = dict(self.timings)
         for name, engine in (("alm", self.alm), ("llm", self.llm), ("clap", self.clap)):
             if engine is not None:
                 for stage, seconds in engine.timings.items():
                     timings[f"{name}_{stage}" if name != "clap" else stage] = seconds
-        return {**stats, "captions_kept": kept_total, "candidates": candidates_total, "timings": timings}
+        return {**stats, "captions_kept": kept, "candidates": candidates, "timings": timings}
