@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import rewrite_tar
 from safetensors.torch import load_file
 
 from pretrain.checkpoint import list_checkpoints
@@ -227,20 +228,7 @@ def test_encode_latents_resumable_with_provenance(tmp_path, tiny_models, corpus)
 
 def test_bad_sample_counted_or_raised_in_strict_mode(tmp_path):
     shards = _latent_set(tmp_path / "set", n=8)
-    tar = shards / "latent-000000.tar"
-    import io
-    import tarfile
-
-    src = tarfile.open(fileobj=io.BytesIO(tar.read_bytes()))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as dst:
-        for info in src.getmembers():
-            data = src.extractfile(info).read()
-            if info.name == "syn-001.npy":
-                data = b"\x93NUMPY garbage"
-                info.size = len(data)
-            dst.addfile(info, io.BytesIO(data))
-    tar.write_bytes(buf.getvalue())
+    rewrite_tar(shards / "latent-000000.tar", {"syn-001.npy": b"\x93NUMPY garbage"})
     trainer = Trainer(_cfg(tmp_path / "ok", shards, steps=6, save_every=100, **{"data.shuffle": 0}))
     trainer.train()
     assert trainer.stream.skipped >= 1 and trainer.state.step == 6

@@ -1,12 +1,11 @@
-import io
 import json
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
 import webdataset as wds
+from helpers import rewrite_tar
 
 from shards import audio
 from shards.format import InvalidKey, make_key
@@ -107,14 +106,7 @@ def test_validate_truncated_tar(tmp_path):
 
 def test_validate_missing_member(tmp_path):
     def drop_json(d):
-        path = d / "t-000000.tar"
-        src = tarfile.open(fileobj=io.BytesIO(path.read_bytes()))
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as dst:
-            for info in src.getmembers():
-                if info.name != "src-item1.json":
-                    dst.addfile(info, src.extractfile(info))
-        path.write_bytes(buf.getvalue())
+        rewrite_tar(d / "t-000000.tar", {"src-item1.json": None})
     lines = _corrupt_and_validate(tmp_path, drop_json)
     assert "t-000000: sample src-item1: missing member 'json'" in lines
 
@@ -162,18 +154,7 @@ def test_read_time_filter_and_batches(tmp_path):
 def test_error_policy_counts_or_raises(tmp_path):
     d = tmp_path / "s"
     _write_set(d, failures=False)
-    # Replace one sample's json with garbage, keeping the tar well-formed.
-    path = d / "t-000000.tar"
-    src = tarfile.open(fileobj=io.BytesIO(path.read_bytes()))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as dst:
-        for info in src.getmembers():
-            data = src.extractfile(info).read()
-            if info.name == "src-item2.json":
-                data = b"{not json"
-                info.size = len(data)
-            dst.addfile(info, io.BytesIO(data))
-    path.write_bytes(buf.getvalue())
+    rewrite_tar(d / "t-000000.tar", {"src-item2.json": b"{not json"})  # the tar itself stays well-formed
     pipe = make_pipeline(d, decoder=SampleDecoder(decode_audio=False))
     assert len(list(pipe)) == 9 and pipe.errors.skipped == 1
     with pytest.raises(json.JSONDecodeError):
