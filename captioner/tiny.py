@@ -18,20 +18,28 @@ add remove replace keep louder quieter instead birds chirping""".split()
 
 
 def build_tokenizer(special_tokens: list[str], eos: str, pad: str, unk: str | None = None,
-                    append_eos: bool = False, vocab_size: int = 400, **kwargs):
-    """A small unigram tokenizer (tokenizers library) wrapped as a transformers fast tokenizer."""
+                    append_eos: bool = False, vocab_size: int = 400, byte_level: bool = False, **kwargs):
+    """A small tokenizer (tokenizers library) wrapped as a transformers fast tokenizer: byte-level BPE
+    like Qwen2's (byte_level=True), else a lower-casing unigram like T5's sentencepiece."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
     corpus = [" ".join(VOCAB_TEXT[i: i + 8]) for i in range(len(VOCAB_TEXT))] * 4
-    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()[]/")
     specials = list(dict.fromkeys([pad, eos, *([unk] if unk else []), *special_tokens]))
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
-                                      initial_alphabet=alphabet, show_progress=False)
+    if byte_level:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()[]/")
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
+                                          initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(corpus, trainer)
     if append_eos:  # T5 appends </s> to every sequence
         tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
@@ -67,7 +75,8 @@ def write_tiny_alm(directory: str | Path, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(QWEN_SPECIALS + AUDIO_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>")
+    tokenizer = build_tokenizer(QWEN_SPECIALS + AUDIO_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>",
+                                byte_level=True, vocab_size=600)
     audio = Qwen2AudioEncoderConfig(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2,
                                     encoder_ffn_dim=64, d_model=32, max_source_positions=1500)
     config = Qwen2AudioConfig(audio_config=audio, text_config=_qwen2_text_config(len(tokenizer), tokenizer),
@@ -87,7 +96,7 @@ def write_tiny_llm(directory: str | Path, seed: int = 0) -> Path:
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>")
+    tokenizer = build_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", byte_level=True, vocab_size=600)
     tokenizer.chat_template = CHATML
     model = Qwen2ForCausalLM(_qwen2_text_config(len(tokenizer), tokenizer))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
