@@ -121,8 +121,6 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        self.accumulation = cfg.accumulation(world)  # fails before any work if the batch does not divide
         self.codec_cfg, latent_info, self.data_hashes = data_provenance(cfg)
         if cfg.mixed_precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "no"
@@ -131,19 +129,25 @@ class Trainer:
         plugin = None
         if cfg.deepspeed:
             ds = json.loads(Path(cfg.deepspeed).read_text())
-            # the training config owns these; the JSON says "auto" for them
-            ds.update(train_micro_batch_size_per_gpu=cfg.data.micro_batch_size, train_batch_size=cfg.batch_size,
-                      gradient_accumulation_steps=self.accumulation, gradient_clipping=cfg.optim.grad_clip)
             ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
             ds.setdefault("fp16", {})["enabled"] = precision == "fp16"
             plugin = DeepSpeedPlugin(hf_ds_config=ds)
         # Several processes without GPUs: DeepSpeed needs a gloo process group (accelerate picks no backend
-        # there), and plain DDP needs accelerate's CPU mode.
-        cpu_multi = world > 1 and not torch.cuda.is_available()
+        # there), and plain DDP needs accelerate's CPU mode. The launcher's environment says how many.
+        launched = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", 1))))
+        cpu_multi = launched > 1 and not torch.cuda.is_available()
         handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))] if cpu_multi and plugin else []
-        self.acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=self.accumulation,
-                               deepspeed_plugin=plugin, kwargs_handlers=handlers, project_dir=str(self.out),
-                               cpu=cpu_multi and plugin is None, log_with="tensorboard" if cfg.tensorboard else None)
+        self.acc = Accelerator(mixed_precision=precision, deepspeed_plugin=plugin, kwargs_handlers=handlers,
+                               project_dir=str(self.out), cpu=cpu_multi and plugin is None,
+                               step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps
+                               log_with="tensorboard" if cfg.tensorboard else None)
+        # fails before any work if the global batch does not divide over the processes
+        self.accumulation = cfg.accumulation(self.acc.num_processes)
+        self.acc.gradient_accumulation_steps = self.accumulation
+        if plugin is not None:  # the training config owns these; the DeepSpeed JSON says "auto" for them
+            self.acc.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=cfg.data.micro_batch_size, train_batch_size=cfg.batch_size,
+                gradient_accumulation_steps=self.accumulation, gradient_clipping=cfg.optim.grad_clip)
         self.is_deepspeed = plugin is not None
         set_seed(cfg.seed + self.acc.process_index)  # a different noise/mask stream per rank
         if self.acc.is_main_process:
@@ -209,10 +213,15 @@ class Trainer:
                 batch = next(self.batches)
                 st.micro += 1
                 sync = done == self.accumulation - 1
+                # DDP: no gradient all-reduce until the window's last micro-batch (DeepSpeed manages its own)
                 ctx = self.acc.no_sync(self.model) if not sync and not self.is_deepspeed else contextlib.nullcontext()
-                with ctx, self.acc.autocast():
-                    loss = self.loss(batch)
-                if not self._all_finite(loss):
+                with ctx:
+                    with self.acc.autocast():
+                        loss = self.loss(batch)
+                    finite = self._all_finite(loss)
+                    if finite:
+                        self.acc.backward(loss)
+                if not finite:
                     st.nan_skipped += 1
                     st.nan_in_row += 1
                     if self.acc.is_main_process:
@@ -223,8 +232,6 @@ class Trainer:
                                            f"{st.micro}); last keys {batch['key']}. Lower the learning rate or check the data.")
                     continue
                 st.nan_in_row = 0
-                with ctx:
-                    self.acc.backward(loss)
                 done += 1
                 window_loss += loss.item()
                 window_micro += 1

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,25 @@ def test_bad_sample_counted_or_raised_in_strict_mode(tmp_path):
     strict = Trainer(_cfg(tmp_path / "strict", shards, steps=6, save_every=100, **{"data.strict": True}))
     with pytest.raises(ValueError):
         strict.train()
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_with_accumulation_keeps_the_schedule(tmp_path, latents):
+    """torchrun, 2 CPU processes, plain DDP, 2 micro-batches per step: the learning-rate schedule counts
+    optimizer steps (not steps × processes) and the run exports."""
+    from pretrain.train import lr_lambda
+
+    cfg = _cfg(tmp_path, latents, steps=4, batch_size=16, save_every=4, **{"optim.schedule": "cosine", "optim.warmup_steps": 1})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pretrain", "--config", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    lrs = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step (\d+)/4 \| .*? \| lr ([0-9.e+-]+)", proc.stderr)}
+    assert sorted(lrs) == [1, 2, 3, 4]
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(cfg.optim.lr * lr_lambda(cfg)(step), rel=1e-2, abs=1e-9), step
+    state = json.loads((list_checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["micro"] == 8 and state["samples"] == 64
+    assert (tmp_path / "run" / "export" / "capflow.json").is_file()
