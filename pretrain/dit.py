@@ -144,10 +144,11 @@ class EzAudioDiT(nn.Module):
         text (b, l, e) with text_mask (b, l) bool (True = real token), required iff the model has text.
         """
         b, c, n = x_t.shape
+        dtype = self.proj_in.weight.dtype  # inputs follow the weights (DeepSpeed bf16 casts the module itself)
+        x_t = x_t.to(dtype)
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=x_t.device)
-        if context is None:
-            context = torch.zeros_like(x_t)
+        context = torch.zeros_like(x_t) if context is None else context.to(dtype)
         if self.has_text != (text is not None):
             raise ValueError("pass text embeddings exactly when the model has text modules "
                              f"(has_text={self.has_text})")

@@ -140,3 +140,10 @@ def test_model_info_cli_json():
     assert info["params"]["skips"] > 0
     no_skip = model_info("dit-l", long_skip=False)
     assert no_skip["params"]["skips"] == 0
+
+
+def test_bf16_weights_take_float32_inputs():
+    model = EzAudioDiT(preset("tiny")).to(torch.bfloat16)
+    i = _inputs()
+    out = model(i["x"], i["t"], i["context"], i["mask"], i["text"], i["text_mask"])
+    assert out.dtype == torch.bfloat16 and out.shape == i["x"].shape and torch.isfinite(out.float()).all()
