@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shards import audio
@@ -36,23 +37,24 @@ class CaptionWorker:
         self.clap = ClapScorer(self.cfg.clap)
         self.timings: dict[str, float] = defaultdict(float)
 
-    def _decode(self, items: list[Item], writer: ShardWriter) -> list[tuple[Item, audio.Audio, bytes]]:
-        clips = []
+    def _decode(self, items: list[Item]) -> tuple[list[tuple[Item, audio.Audio, bytes]], list[tuple]]:
+        """Decoded clips with their shard audio bytes, and (item, status, error) for those that failed."""
+        clips, failures = [], []
         for item in items:
             start = time.perf_counter()
             if not item.path.is_file():
-                writer.add_failure(item.key, "missing", f"no audio file {item.path}", item.meta())
+                failures.append((item, "missing", f"no audio file {item.path}"))
                 continue
             try:
                 clip = audio.decode(item.path)
             except audio.AudioError as e:
-                writer.add_failure(item.key, "unreadable", str(e), item.meta())
+                failures.append((item, "unreadable", str(e)))
                 continue
             # FLAC sources go into the shard byte for byte; anything else is re-encoded once.
             flac = item.path.read_bytes() if item.path.suffix.lower() == ".flac" else audio.encode_flac(clip)
             clips.append((item, clip, flac))
             self.timings["decode"] += time.perf_counter() - start
-        return clips
+        return clips, failures
 
     def _alm_candidates(self, clips) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = defaultdict(list)
@@ -117,9 +119,17 @@ class CaptionWorker:
             if engine is not None:
                 engine.timings.clear()
         kept = candidates = 0
-        with ShardWriter(directory, self.cfg.prefix, index) as writer:
-            for start in range(0, len(items), self.cfg.batch_clips):
-                clips = self._decode(items[start: start + self.cfg.batch_clips], writer)
+        chunks = [items[i: i + self.cfg.batch_clips] for i in range(0, len(items), self.cfg.batch_clips)]
+        # The next chunk is decoded in a helper thread while the engines work on this one (soundfile and
+        # soxr release the GIL), so the accelerator does not wait for the CPU between chunks.
+        with ShardWriter(directory, self.cfg.prefix, index) as writer, ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._decode, chunks[0]) if chunks else None
+            for k in range(len(chunks)):
+                clips, failures = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._decode, chunks[k + 1])
+                for item, status, error in failures:
+                    writer.add_failure(item.key, status, error, item.meta())
                 alm, labels = self._alm_candidates(clips), self._label_candidates(clips)
                 for item, clip, flac in clips:
                     human = [{"text": clean_caption(t), "kind": "human", "engine": "human", "prompt": None,
