@@ -30,7 +30,9 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="capflow", description="Unlabeled audio -> captioned datasets -> text-to-audio and audio-editing models. "
+                                    "Each command has its own --help; the README has the full picture.")
     parser.add_argument("--version", action="version", version=f"capflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
