@@ -82,6 +82,18 @@ def _read_strong(paths: list[str]) -> dict[str, list[tuple[float, float, str]]]:
     return events
 
 
+def _check_files(cfg: SourceConfig) -> None:
+    """Fail before any work on a path typo, naming the config key (a wrong audio_dir would otherwise turn
+    every clip into a 'missing' row)."""
+    paths = [("source.segments", p) for p in cfg.segments] + [("source.strong", p) for p in cfg.strong]
+    paths += [(f"source.{k}", getattr(cfg, k)) for k in ("class_labels", "ontology", "manifest") if getattr(cfg, k)]
+    for key, path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: no such file {path}")
+    if cfg.audio_dir and not Path(cfg.audio_dir).is_dir():
+        raise FileNotFoundError(f"source.audio_dir: {cfg.audio_dir} is not a directory")
+
+
 def audioset_items(cfg: SourceConfig) -> list[Item]:
     if not cfg.segments:
         raise ValueError("source.kind=audioset needs source.segments (the segment CSV files)")
@@ -105,9 +117,9 @@ def audioset_items(cfg: SourceConfig) -> list[Item]:
 
 
 def folder_items(cfg: SourceConfig) -> list[Item]:
+    if not cfg.audio_dir:
+        raise ValueError("source.kind=folder needs source.audio_dir")
     root = Path(cfg.audio_dir)
-    if not root.is_dir():
-        raise ValueError(f"source.audio_dir {root} is not a directory")
     paths = sorted(p for p in root.glob(cfg.glob) if p.suffix.lower() in AUDIO_SUFFIXES)
     return [Item(source=cfg.name or "folder", id=str(p.relative_to(root).with_suffix("")), path=p) for p in paths]
 
@@ -145,6 +157,7 @@ def load_items(cfg: SourceConfig) -> list[Item]:
     """All items of a source, sorted by key (a deterministic order for partitioning), keys unique."""
     if cfg.kind not in SOURCES:
         raise ValueError(f"unknown source kind {cfg.kind!r}; valid: {sorted(SOURCES)}")
+    _check_files(cfg)
     items = sorted(SOURCES[cfg.kind](cfg), key=lambda it: it.key)
     seen: dict[str, Item] = {}
     for it in items:

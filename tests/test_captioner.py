@@ -76,6 +76,10 @@ def test_folder_and_manifest_sources(corpus, tmp_path):
     assert len(items) == 3 and items[0].extra["human_captions"] == ["a tone"] and items[0].path.is_file()
     with pytest.raises(ValueError, match="segments"):
         load_items(SourceConfig(kind="audioset"))
+    with pytest.raises(FileNotFoundError, match="source.audio_dir: /nowhere is not a directory"):
+        load_items(_source(corpus).model_copy(update={"audio_dir": "/nowhere"}))
+    with pytest.raises(FileNotFoundError, match="source.strong: no such file"):
+        load_items(_source(corpus).model_copy(update={"strong": [str(corpus / "typo.tsv")]}))
 
 
 # ---- engines ------------------------------------------------------------------------------------------
