@@ -73,6 +73,9 @@ def lr_lambda(cfg: PretrainConfig):
 def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, dict, list[str]]:
     """Codec config (with normalisation), the latent set's facts (frame_rate, latent_channels, ...) and the
     manifest hashes of the training data."""
+    for p in cfg.data.shards:
+        if "://" not in p and "{" not in p and not Path(p).exists():
+            raise FileNotFoundError(f"data.shards: no such shard set {p} (make it with capflow encode)")
     manifests = [read_manifest(p) for p in cfg.data.shards if Path(p).is_dir()]
     if not manifests or "codec" not in manifests[0].get("extra", {}):
         raise ValueError(f"{cfg.data.shards[0]}: not a latent shard set with codec provenance (make it with capflow encode)")
