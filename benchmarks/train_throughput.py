@@ -2,6 +2,8 @@
 the tiny preset on 10-s EzAudio-shaped latents (128 channels x 500 frames), as a ratio from one run.
 Target (issue #5): the loader at least 5x faster than the step it feeds.
 With CUDA: also dit-l in bf16 (samples/s and model FLOPs utilisation).
+Needs the project's environment (webdataset, pydantic, accelerate, diffusers): unlike dit_step.py, which
+needs torch alone, it measures the real loader and training loop.
 
     python benchmarks/train_throughput.py [--steps 30 --micro-batch 8 --workers 1]
 """
