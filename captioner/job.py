@@ -37,19 +37,18 @@ def _pending_units(out: Path, prefix: str, count: int) -> list[int]:
 def _run_in_process(cfg: CaptionConfig, units, todo, out, on_done) -> dict[int, str]:
     """Every unit in this process, with the same retry-then-report policy as on Ray."""
     worker, failed = CaptionWorker(cfg), {}
+    tries = cfg.ray.max_retries + 1
     for i in todo:
-        for attempt in range(cfg.ray.max_retries + 1):
+        for attempt in range(1, tries + 1):
             try:
                 on_done(worker.process_unit(i, units[i], out))
+                failed.pop(i, None)
                 break
-            except Exception as e:  # noqa: BLE001  (reported below with its message, as Ray reports a task error)
-                log.warning("unit %d failed (attempt %d of %d): %s: %s", i, attempt + 1, cfg.ray.max_retries + 1,
-                            type(e).__name__, e)
+            except Exception as e:  # noqa: BLE001  (reported with its message, as Ray reports a task error)
                 failed[i] = f"{type(e).__name__}: {e}"
-        else:
-            log.error("unit %d failed %d times, giving up: %s", i, cfg.ray.max_retries + 1, failed[i])
-            continue
-        failed.pop(i, None)
+                log.warning("unit %d failed (attempt %d of %d): %s", i, attempt, tries, failed[i])
+        if i in failed:
+            log.error("unit %d failed %d times, giving up: %s", i, tries, failed[i])
     return failed
 
 

@@ -27,7 +27,7 @@ import torch
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
 
-from .checkpoint import checkpoint_dir, export_bundle, resolve_resume, rotate
+from .checkpoint import checkpoint_dir, export_bundle, list_checkpoints, resolve_resume, rotate
 from .codec import CodecConfig
 from .config import PretrainConfig
 from .data import LatentBatches
@@ -199,11 +199,12 @@ class Trainer:
         flag = torch.tensor([float(torch.isfinite(loss).all())], device=self.acc.device)
         return bool(self.acc.reduce(flag, "sum").item() == self.acc.num_processes)
 
-    def _grad_norm(self) -> float | None:
+    def _clip_grad_norm(self) -> float | None:
+        """Clip and return the total gradient norm (DeepSpeed clips inside its step and reports it)."""
         if self.is_deepspeed:
             norm = self.model.get_global_grad_norm()
             return None if norm is None else float(norm)
-        return None
+        return float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
 
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -211,7 +212,7 @@ class Trainer:
         start, start_step, last_log = time.time(), st.step, time.time()
         window_loss, window_micro, window_samples, frames = 0.0, 0, 0, 0
         while st.step < cfg.steps:
-            done, grad_norm = 0, None
+            done = 0
             while done < self.accumulation:
                 batch = next(self.batches)
                 st.micro += 1
@@ -240,12 +241,10 @@ class Trainer:
                 window_micro += 1
                 window_samples += batch["latent"].shape[0]
                 frames += int(batch["valid"].sum())
-            if not self.is_deepspeed:
-                grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+            grad_norm = self._clip_grad_norm()
             self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            grad_norm = grad_norm if grad_norm is not None else self._grad_norm()
             if self.ema is not None:
                 self.ema.step(self.unwrapped.parameters())
             st.step += 1
@@ -305,8 +304,6 @@ class Trainer:
         return final
 
     def export(self, use_ema: bool = True) -> Path:
-        from .checkpoint import list_checkpoints
-
         info = {"data_hashes": self.data_hashes, "config_hash": config_hash(self.cfg)}
         if self.last_val_clap is not None:
             info["validation_clap"] = round(self.last_val_clap, 4)
