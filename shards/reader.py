@@ -113,10 +113,6 @@ class SampleDecoder:
         return out
 
 
-def has_captions(sample: dict) -> bool:
-    return bool(sample["captions"])
-
-
 def collate(samples: list[dict]) -> dict:
     """List of sample dicts -> dict of batched values: same-shape arrays become one tensor, else lists."""
     batch = {}
@@ -155,7 +151,7 @@ def make_pipeline(
     if shuffle > 1:
         stages.append(wds.shuffle(shuffle, seed=seed))
     stages.append(wds.map(decoder or SampleDecoder(), handler=errors))
-    if select is not None:  # e.g. `has_captions` to train only on captioned clips
+    if select is not None:  # a predicate on decoded samples, e.g. lambda s: bool(s["captions"])
         stages.append(wds.select(select))
     if batch_size:
         stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))
