@@ -1,16 +1,23 @@
 """Captioning throughput with the tiny models: clips/s end to end, milliseconds per clip for each stage,
-and encoder forward passes per clip. One run, one process (no Ray start-up in the numbers).
+and encoder forward passes per clip (one process, no Ray start-up in these numbers). Then, in the same run:
+
+- planning: driver time and peak memory to read an AudioSet-format segment list, partition it and hash its
+  units, per million rows (a synthetic list of --plan-rows rows, measured in a child process);
+- layouts: the same job on local Ray in the `pools` layout (ALM, LLM and CLAP actor pools fed by unit
+  writers) and the `combined` layout (each actor holds every model), clips/s of each, start-up included.
 
 Target (issue #3): CPU-side work (decode, resample, feature extraction, CLAP features, writing: everything
 but the model forward passes) at most 25 ms per 10-second clip per core.
 
-    python benchmarks/caption_throughput.py [--clips 48 --samples 20]
+    python benchmarks/caption_throughput.py [--clips 48 --samples 20 --plan-rows 200000 --layout-clips 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -32,11 +39,73 @@ CPU_STAGES = ("decode", "resample", "alm_features", "clap_features", "write")
 MODEL_STAGES = ("alm_generate", "llm_generate", "clap")
 
 
+def _plan(segments: Path, audio_dir: Path, unit_size: int, queue) -> None:
+    """Child process: the driver's planning work, reporting seconds and peak RSS growth."""
+    from captioner.job import unit_hash
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    items = load_items(SourceConfig(kind="audioset", audio_dir=str(audio_dir), segments=[str(segments)]))
+    hashes = [unit_hash(u) for u in partition(items, unit_size)]
+    seconds = time.perf_counter() - start
+    queue.put((len(items), len(hashes), seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024))
+
+
+def planning(tmp: Path, rows: int, unit_size: int = 1000) -> tuple[int, float, float]:
+    """(rows, seconds, peak bytes) of planning a synthetic AudioSet segment list of `rows` rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+    ids = ["".join(r) for r in alphabet[rng.integers(0, len(alphabet), size=(rows, 11))]]
+    segments = tmp / "segments.csv"
+    with open(segments, "w") as f:
+        f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
+        for ytid in ids:
+            f.write(f'{ytid}, 30.000, 40.000, "/m/09x0r,/m/05zppz"\n')
+    audio_dir = tmp / "plan_audio"
+    audio_dir.mkdir()
+    (audio_dir / f"{ids[0]}_30000.flac").write_bytes(b"")  # one clip present: the source is not empty
+    queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(target=_plan, args=(segments, audio_dir, unit_size, queue))
+    child.start()
+    n, _, seconds, peak = queue.get()
+    child.join()
+    return n, seconds, peak
+
+
+def layouts(tmp: Path, models: dict, clips: int, samples: int) -> dict[str, float]:
+    """clips/s of the same job in the pools and the combined layout on local Ray (start-up included)."""
+    import ray
+
+    from captioner.job import run_caption_job
+
+    corpus = synth_corpus(tmp / "layout_corpus", num_clips=clips, num_missing=0, num_corrupt=0)
+    rates = {}
+    for layout in ("pools", "combined"):
+        cfg = CaptionConfig.model_validate({
+            "source": SourceConfig(kind="audioset", audio_dir=str(corpus / "audio"),
+                                   segments=[str(corpus / "balanced_train_segments.csv")],
+                                   strong=[str(corpus / "audioset_train_strong.tsv")]).model_dump(),
+            "output": str(tmp / f"layout_{layout}"), "unit_size": 8, "batch_clips": 4,
+            "alm": {"model": str(models["alm"]), "sampling": {"n": samples, "max_new_tokens": 16}},
+            "labels": {"engine": {"model": str(models["llm"]), "prompts": [], "sampling": {"n": 3, "max_new_tokens": 16}}},
+            "clap": {"model": str(models["clap"]), "threshold": -1.0},
+            "ray": {"layout": layout, "workers": 2, "num_cpus": 0.25}})
+        start = time.perf_counter()
+        summary = run_caption_job(cfg, progress=False)
+        rates[layout] = summary["ok"] / (time.perf_counter() - start)
+        ray.shutdown()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--samples", type=int, default=20, help="captions per clip (AF-AudioSet: 20)")
     parser.add_argument("--unit-size", type=int, default=16)
+    parser.add_argument("--plan-rows", type=int, default=200_000, help="rows of the synthetic planning list")
+    parser.add_argument("--layout-clips", type=int, default=32, help="clips of the pools-vs-combined comparison")
     args = parser.parse_args()
     torch.set_num_threads(1)  # "per core"
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +143,9 @@ def main() -> None:
             fe([wave], sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt")
         whisper_ms = (time.perf_counter() - t0) * 100
         date = time.strftime("%Y-%m-%d")
+        plan_rows, plan_s, plan_bytes = planning(tmp, args.plan_rows)
+        torch.set_num_threads(os.cpu_count() or 1)
+        rates = layouts(tmp, models, args.layout_clips, args.samples)
 
     print(f"{clips} clips of 10 s, {args.samples} ALM samples + 3 LLM samples per clip, 1 thread, tiny models")
     print(f"end to end: {clips / wall:.2f} clips/s ({1e3 * wall / clips:.1f} ms/clip)")
@@ -86,6 +158,12 @@ def main() -> None:
     print(f"  of which log-mels (ALM {whisper_ms:.1f} ms, CLAP {1e3 * totals.get('clap_features', 0.0) / clips:.1f} ms) "
           f"run on the GPU on a GPU node; CPU-side left there: {gpu_node:.1f} ms: ratio {gpu_node / 25:.2f} ({date})")
     print(f"audio-encoder forward passes per clip: {len(encoder_calls) / clips:.2f} (with {args.samples} samples/clip)")
+    per_m = 1e6 / plan_rows
+    print(f"planning {plan_rows:,} AudioSet rows: {plan_s:.2f} s, peak +{plan_bytes / 2**20:.0f} MiB -> per million rows "
+          f"{plan_s * per_m:.1f} s and {plan_bytes * per_m / 2**30:.2f} GiB")
+    print(f"layouts on local Ray ({args.layout_clips} clips, 2 writers/actors, start-up included): pools "
+          f"{rates['pools']:.2f} clips/s, combined {rates['combined']:.2f} clips/s -> pools/combined "
+          f"{rates['pools'] / rates['combined']:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@ CPU (default): forward+backward time and peak training memory (parameters + grad
 for backward, counted exactly through autograd's saved-tensor hooks) for a small preset.
 GPU (when CUDA is available): also dit-l in bf16 at batch 32 × 10 s: tokens/s and model FLOPs utilisation.
 Also prints the parameter savings of SOLA vs full AdaLN at dit-l and dit-xl scale.
+With --ezaudio-src PATH (a checkout of github.com/haidog-yaqub/EzAudio; needs einops), EzAudio's own MaskDiT
+is built at the same config with random weights and compared side by side: parameters, step time and memory.
 Needs torch only.
 
-    python benchmarks/dit_step.py [--preset small --batch 8 --frames 250 --steps 5]
+    python benchmarks/dit_step.py [--preset small --batch 8 --frames 250 --steps 5] [--ezaudio-src PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -41,18 +44,24 @@ class Bench:
     def __init__(self, name: str, b: int, n: int, device: str, dtype, **overrides):
         torch.manual_seed(0)
         self.cfg = preset(name, **overrides)
-        self.model = EzAudioDiT(self.cfg).to(device, dtype)
+        self.model = self.build().to(device, dtype)
         self.inputs = _batch(self.cfg, b, n, device, dtype)
         self.device = device
         self.params = sum(p.numel() for p in self.model.parameters())
         self.run()  # warm-up
+
+    def build(self) -> torch.nn.Module:
+        return EzAudioDiT(self.cfg)
+
+    def forward(self) -> torch.Tensor:
+        return self.model(*self.inputs)
 
     def run(self) -> float:
         if self.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         self.model.zero_grad(set_to_none=True)
-        self.model(*self.inputs).float().pow(2).mean().backward()
+        self.forward().float().pow(2).mean().backward()
         if self.device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -70,9 +79,36 @@ class Bench:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = self.model(*self.inputs).float().pow(2).mean()
+            loss = self.forward().float().pow(2).mean()
         loss.backward()
         return 2 * sum(p.numel() * p.element_size() for p in self.model.parameters()) + saved[0]
+
+
+class EzAudioBench(Bench):
+    """EzAudio's own MaskDiT (src/models/conditioners.py of its repository) at the same configuration: the
+    same inputs, its DDPM integer timesteps, its masked-context input (gt + mae mask)."""
+
+    src: Path | None = None
+
+    def build(self) -> torch.nn.Module:
+        sys.path.insert(0, str(self.src / "src"))
+        MaskDiT = importlib.import_module("models.conditioners").MaskDiT
+        c = self.cfg
+        return MaskDiT(mae=True, mae_prob=0.25, mask_ratio=[0.25, 1.0], mask_span=10, img_size=500, patch_size=1,
+                       in_chans=2 * c.latent_channels + 1, out_chans=c.latent_channels, input_type="1d",
+                       embed_dim=c.width, depth=2 * c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+                       qkv_bias=False, qk_scale=None, qk_norm="layernorm", norm_layer="layernorm", act_layer="geglu",
+                       context_norm=True, use_checkpoint=False, time_fusion="ada_sola_bias",
+                       ada_sola_rank=c.sola_rank, ada_sola_alpha=c.sola_rank, cls_dim=None, context_dim=c.text_dim,
+                       context_fusion="cross", context_max_length=None, context_pe_method="none", pe_method="none",
+                       rope_mode="shared", use_conv=True, skip=True, skip_norm=True)
+
+    def forward(self) -> torch.Tensor:
+        x, t, context, mask, text, text_mask = self.inputs
+        steps = (t * 1000).long()  # EzAudio's DDPM timesteps
+        out, _ = self.model(x=x, timesteps=steps, context=text, context_mask=text_mask, gt=context.clone(),
+                            mae_mask_infer=mask[:, None, :])
+        return out
 
 
 def interleaved(benches: dict[str, Bench], rounds: int) -> dict[str, float]:
@@ -97,12 +133,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=250, help="latent frames (250 = 5 s at 50 Hz)")
     parser.add_argument("--steps", type=int, default=4, help="interleaved timing rounds")
+    parser.add_argument("--ezaudio-src", type=Path, default=None,
+                        help="a checkout of EzAudio's repository: compare with its MaskDiT at the same config")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     print(f"CPU, preset {args.preset}, batch {args.batch} x {args.frames} frames, fp32, forward+backward, "
           f"best of {args.steps} interleaved rounds")
     benches = {v: Bench(args.preset, args.batch, args.frames, "cpu", torch.float32, **o) for v, o in VARIANTS.items()}
+    if args.ezaudio_src:
+        EzAudioBench.src = args.ezaudio_src.resolve()
+        benches["ezaudio-maskdit"] = EzAudioBench(args.preset, args.batch, args.frames, "cpu", torch.float32)
     times = interleaved(benches, args.steps)
     memory = {v: b.memory() for v, b in benches.items()}
     print(f"{'variant':<14}{'params':>10}{'ms/step':>10}{'time/sola':>11}{'memory MB':>11}{'mem/sola':>10}")
@@ -120,6 +161,8 @@ def main() -> None:
         b, n = 32, 500  # 10 s at 50 latent frames/s
         print(f"\nGPU {torch.cuda.get_device_name()}: dit-l, bf16, batch {b} x {n} frames")
         benches = {v: Bench("dit-l", b, n, "cuda", torch.bfloat16, **VARIANTS[v]) for v in ("sola", "full")}
+        if args.ezaudio_src:
+            benches["ezaudio-maskdit"] = EzAudioBench("dit-l", b, n, "cuda", torch.bfloat16)
         times = interleaved(benches, 10)
         for v, bench in benches.items():
             flops = model_flops(bench.cfg, bench.params, b, n)
@@ -127,7 +170,7 @@ def main() -> None:
                   f"MFU {flops / times[v] / H200_BF16_DENSE_FLOPS:.1%} (of 989 TFLOP/s), "
                   f"peak {bench.memory() / 2**30:.1f} GiB")
     else:
-        print("\nno GPU here: the dit-l bf16 tokens/s and MFU part runs where CUDA is available")
+        print("\ndit-l bf16 tokens/s, MFU and peak memory at batch 32 x 10 s: not measured (no GPU)")
 
 
 if __name__ == "__main__":

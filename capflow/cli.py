@@ -9,7 +9,7 @@ import sys
 from captioner import cli as captioner_cli
 from pretrain import cli as pretrain_cli
 from shards import cli as shards_cli
-from shards.manifest import ConfigMismatch
+from shards.cli import run_command
 
 from . import __version__
 
@@ -55,11 +55,4 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
         pretrain_cli.quiet_libraries()
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, ConfigMismatch) as e:
-        # Errors at the edges carry a message that says what to fix; print it without a traceback.
-        if args.verbose:
-            raise
-        print(f"capflow {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args, f"capflow {args.command}", verbose=args.verbose)

@@ -61,10 +61,29 @@ def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
     return load_config(PretrainConfig, _packaged(f"pretrain_tiny_{stage}.yaml"), overrides)
 
 
+MARKER = ".capflow-demo"  # written into a demo folder: capflow may clear what it wrote there, nothing else
+DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated.wav")
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """A fresh demo folder. An existing one is reused only if capflow made it (it holds the marker), and only
+    the demo's own parts are cleared; a non-empty folder without the marker is refused, untouched."""
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).is_file():
+        raise ValueError(f"--workdir {workdir} is not empty and is not a capflow demo folder (no {MARKER}); "
+                         "choose a new or empty folder: the demo never deletes what it did not write")
+    for part in DEMO_PARTS:
+        path = workdir / part
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("written by `capflow demo`; the demo may clear its own parts here\n")
+
+
 def run_demo(workdir: str | Path = "demo") -> Path:
     workdir = Path(workdir)
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    prepare_workdir(workdir)
     _step(1, f"synthetic AudioSet-format corpus -> {workdir / 'corpus'}")
     synth_corpus(workdir / "corpus")
     _step(2, f"tiny random models -> {workdir / 'models'}")

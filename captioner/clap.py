@@ -99,6 +99,21 @@ class ClapScorer:
         return [round(float(s), 6) for s in sims.cpu()]
 
 
+    def score_many(self, jobs: list[tuple[np.ndarray, list[str]]]) -> list[list[float] | str]:
+        """score() for each (wave, texts) of a batch of clips; a clip whose scoring raises gets its error
+        message instead of scores, so one bad clip does not fail the others (the worker makes it a
+        `failed` row). Out-of-memory errors are not a clip's fault and propagate."""
+        out: list[list[float] | str] = []
+        for wave, texts in jobs:
+            try:
+                out.append(self.score(wave, texts))
+            except (torch.cuda.OutOfMemoryError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001  (recorded in the clip's status row)
+                out.append(f"clap: {type(e).__name__}: {e}")
+        return out
+
+
 def _embedding(out) -> torch.Tensor:
     """transformers 5 returns an output object (pooler_output); older versions a tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output

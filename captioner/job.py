@@ -1,13 +1,16 @@
 """The captioning job: corpus -> deterministic work units -> shards, on a Ray cluster or a laptop.
 
-Each unit i becomes shard i. Workers are Ray actors that load the models once and stay resident; they
-ask for GPUs on a cluster and for fractional CPUs locally (whole CPUs on a 2-core machine would starve
-Ray's own tasks). A unit that fails is retried, then reported; a rerun skips units whose shard is done;
-a rerun with another config refuses to start and names the keys that changed.
+Each unit i becomes shard i. Layout `pools` (captioner/pools.py): ALM, label-LLM and CLAP actor pools on
+GPUs, fed by CPU unit writers; layout `combined`: each actor holds every model; `ray.workers: 0`: in this
+process. Actors load their models once and stay resident; they ask for GPUs on a cluster and for fractional
+CPUs locally (whole CPUs on a 2-core machine would starve Ray's own tasks). A unit that fails is retried,
+then reported; a rerun skips units whose shard is done; a rerun whose identity (config, or the clips of a
+unit) differs refuses to start and names what changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -18,11 +21,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from shards import format as fmt
-from shards.config import save_config
-from shards.manifest import open_shard_set, write_manifest
-from shards.writer import write_json_atomic
+from shards.config import JobFailed, config_hash, save_config
+from shards.manifest import ConfigMismatch, done_shards, manifest_path, open_shard_set, write_manifest
+from shards.writer import sweep_stale_tmp, write_json_atomic
 
 from .config import CaptionConfig
+from .pools import UnitWriter, plan_pools, start_pools
 from .sources import load_items, partition
 from .worker import CaptionWorker
 
@@ -34,42 +38,42 @@ def _pending_units(out: Path, prefix: str, count: int) -> list[int]:
     return [i for i in range(count) if not (out / (fmt.shard_name(prefix, i) + fmt.STATS_SUFFIX)).exists()]
 
 
-def _run_in_process(cfg: CaptionConfig, units, todo, out, on_done) -> dict[int, str]:
-    """Every unit in this process, with the same retry-then-report policy as on Ray."""
-    worker, failed = CaptionWorker(cfg), {}
-    tries = cfg.ray.max_retries + 1
-    for i in todo:
-        for attempt in range(1, tries + 1):
-            try:
-                on_done(worker.process_unit(i, units[i], out))
-                failed.pop(i, None)
-                break
-            except Exception as e:  # noqa: BLE001  (reported with its message, as Ray reports a task error)
-                failed[i] = f"{type(e).__name__}: {e}"
-                log.warning("unit %d failed (attempt %d of %d): %s", i, attempt, tries, failed[i])
-        if i in failed:
-            log.error("unit %d failed %d times, giving up: %s", i, tries, failed[i])
-    return failed
+def unit_hash(items) -> str:
+    """The identity of a work unit: a hash of its ordered keys."""
+    return hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest()[:16]
 
 
-def _run_on_ray(cfg: CaptionConfig, units, todo, out, on_done, address: str | None) -> dict[int, str]:
+def check_done_units(out: Path, prefix: str, job_hash: str, unit_hashes: list[str]) -> None:
+    """Refuse to resume when a finished shard was written by another config or for other clips. Checked
+    against each shard's own done marker, so it holds even if manifest.json was deleted."""
+    problems = []
+    for name, stats in done_shards(out).items():
+        i = stats["index"]
+        if stats.get("job_hash") != job_hash:
+            problems.append(f"{name}: written with config {str(stats.get('job_hash'))[:12]}, this job is {job_hash[:12]}")
+        elif i >= len(unit_hashes) or stats.get("unit_hash") != unit_hashes[i]:
+            problems.append(f"{name}: its clips are not unit {i} of the corpus now (the source list changed: "
+                            f"{len(unit_hashes)} units now)")
+        if len(problems) >= 5:
+            break
+    if problems:
+        raise ConfigMismatch(f"{out} holds shards of another job; refusing to resume:\n  " + "\n  ".join(problems)
+                             + "\nUse a new output directory, or restore the original config and source.")
+
+
+def _dispatch(make_worker, count: int, units, todo, out: Path, extras, on_done, retries: int) -> dict[int, str]:
+    """Units over resident Ray actors (any class with process_unit), one unit in flight per actor; a unit
+    that fails is retried on a fresh actor if its actor died, then reported."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:  # embedded local Ray, sized to this machine
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(CaptionWorker)
-    cfg_dict = cfg.model_dump(mode="json")
-    workers = [Worker.remote(cfg_dict) for _ in range(min(cfg.ray.workers, len(todo)))]
+    workers = [make_worker(k) for k in range(min(count, len(todo)))]
     queue, attempts, failed, running = list(todo), Counter(), {}, {}
 
     def submit(worker):
         if queue:
             i = queue.pop(0)
-            running[worker.process_unit.remote(i, units[i], str(out))] = (i, worker)
+            running[worker.process_unit.remote(i, units[i], str(out), extras[i])] = (i, worker)
 
     for w in workers:
         submit(w)
@@ -81,10 +85,10 @@ def _run_on_ray(cfg: CaptionConfig, units, todo, out, on_done, address: str | No
         except (RayTaskError, RayActorError) as e:
             attempts[i] += 1
             if isinstance(e, RayActorError):  # the actor died (OOM, node loss): replace it
-                worker = Worker.remote(cfg_dict)
-            if attempts[i] <= cfg.ray.max_retries:
-                log.warning("unit %d failed (attempt %d of %d), retrying: %s", i, attempts[i], cfg.ray.max_retries + 1,
-                            str(e).splitlines()[0])
+                worker = make_worker(len(workers))
+            if attempts[i] <= retries:
+                log.warning("unit %d failed (attempt %d of %d), retrying: %s", i, attempts[i], retries + 1,
+                            str(e).strip().splitlines()[-1])
                 queue.append(i)
             else:
                 failed[i] = str(e).strip().splitlines()[-1]
@@ -93,15 +97,85 @@ def _run_on_ray(cfg: CaptionConfig, units, todo, out, on_done, address: str | No
     return failed
 
 
+def _run_in_process(cfg: CaptionConfig, units, todo, out, extras, on_done) -> dict[int, str]:
+    """Every unit in this process, with the same retry-then-report policy as on Ray."""
+    worker, failed = CaptionWorker(cfg), {}
+    tries = cfg.ray.max_retries + 1
+    for i in todo:
+        for attempt in range(1, tries + 1):
+            try:
+                on_done(worker.process_unit(i, units[i], out, extras[i]))
+                failed.pop(i, None)
+                break
+            except Exception as e:  # noqa: BLE001  (reported with its message, as Ray reports a task error)
+                failed[i] = f"{type(e).__name__}: {e}"
+                log.warning("unit %d failed (attempt %d of %d): %s", i, attempt, tries, failed[i])
+        if i in failed:
+            log.error("unit %d failed %d times, giving up: %s", i, tries, failed[i])
+    return failed
+
+
+def init_ray(cfg: CaptionConfig, address: str | None) -> None:
+    """Join a cluster (or start a local Ray). Workers get the driver's relevant environment through a
+    runtime_env, and log only warnings (the driver shows the progress bar)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in cfg.ray.env_vars if k in os.environ}
+    env |= {"TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    kwargs = dict(runtime_env={"env_vars": env}, logging_config=ray.LoggingConfig(log_level="WARNING"),
+                  log_to_driver=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:  # embedded local Ray, sized to this machine
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+
+
+def _run_on_ray(cfg: CaptionConfig, units, todo, out, extras, on_done, address: str | None) -> dict[int, str]:
+    import ray
+
+    init_ray(cfg, address)
+    cfg_dict = cfg.model_dump(mode="json")
+    if cfg.ray.layout == "combined":
+        Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(CaptionWorker)
+        count = 2 if cfg.ray.workers == "auto" else int(cfg.ray.workers)
+        return _dispatch(lambda k: Worker.remote(cfg_dict), count, units, todo, out, extras, on_done,
+                         cfg.ray.max_retries)
+    plan = plan_pools(cfg, ray.cluster_resources().get("GPU", 0.0))
+    log.info("pools: %d ALM, %d LLM, %d CLAP actors (%g GPUs), %d unit writers", plan.alm, plan.llm, plan.clap,
+             plan.gpus(), plan.writers)
+    pools = start_pools(cfg, plan)
+    Writer = ray.remote(num_cpus=plan.writer_cpus)(UnitWriter)
+    try:
+        return _dispatch(lambda k: Writer.remote(cfg_dict, *pools, k), plan.writers, units, todo, out, extras,
+                         on_done, cfg.ray.max_retries)
+    finally:
+        for handle in (h for pool in pools for h in pool):
+            ray.kill(handle)
+
+
 def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress: bool = True) -> dict:
-    """Caption the corpus into `cfg.output`; returns the summary (also written as caption_summary.json)."""
+    """Caption the corpus into `cfg.output`; returns the summary (also written as caption_summary.json).
+    Every path is resolved here, on the driver, before anything is shipped to a worker."""
+    cfg = cfg.resolved()
     items = load_items(cfg.source)
     units = partition(items, cfg.unit_size)
+    hashes = [unit_hash(u) for u in units]
     out = Path(cfg.output)
-    open_shard_set(out, cfg.identity(), partitioning={"items": len(items), "unit_size": cfg.unit_size,
-                                                      "units": len(units), "order": "sorted by key"})
+    identity = cfg.identity()
+    job_hash = config_hash(identity)
+    partitioning = {"items": len(items), "unit_size": cfg.unit_size, "units": len(units), "order": "sorted by key",
+                    "unit_hashes": hashes}
+    if manifest_path(out).exists():
+        open_shard_set(out, identity, partitioning=partitioning)  # refuses naming the config keys that changed
+    check_done_units(out, cfg.prefix, job_hash, hashes)  # the done markers decide, with or without a manifest
+    open_shard_set(out, identity, partitioning=partitioning)
     save_config(cfg, out)
+    if swept := sweep_stale_tmp(out):
+        log.info("removed %d temporary files of killed writers", swept)
     todo = _pending_units(out, cfg.prefix, len(units))
+    extras = {i: {"job_hash": job_hash, "unit_hash": hashes[i]} for i in todo}
     log.info("%d clips in %d units; %d already done, %d to do", len(items), len(units), len(units) - len(todo), len(todo))
     bar = tqdm(total=sum(len(units[i]) for i in todo), unit="clip", desc="captioning", disable=not progress)
     timings: Counter[str] = Counter()
@@ -114,16 +188,23 @@ def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress
     if todo:
         address = ray_address or cfg.ray.address
         if cfg.ray.workers == 0 and not address:
-            failed = _run_in_process(cfg, units, todo, out, on_done)
+            failed = _run_in_process(cfg, units, todo, out, extras, on_done)
         else:
-            failed = _run_on_ray(cfg, units, todo, out, on_done, address)
+            failed = _run_on_ray(cfg, units, todo, out, extras, on_done, address)
     else:
         failed = {}
     bar.close()
-    manifest = write_manifest(out)
+    manifest = write_manifest(out, partitioning=partitioning)
     summary = summarize(out, manifest, failed, time.perf_counter() - start, dict(timings))
     write_json_atomic(out / SUMMARY_NAME, summary)
+    if summary["ok"] == 0:
+        raise NoClipsCaptioned(f"no clip was captioned into {out}: statuses {summary['failures'] or '{}'}, failed "
+                               f"units {len(failed)}; see {out / SUMMARY_NAME} and the parquet sidecars' errors")
     return summary
+
+
+class NoClipsCaptioned(JobFailed):
+    """A job ended without a single ok clip (the exit status says so; the summary says why)."""
 
 
 def summarize(out: Path, manifest: dict, failed_units: dict[int, str], seconds: float, timings: dict) -> dict:

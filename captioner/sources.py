@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shards.audio import AUDIO_SUFFIXES
+from shards.audio import AUDIO_SUFFIXES, is_audio_path
 from shards.config import Strict
 from shards.format import make_key
 
@@ -39,7 +40,9 @@ class SourceConfig(Strict):
     audio_dir: str = ""
     # AudioSet
     segments: list[str] = []  # segment CSVs (balanced_train_segments.csv, ...)
-    pattern: str = "{ytid}_{start_ms}.flac"  # file name under audio_dir; fields: ytid, start, end, start_ms
+    # file name under audio_dir; fields: ytid, start, end, start_ms. The extension is a first guess only:
+    # a file with the same name and any audio extension (.wav, .m4a, .OGG, ...) is found too.
+    pattern: str = "{ytid}_{start_ms}.flac"
     class_labels: str | None = None  # class_labels_indices.csv
     ontology: str | None = None  # ontology.json
     strong: list[str] = []  # strong-label TSVs
@@ -73,13 +76,51 @@ def _read_segments(path: str):
 
 
 def _read_strong(paths: list[str]) -> dict[str, list[tuple[float, float, str]]]:
+    """segment_id -> events. AudioSet's framed positive/negative files carry a `present` column: only
+    PRESENT rows are events (NOT_PRESENT rows are verified absences)."""
     events: dict[str, list] = {}
     for path in paths:
         with open(path, newline="") as f:
             for row in csv.DictReader(f, delimiter="\t"):
+                if row.get("present", "PRESENT").strip().upper() != "PRESENT":
+                    continue
                 events.setdefault(row["segment_id"], []).append(
                     (float(row["start_time_seconds"]), float(row["end_time_seconds"]), row["label"]))
     return events
+
+
+class AudioIndex:
+    """Finds a clip whatever its audio extension: `dir/name.flac` is taken as is when it exists, else any
+    `dir/name.<audio suffix>` (case-insensitive). Each directory is listed once."""
+
+    def __init__(self):
+        self._dirs: dict[Path, dict[str, Path]] = {}
+
+    def _listing(self, directory: Path) -> dict[str, Path]:
+        if directory not in self._dirs:
+            found: dict[str, Path] = {}
+            if directory.is_dir():
+                with os.scandir(directory) as it:
+                    for entry in it:
+                        if is_audio_path(entry.name):
+                            stem = os.path.splitext(entry.name)[0]
+                            # a fixed preference when one clip exists in several formats: lossless first
+                            if stem not in found or _rank(entry.name) < _rank(found[stem].name):
+                                found[stem] = Path(entry.path)
+            self._dirs[directory] = found
+        return self._dirs[directory]
+
+    def find(self, path: Path) -> Path | None:
+        if path.is_file():
+            return path
+        stem = path.name if not is_audio_path(path) else path.stem
+        return self._listing(path.parent).get(stem)
+
+
+def _rank(name: str) -> tuple[int, str]:
+    order = (".flac", ".wav")
+    suffix = os.path.splitext(name)[1].lower()
+    return (order.index(suffix) if suffix in order else len(order), name)
 
 
 def _check_files(cfg: SourceConfig) -> None:
@@ -100,19 +141,27 @@ def audioset_items(cfg: SourceConfig) -> list[Item]:
     names = _read_label_names(cfg)
     strong = _read_strong(cfg.strong)
     audio_dir = Path(cfg.audio_dir)
-    items = []
+    index = AudioIndex()
+    items, found = [], 0
     for seg_path in cfg.segments:
         for ytid, start, end, mids in _read_segments(seg_path):
             start_ms = round(start * 1000)
-            segment_id = f"{ytid}_{start_ms}"
-            path = audio_dir / cfg.pattern.format(ytid=ytid, start=f"{start:.3f}", end=f"{end:.3f}", start_ms=start_ms)
+            segment_id = f"{ytid}_{start_ms}"  # AudioSet's own id (strong labels use it): the key follows it
+            wanted = audio_dir / cfg.pattern.format(ytid=ytid, start=f"{start:.3f}", end=f"{end:.3f}", start_ms=start_ms)
+            path = index.find(wanted)
+            found += path is not None
             timeline = sorted(strong.get(segment_id, []))
             items.append(Item(
-                source=cfg.name or "audioset", id=f"{ytid}_{start:.3f}", path=path,
+                source=cfg.name or "audioset", id=segment_id, path=path or wanted,
                 labels=[names.get(m, m) for m in mids],
                 strong=[{"label": names.get(m, m), "start": s, "end": e} for s, e, m in timeline],
                 extra={"ytid": ytid, "start": start, "end": end, "segment_id": segment_id},
             ))
+    if items and not found:
+        raise FileNotFoundError(
+            f"no audio file for any of the {len(items)} AudioSet segments under {audio_dir} (source.pattern "
+            f"{cfg.pattern!r} with any audio extension; e.g. looked for {items[0].path}); check source.audio_dir "
+            "and source.pattern")
     return items
 
 
@@ -120,7 +169,10 @@ def folder_items(cfg: SourceConfig) -> list[Item]:
     if not cfg.audio_dir:
         raise ValueError("source.kind=folder needs source.audio_dir")
     root = Path(cfg.audio_dir)
-    paths = sorted(p for p in root.glob(cfg.glob) if p.suffix.lower() in AUDIO_SUFFIXES)
+    paths = sorted(p for p in root.glob(cfg.glob) if is_audio_path(p) and p.is_file())
+    if not paths:
+        raise FileNotFoundError(f"no audio files under {root} matching source.glob {cfg.glob!r} (looked for "
+                                f"{', '.join(sorted(AUDIO_SUFFIXES))} in any case)")
     return [Item(source=cfg.name or "folder", id=str(p.relative_to(root).with_suffix("")), path=p) for p in paths]
 
 

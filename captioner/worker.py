@@ -1,8 +1,17 @@
-"""One captioning worker: models loaded once and kept resident; processes whole work units into shards.
+"""One captioning worker: processes whole work units into shards.
 
-Per unit: decode every clip (bad ones become status rows), ask the ALM for n captions per prompt and the
-LLM for time-ordered captions from strong labels (one engine call per unit, so vLLM can batch it), clean
-and de-duplicate, score every candidate with CLAP against its clip, keep the best, write the shard.
+Per unit, `batch_clips` clips at a time: decode every clip (bad ones become status rows), ask the ALM for
+n captions per prompt and, at the same time, the LLM for time-ordered captions from strong labels (one
+engine call per chunk, so vLLM can batch it), clean and de-duplicate, score every candidate with CLAP
+against its clip (one call per chunk), keep the best, write the shard.
+
+The engines are local (the `combined` layout and in-process runs) or proxies of Ray actor pools (the
+`pools` layout, captioner/pools.py); the worker does not care which.
+
+Failure policy: a clip that an engine or CLAP fails on becomes a `failed` row with the error and the unit
+goes on (a failing batch is retried clip by clip to find the culprit). Infrastructure errors (a dead
+actor, out of memory, I/O) and an engine that fails on every clip of a chunk propagate, so the unit is
+retried and then reported.
 """
 
 from __future__ import annotations
@@ -23,6 +32,22 @@ from .engines import Request, clean_caption, dedupe, make_engine
 from .labels import enrichment_prompt
 from .sources import Item
 
+# Exception classes (by name, anywhere in the MRO: Ray re-raises task errors as subclasses of the cause)
+# that mean the machine, not the clip, failed.
+INFRASTRUCTURE = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError", "OwnerDiedError",
+                  "NodeDiedError", "WorkerCrashedError", "OutOfMemoryError", "RaySystemError"}
+
+
+def is_infrastructure(error: BaseException) -> bool:
+    return isinstance(error, (OSError, MemoryError)) or any(c.__name__ in INFRASTRUCTURE for c in type(error).__mro__)
+
+
+def error_text(stage: str, error: BaseException) -> str:
+    """One line for a status row: the stage and the original error (Ray wraps it in a traceback)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    return f"{stage}: {last if ':' in last else f'{type(error).__name__}: {last}'}"
+
 
 def clip_seed(base: int, key: str, stream: int) -> int:
     """A per-clip, per-prompt seed that depends only on the key (not on scheduling)."""
@@ -30,11 +55,15 @@ def clip_seed(base: int, key: str, stream: int) -> int:
 
 
 class CaptionWorker:
-    def __init__(self, cfg: CaptionConfig | dict):
+    def __init__(self, cfg: CaptionConfig | dict, alm=None, llm=None, clap=None):
+        """Local engines from the config, or the given ones (Ray pool proxies with the same methods)."""
         self.cfg = cfg if isinstance(cfg, CaptionConfig) else CaptionConfig.model_validate(cfg)
-        self.alm = make_engine(self.cfg.alm) if self.cfg.alm else None
-        self.llm = make_engine(self.cfg.labels.engine) if self.cfg.labels.enabled else None
-        self.clap = ClapScorer(self.cfg.clap)
+        self.alm = alm or (make_engine(self.cfg.alm) if self.cfg.alm else None)
+        self.llm = llm or (make_engine(self.cfg.labels.engine) if self.cfg.labels.enabled else None)
+        self.clap = clap or ClapScorer(self.cfg.clap)
+        # Pool proxies run the ALM and the LLM call at the same time; local engines run one after the other
+        # (they seed torch's process-wide RNG per request, so overlapping them would mix their streams).
+        self.overlap = llm is not None
         self.timings: dict[str, float] = defaultdict(float)
 
     def _decode(self, items: list[Item]) -> tuple[list[tuple[Item, audio.Audio, bytes]], list[tuple]]:
@@ -91,13 +120,30 @@ class CaptionWorker:
                           "seed": seed} for t in texts]
         return out
 
+    def _isolate(self, stage: str, fn, clips) -> tuple[dict, dict[str, str]]:
+        """fn(clips); if it raises, fn clip by clip: (results by key, error line by failed key)."""
+        try:
+            return fn(clips), {}
+        except Exception as e:  # noqa: BLE001  (classified below)
+            if is_infrastructure(e) or not clips:
+                raise
+            first = e
+        out, failed = defaultdict(list), {}
+        for clip in clips:
+            try:
+                out.update(fn([clip]))
+            except Exception as e:  # noqa: BLE001
+                if is_infrastructure(e):
+                    raise
+                failed[clip[0].key] = error_text(stage, e)
+        if len(clips) > 1 and len(failed) == len(clips):
+            raise first  # every clip fails alone too: the engine is broken, not the clips
+        return out, failed
+
     def _write_clip(self, writer: ShardWriter, item: Item, clip: audio.Audio, flac: bytes,
-                    candidates: list[dict]) -> int:
-        """Score every candidate against the clip, keep the best, write the sample; returns the kept count."""
-        start = time.perf_counter()
-        wave48 = audio.resample(audio.to_mono(clip), self.clap.sample_rate).samples[0]
-        self.timings["resample"] += time.perf_counter() - start
-        for c, score in zip(candidates, self.clap.score(wave48, [c["text"] for c in candidates])):
+                    candidates: list[dict], scores: list[float]) -> int:
+        """Keep the best scored candidates and write the sample; returns the kept count."""
+        for c, score in zip(candidates, scores):
             c["clap"] = score
         # human captions (SFT data such as AudioCaps) are kept whatever their score; generated ones
         # compete for the remaining top-k places above the threshold
@@ -111,8 +157,9 @@ class CaptionWorker:
         self.timings["write"] += time.perf_counter() - start
         return len(kept)
 
-    def process_unit(self, index: int, items: list[Item], directory: str | Path) -> dict:
-        """Write shard `index` for `items`; returns its stats plus caption counts and stage timings.
+    def process_unit(self, index: int, items: list[Item], directory: str | Path, extra_stats: dict | None = None) -> dict:
+        """Write shard `index` for `items` (extra_stats: recorded in its done marker, e.g. the job identity);
+        returns its stats plus caption counts and stage timings.
         Clips go through the engines `batch_clips` at a time, so memory stays flat for any unit size."""
         self.timings.clear()
         for engine in (self.alm, self.llm, self.clap):
@@ -122,7 +169,8 @@ class CaptionWorker:
         chunks = [items[i: i + self.cfg.batch_clips] for i in range(0, len(items), self.cfg.batch_clips)]
         # The next chunk is decoded in a helper thread while the engines work on this one (soundfile and
         # soxr release the GIL), so the accelerator does not wait for the CPU between chunks.
-        with ShardWriter(directory, self.cfg.prefix, index) as writer, ThreadPoolExecutor(max_workers=1) as pool:
+        with (ShardWriter(directory, self.cfg.prefix, index, extra_stats=extra_stats) as writer,
+              ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as helper):
             pending = pool.submit(self._decode, chunks[0]) if chunks else None
             for k in range(len(chunks)):
                 clips, failures = pending.result()
@@ -130,12 +178,30 @@ class CaptionWorker:
                     pending = pool.submit(self._decode, chunks[k + 1])
                 for item, status, error in failures:
                     writer.add_failure(item.key, status, error, item.meta())
-                alm, labels = self._alm_candidates(clips), self._label_candidates(clips)
+                if self.overlap:
+                    labels_call = helper.submit(self._isolate, "labels", self._label_candidates, clips)
+                alm, failed = self._isolate("alm", self._alm_candidates, clips)
+                labels, label_failed = (labels_call.result() if self.overlap
+                                        else self._isolate("labels", self._label_candidates, clips))
+                failed |= label_failed
+                scored = []
                 for item, clip, flac in clips:
+                    if item.key in failed:
+                        writer.add_failure(item.key, "failed", failed[item.key], item.meta())
+                        continue
                     human = [{"text": clean_caption(t), "kind": "human", "engine": "human", "prompt": None,
                               "seed": None} for t in item.extra.get("human_captions", [])]
-                    unique = dedupe(human + alm[item.key] + labels[item.key])
-                    kept += self._write_clip(writer, item, clip, flac, unique)
+                    scored.append((item, clip, flac, dedupe(human + alm[item.key] + labels[item.key])))
+                start = time.perf_counter()
+                waves = [audio.resample(audio.to_mono(clip), self.clap.sample_rate).samples[0]
+                         for _, clip, _, _ in scored]
+                self.timings["resample"] += time.perf_counter() - start
+                scores = self.clap.score_many([(w, [c["text"] for c in u]) for w, (_, _, _, u) in zip(waves, scored)])
+                for (item, clip, flac, unique), clip_scores in zip(scored, scores):
+                    if isinstance(clip_scores, str):
+                        writer.add_failure(item.key, "failed", clip_scores, item.meta())
+                        continue
+                    kept += self._write_clip(writer, item, clip, flac, unique, clip_scores)
                     candidates += len(unique)
             stats = writer.close()
         timings = dict(self.timings)

@@ -1,7 +1,9 @@
 """Training checkpoints and exports.
 
-    OUTPUT/checkpoints/step-000100/   accelerate save_state (model, optimizer, scheduler, RNG, EMA, trainer
-                                      state) + dit_raw/ and dit_ema/ (from_pretrained weights for export)
+    OUTPUT/checkpoints/step-000100/   accelerate save_state (model, optimizer, scheduler, RNG)
+                                      + the loop's own state in safe formats: trainer_state.json (step, data
+                                      position, counters), ema.safetensors + ema.json
+                                      + dit_raw/ and dit_ema/ (from_pretrained weights for export)
     OUTPUT/export/                    a text-to-audio bundle with a model card (README.md)
 
 A checkpoint is written as `step-N.tmp` and renamed when complete; only the last `keep_last` are kept.
@@ -16,6 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
 
 from shards.config import config_dict
@@ -25,6 +28,7 @@ from .dit import EzAudioDiT
 from .pipeline import TextEncoderRef, write_bundle
 
 STEP_RE = re.compile(r"^step-(\d+)$")
+STATE_NAME, EMA_WEIGHTS, EMA_STATE = "trainer_state.json", "ema.safetensors", "ema.json"
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -48,6 +52,43 @@ def resolve_resume(output_dir: str | Path, resume: str) -> Path:
     if not found:
         raise FileNotFoundError(f"--resume latest: no checkpoint under {checkpoint_dir(output_dir)}")
     return found[-1]
+
+
+def save_loop_state(directory: Path, state, ema=None) -> None:
+    """The loop's own state without pickle: counters as JSON, the EMA's shadow weights as safetensors
+    (accelerate's register_for_checkpointing would pickle both and load them with weights_only=False)."""
+    from safetensors.torch import save_file
+
+    (directory / STATE_NAME).write_text(json.dumps(state.state_dict(), indent=2) + "\n")
+    if ema is not None:
+        save_file({f"shadow.{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)},
+                  directory / EMA_WEIGHTS)
+        scalars = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+        (directory / EMA_STATE).write_text(json.dumps(scalars, indent=2) + "\n")
+
+
+def load_loop_state(directory: Path, state, ema=None) -> None:
+    """Restore what save_loop_state wrote. The EMA's weights are copied into its existing tensors, so they
+    stay on the device and in the dtype the EMA already lives in (the model's device)."""
+    from safetensors.torch import load_file
+
+    path = directory / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {STATE_NAME}; not a complete capflow checkpoint")
+    state.load_state_dict(json.loads(path.read_text()))
+    if ema is None:
+        return
+    if not (directory / EMA_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{directory}: no {EMA_WEIGHTS}, but ema.enabled is true; resume with the same "
+                                "ema settings the run was started with")
+    weights = load_file(directory / EMA_WEIGHTS)
+    if len(weights) != len(ema.shadow_params):
+        raise ValueError(f"{directory / EMA_WEIGHTS}: {len(weights)} tensors for a model with "
+                         f"{len(ema.shadow_params)} parameters; is this checkpoint from another model?")
+    ema.load_state_dict(json.loads((directory / EMA_STATE).read_text()))
+    with torch.no_grad():
+        for i, p in enumerate(ema.shadow_params):
+            p.copy_(weights[f"shadow.{i:05d}"])
 
 
 def rotate(output_dir: str | Path, keep_last: int) -> None:
@@ -80,7 +121,7 @@ def export_bundle(cfg, checkpoint: Path, out: str | Path, codec: CodecConfig, us
     """Checkpoint -> from_pretrained bundle (EMA or raw weights) + README.md model card."""
     weights = checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
     dit = EzAudioDiT.from_pretrained(weights)
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = json.loads((checkpoint / STATE_NAME).read_text())
     info = {**state, **(info or {}), "ema": weights.name == "dit_ema",
             "parameters": sum(p.numel() for p in dit.parameters())}
     text_ref = TextEncoderRef(cfg.text_encoder.pretrained, cfg.text_encoder.max_length, cfg.text_encoder.dtype) \

@@ -10,6 +10,8 @@ import re
 import sys
 from pathlib import Path
 
+from shards.cli import run_command
+
 
 def quiet_libraries() -> None:
     """accelerate/DeepSpeed log every file they save at INFO; keep the step line readable."""
@@ -42,7 +44,7 @@ def _generate(args) -> int:
     if not prompts:
         raise ValueError("give a prompt, or --prompts-file with one prompt per line")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = TextToAudio.from_pretrained(args.checkpoint, device=device)
+    model = TextToAudio.from_pretrained(args.checkpoint, device=device, dtype=args.dtype, compile=args.compile)
     out = Path(args.output)
     if len(prompts) > 1:
         out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (prompt i of a file uses seed + i)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="DiT precision (bf16 on GPUs: ~2x faster; sampling integrates in fp32 either way)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT (pays off from a few clips on)")
     p.set_defaults(func=_generate)
 
 
@@ -140,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(args, f"python -m pretrain {args.command}")

@@ -159,7 +159,7 @@ class EzAudioDiT(nn.Module):
 
         temb = self.time_act(self.time_embed(timestep_embedding(t, self.config.time_freq_dim).to(h.dtype)))  # (b, d)
         shared = self.time_shared(temb) if self.time_shared is not None else None  # (b, 6d)
-        rope = rotary_tables(n, self.config.width // self.config.num_heads, h.device, h.dtype)
+        rope = rotary_tables(n, self.config.width // self.config.num_heads, h.device)
         if text is not None:
             text = self.text_proj(text.to(h.dtype))  # (b, l, d)
 
@@ -203,6 +203,7 @@ class EzAudioDiT(nn.Module):
 
             directory = Path(snapshot_download(str(directory), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
         config = DiTConfig(**{**json.loads((directory / CONFIG_NAME).read_text()), **config_overrides})
-        model = cls(config)
-        model.load_state_dict(load_file(directory / WEIGHTS_NAME))
+        with torch.device("meta"):  # no initialisation of weights that are overwritten right away
+            model = cls(config)
+        model.load_state_dict(load_file(directory / WEIGHTS_NAME), assign=True)  # strict: every tensor present
         return model

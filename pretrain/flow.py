@@ -74,13 +74,21 @@ def span_mask(batch: int, frames: int, span: int, ratio: tuple[float, float] = (
 
 def flow_loss(v_pred: torch.Tensor, v_target: torch.Tensor, mask: torch.Tensor | None = None,
               reduce: bool = True) -> torch.Tensor:
-    """MSE on masked frames only, normalised per sample by its masked-frame count (so a sample with few
-    masked frames weighs as much as a fully masked one); all frames when mask is None.
-    v_pred, v_target: (b, c, n); mask: (b, n) bool. Returns the batch mean, or (b,) with reduce=False."""
+    """MSE on supervised frames (masked and valid), averaged per sample over its supervised frames, then
+    over the samples that have any: a sample with few masked frames weighs as much as a fully masked one,
+    and a sample whose masked frames all fall in padding is left out of the mean instead of counting as a
+    zero loss. All frames when mask is None. If no sample of the batch has a supervised frame the loss is
+    an exact zero that keeps the graph (every rank still runs its backward).
+    v_pred, v_target: (b, c, n); mask: (b, n) bool. Returns the batch mean, or (b,) with reduce=False
+    (0 for samples without supervised frames)."""
     err = (v_pred.float() - v_target.float()).pow(2).mean(dim=1)  # (b, n)
     if mask is None:
         per_sample = err.mean(dim=1)
-    else:
-        m = mask.to(err.dtype)
-        per_sample = (err * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)  # (b,)
-    return per_sample.mean() if reduce else per_sample
+        return per_sample.mean() if reduce else per_sample
+    m = mask.to(err.dtype)
+    count = m.sum(dim=1)  # (b,)
+    per_sample = (err * m).sum(dim=1) / count.clamp_min(1.0)  # (b,)
+    if not reduce:
+        return per_sample
+    has = count > 0
+    return per_sample.sum() / has.sum().clamp_min(1)

@@ -26,6 +26,7 @@ from .text import TextEncoder
 
 log = logging.getLogger(__name__)
 BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION = "capflow.json", "capflow-t2a", 1
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -57,6 +58,17 @@ def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, tex
     return directory
 
 
+def _download(repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo))
+    except (HFValidationError, LocalEntryNotFoundError, OSError) as e:
+        raise FileNotFoundError(f"no capflow bundle at {repo}: not a local directory, and not a hub repo that can "
+                                f"be fetched ({type(e).__name__}); export one with `capflow pretrain`") from None
+
+
 def _resolve(ref: str, root: Path) -> str:
     candidate = root / ref
     return str(candidate) if not Path(ref).is_absolute() and candidate.exists() else ref
@@ -85,15 +97,19 @@ class TextToAudio:
         return write_bundle(directory, self.dit, self.codec.config, self.text_ref, self.sampler, self.stage, self.info)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TextToAudio:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32",
+                        compile: bool = False) -> TextToAudio:
+        """Load a bundle. dtype (fp32 | bf16 | fp16) is the DiT's precision; the sampler integrates in fp32
+        whatever it is. Flan-T5 runs in bf16 with a bf16 DiT and in fp32 otherwise (T5 overflows in fp16);
+        the VAE decodes in fp32 (once per clip, a small share of the time). compile: torch.compile the DiT."""
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {sorted(PRECISIONS)}, got {dtype!r}")
         root = Path(directory)
         if not (root / BUNDLE_NAME).is_file():
             if root.exists():
                 raise FileNotFoundError(f"{root} is not a capflow text-to-audio bundle (no {BUNDLE_NAME}); "
                                         "export one with `capflow pretrain ... export`")
-            from huggingface_hub import snapshot_download
-
-            root = Path(snapshot_download(str(directory)))
+            root = _download(str(directory))
         index = json.loads((root / BUNDLE_NAME).read_text())
         if index.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{root / BUNDLE_NAME}: format {index.get('format')!r} is not {BUNDLE_FORMAT!r}")
@@ -103,10 +119,15 @@ class TextToAudio:
         text_ref = TextEncoderRef(**index["text_encoder"]) if index.get("text_encoder") else None
         text_encoder = None
         if text_ref is not None and dit.has_text:
-            text_encoder = TextEncoder(_resolve(text_ref.pretrained, root), text_ref.max_length, text_ref.dtype)
+            text_dtype = "bfloat16" if dtype == "bf16" else text_ref.dtype
+            text_encoder = TextEncoder(_resolve(text_ref.pretrained, root), text_ref.max_length, text_dtype)
         model = cls(dit.eval(), AudioCodec(codec_cfg), text_encoder, text_ref,
                     SamplerDefaults(**index.get("sampler", {})), index.get("stage", ""), index.get("info", {}))
-        return model.to(device)
+        model.to(device)
+        model.dit.to(PRECISIONS[dtype])
+        if compile:
+            model.dit.compile()
+        return model
 
     # ---- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -122,6 +143,9 @@ class TextToAudio:
         steps, cfg, rescale = steps or s.steps, s.cfg if cfg is None else cfg, s.rescale if rescale is None else rescale
         duration, method = duration or s.duration, method or s.method
         negative = s.negative if negative is None else negative
+        if source is not None and t_start <= 0:
+            raise ValueError("generate(source=...) needs t_start > 0 (e.g. 0.01): at t_start = 0 the start point "
+                             "is pure noise and the source would be discarded")
         b, device = len(prompts), self.device
         n = source.shape[-1] if source is not None else self.codec.frames(duration)
         generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -29,9 +29,10 @@ def guided_velocity(model: torch.nn.Module, *, text: torch.Tensor | None = None,
                     context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                     scale: float = 1.0, rescale: float = 0.0) -> Velocity:
     """The model's velocity with CFG. neg_text is the negative prompt's encoding (the encoded empty
-    string for plain unconditional guidance). A model without text modules ignores guidance."""
+    string for plain unconditional guidance). A model without text modules ignores guidance.
+    The velocity is returned in float32 whatever the model's precision (guidance and integration in fp32)."""
     if text is None or scale == 1.0:
-        return lambda x, t: model(x, t, context=context, mask=mask, text=text, text_mask=text_mask)
+        return lambda x, t: model(x, t, context=context, mask=mask, text=text, text_mask=text_mask).float()
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -41,7 +42,7 @@ def guided_velocity(model: torch.nn.Module, *, text: torch.Tensor | None = None,
         both_mask = torch.cat([_pad(text_mask, length), _pad(neg_mask, length)])  # (2b, l)
         v = model(torch.cat([x, x]), torch.cat([t, t]),
                   context=None if context is None else torch.cat([context, context]),
-                  mask=None if mask is None else torch.cat([mask, mask]), text=both, text_mask=both_mask)
+                  mask=None if mask is None else torch.cat([mask, mask]), text=both, text_mask=both_mask).float()
         return cfg_combine(v[:b], v[b:], scale, rescale)
 
     return velocity

@@ -27,7 +27,15 @@ import torch
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
 
-from .checkpoint import checkpoint_dir, export_bundle, list_checkpoints, resolve_resume, rotate
+from .checkpoint import (
+    checkpoint_dir,
+    export_bundle,
+    list_checkpoints,
+    load_loop_state,
+    resolve_resume,
+    rotate,
+    save_loop_state,
+)
 from .codec import CodecConfig
 from .config import PretrainConfig
 from .data import LatentBatches
@@ -40,7 +48,7 @@ log = logging.getLogger("capflow.pretrain")
 
 @dataclass
 class TrainState:
-    """Counters that resume restores (registered with accelerate's checkpointing)."""
+    """Counters that resume restores (saved as trainer_state.json beside accelerate's state)."""
 
     step: int = 0  # optimizer steps done
     micro: int = 0  # micro-batches drawn from the stream (the data position)
@@ -98,6 +106,18 @@ def build_model(cfg: PretrainConfig, text_dim: int | None, latent_channels: int)
                              gradient_checkpointing=cfg.model.gradient_checkpointing, **overrides))
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only. Norms, biases, the mask embedding and the AdaLN
+    tables are excluded, as in EzAudio (decaying a learned offset pulls it to zero, not to simplicity)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim < 2 or name.endswith(("mask_embed", ".table"))  # norms and biases are 1-d
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encoder: TextEncoder | None,
                  device) -> torch.Tensor:
     """Flow-matching loss of one micro-batch: draw the mask, the times and the noise, predict the velocity
@@ -105,8 +125,7 @@ def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encode
     x1 = batch["latent"].to(device)  # (b, c, n)
     b, _, n = x1.shape
     m = cfg.masking
-    full = 0.0 if cfg.stage == "mask" else m.full_mask_prob
-    mask = span_mask(b, n, span, tuple(m.ratio), full).to(device)  # (b, n)
+    mask = span_mask(b, n, span, tuple(m.ratio), m.full_mask_prob).to(device)  # (b, n)
     text = text_mask = None
     if text_encoder is not None:
         text, text_mask = text_encoder(batch["caption"])  # (b, l, e), (b, l)
@@ -169,19 +188,22 @@ class Trainer:
             raise ValueError(f"init_from model expects text width {model.config.text_dim}, the encoder gives {text_dim}")
         self.span = max(1, round(cfg.masking.span_seconds * float(latent_info["frame_rate"])))
         o = cfg.optim
-        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+        optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         self.state = TrainState()
-        self.acc.register_for_checkpointing(self.state)
         self.ema = None
         if cfg.ema.enabled:
-            self.ema = EMAModel(self.unwrapped.parameters(), decay=cfg.ema.decay)
+            e = cfg.ema
+            self.ema = EMAModel(self.unwrapped.parameters(), decay=e.decay, use_ema_warmup=e.warmup == "power",
+                                inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step)
             self.ema.to(self.acc.device, dtype=torch.float32)
-            self.acc.register_for_checkpointing(self.ema)
         if resume:
+            # accelerate restores model, optimizer, scheduler and RNG; the loop's own state (counters, data
+            # position, EMA) is JSON + safetensors, loaded in place so the EMA stays on the model's device.
             path = resolve_resume(self.out, resume)
             self.acc.load_state(str(path))
+            load_loop_state(path, self.state, self.ema)
             log.info("resumed from %s at step %d (micro-batch %d)", path, self.state.step, self.state.micro)
         self.stream = LatentBatches(cfg, self.acc.process_index, start=self.state.micro)
         self.batches = iter(self.stream)
@@ -206,20 +228,27 @@ class Trainer:
             return None if norm is None else float(norm)
         return float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
 
+    @contextlib.contextmanager
+    def _micro_batch(self, last: bool):
+        """One micro-batch of an accumulation window. accelerate is told whether it is the window's last
+        (`sync_gradients`): the DeepSpeed engine then marks the accumulation boundary and steps only there,
+        and the optimizer wrapper steps only after it. DDP skips the gradient all-reduce until the last one
+        (DeepSpeed ZeRO reduces on its own boundary)."""
+        self.acc.sync_gradients = last
+        with self.acc.no_sync(self.model) if not last and not self.is_deepspeed else contextlib.nullcontext():
+            yield
+
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> Path:
         cfg, st = self.cfg, self.state
         start, start_step, last_log = time.time(), st.step, time.time()
         window_loss, window_micro, window_samples, frames = 0.0, 0, 0, 0
         while st.step < cfg.steps:
-            done = 0
+            done = step_samples = 0
             while done < self.accumulation:
                 batch = next(self.batches)
                 st.micro += 1
-                sync = done == self.accumulation - 1
-                # DDP: no gradient all-reduce until the window's last micro-batch (DeepSpeed manages its own)
-                ctx = self.acc.no_sync(self.model) if not sync and not self.is_deepspeed else contextlib.nullcontext()
-                with ctx:
+                with self._micro_batch(last=done == self.accumulation - 1):
                     with self.acc.autocast():
                         loss = self.loss(batch)
                     finite = self._all_finite(loss)
@@ -239,7 +268,7 @@ class Trainer:
                 done += 1
                 window_loss += loss.item()
                 window_micro += 1
-                window_samples += batch["latent"].shape[0]
+                step_samples += batch["latent"].shape[0]
                 frames += int(batch["valid"].sum())
             grad_norm = self._clip_grad_norm()
             self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
@@ -248,7 +277,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.step(self.unwrapped.parameters())
             st.step += 1
-            st.samples += window_samples * self.acc.num_processes
+            st.samples += step_samples * self.acc.num_processes
+            window_samples += step_samples
 
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                 elapsed = time.time() - last_log
@@ -294,7 +324,7 @@ class Trainer:
                 self.ema.copy_to(self.unwrapped.parameters())
                 self.unwrapped.save_pretrained(tmp / "dit_ema")
                 self.ema.restore(self.unwrapped.parameters())
-            (tmp / "trainer_state.json").write_text(json.dumps(self.state.state_dict(), indent=2))
+            save_loop_state(tmp, self.state, self.ema)
             save_config(self.cfg, tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

@@ -14,9 +14,17 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-# libsndfile handles these natively; anything else is decoded with PyAV.
-SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
-AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | {".m4a", ".opus", ".webm", ".mp4", ".aac", ".mkv"}
+# libsndfile handles these natively; anything else is decoded with PyAV (FFmpeg). Suffixes are compared
+# lower-cased, so .WAV and .Flac count too.
+SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".snd",
+                      ".caf", ".w64", ".rf64"}
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | {".m4a", ".opus", ".webm", ".mp4", ".aac", ".mkv", ".mka", ".wma", ".ac3",
+                                       ".amr", ".3gp", ".mov", ".mp2", ".spx"}
+
+
+def is_audio_path(path: str | Path) -> bool:
+    """A file name soundfile or PyAV decodes, whatever the case of its suffix."""
+    return Path(path).suffix.lower() in AUDIO_SUFFIXES
 
 
 class AudioError(ValueError):

@@ -59,8 +59,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_release)
 
 
+def run_command(args, prog: str, verbose: bool = False) -> int:
+    """Run a parsed command. Errors at the edges (bad config, missing file, refused resume, a job that made
+    nothing) carry a message that says what to fix: print it in one line, exit 2; others keep their trace."""
+    from .config import JobFailed
+    from .manifest import ConfigMismatch
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, ConfigMismatch, JobFailed) as e:
+        if verbose:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shards")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["shards", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    return run_command(args, "python -m shards")

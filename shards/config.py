@@ -27,11 +27,16 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message says which key and how to fix it."""
 
 
+class JobFailed(RuntimeError):
+    """A job ran but produced nothing usable; the message says why and where the details are."""
+
+
 C = TypeVar("C", bound=BaseModel)
 
 
 def apply_override(data: dict, assignment: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, true, [1,2] work)."""
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, true, [1,2] work), and
+    a value that is not valid YAML (`prompt=What: is this?`) is taken as the string it is."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
     key, raw = assignment.split("=", 1)
@@ -42,7 +47,10 @@ def apply_override(data: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

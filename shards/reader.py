@@ -98,9 +98,16 @@ class SampleDecoder:
         self.decode_audio, self.min_clap, self.top_k = decode_audio, min_clap, top_k
 
     def __call__(self, sample: dict) -> dict:
+        """Raises ValueError (counted and skipped, or raised in strict mode) for a member name that is not a
+        valid key (`../evil`, an absolute path) and for a sample without the members it must have."""
         key = sample["__key__"]
+        if not fmt.KEY_RE.match(key):
+            raise ValueError(f"{sample.get('__url__')}: unsafe or invalid sample name {key!r} (keys are [A-Za-z0-9_-])")
         if fmt.META not in sample:
             raise ValueError(f"{sample.get('__url__')}: sample {key!r} has no {fmt.META} member")
+        if self.decode_audio and fmt.AUDIO not in sample and fmt.LATENT not in sample:
+            raise ValueError(f"{sample.get('__url__')}: sample {key!r} has neither audio ({fmt.AUDIO}) nor latents "
+                             f"({fmt.LATENT}); members: {sorted(k for k in sample if not k.startswith('__'))}")
         meta = json.loads(sample[fmt.META])
         out = {"key": key, "meta": meta, "captions": select_captions(meta, self.min_clap, self.top_k)}
         if self.decode_audio and fmt.AUDIO in sample:

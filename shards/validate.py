@@ -2,7 +2,8 @@
 
 Checks: every manifest shard has its tar, sidecar and stats; size and sha256 match; the tar reads to the
 end with safe member names; every sample has the members the shard declares and parseable json; sample
-and row counts agree with the sidecar; tars on disk that the manifest does not list are reported.
+and row counts agree with the sidecar; no key appears in two shards; tars on disk that the manifest does not
+list are reported.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_tar(path: Path, name: str, members: list[str]) -> tuple[int, list[Problem]]:
+def _check_tar(path: Path, name: str, members: list[str]) -> tuple[list[str], list[Problem]]:
     problems, samples = [], {}
     try:
         with tarfile.open(path, "r|") as tar:
@@ -61,7 +62,7 @@ def _check_tar(path: Path, name: str, members: list[str]) -> tuple[int, list[Pro
                 json.loads(found[fmt.META])
             except json.JSONDecodeError as e:
                 problems.append(Problem(name, f"json member does not parse ({e})", sample=key))
-    return len(samples), problems
+    return list(samples), problems
 
 
 def validate(directory: str | Path, check_hashes: bool = True, progress: bool = False) -> list[Problem]:
@@ -75,7 +76,7 @@ def validate(directory: str | Path, check_hashes: bool = True, progress: bool = 
     if manifest.get("schema_version") != fmt.SCHEMA_VERSION:
         problems.append(Problem(fmt.MANIFEST_NAME, f"schema_version {manifest.get('schema_version')} is not "
                                                    f"{fmt.SCHEMA_VERSION} (written by another capflow version)"))
-    listed = set()
+    listed, seen = set(), {}
     for entry in tqdm(manifest.get("shards", []), desc="validating", unit="shard", disable=not progress):
         name = entry["shard"]
         tar = directory / entry["tar"]
@@ -92,10 +93,16 @@ def validate(directory: str | Path, check_hashes: bool = True, progress: bool = 
             problems.append(Problem(name, f"tar is {size} bytes, manifest says {entry['bytes']} (truncated or rewritten)"))
         if check_hashes and _sha256(tar) != entry["sha256"]:
             problems.append(Problem(name, "sha256 mismatch: the tar differs from the one the manifest records"))
-        count, tar_problems = _check_tar(tar, name, entry.get("members") or [fmt.META])
+        keys, tar_problems = _check_tar(tar, name, entry.get("members") or [fmt.META])
         problems += tar_problems
-        if count != entry["samples"]:
-            problems.append(Problem(name, f"tar holds {count} samples, manifest says {entry['samples']}"))
+        if len(keys) != entry["samples"]:
+            problems.append(Problem(name, f"tar holds {len(keys)} samples, manifest says {entry['samples']}"))
+        for key in keys:
+            if key in seen:
+                problems.append(Problem(name, f"duplicate key: also in {seen[key]} (an input item was written "
+                                              "twice: was the input list changed between runs?)", sample=key))
+            else:
+                seen[key] = name
         if sidecar.is_file():
             try:
                 table = pq.read_table(sidecar, columns=["status"])

@@ -1,18 +1,26 @@
 """Shard writers: one shard (tar + parquet sidecar + stats, atomically, stats last) and a rolling set.
 
-A shard is done when its `_stats.json` exists; every file is written under a temporary name first, so a
-crash leaves only `.tmp` files that the next run overwrites.
+A shard is done when its `_stats.json` exists. Every file is written under a temporary name unique to its
+writer (`NAME.tmp-HOST-PID-RANDOM`), and the commit (sidecar, renames, stats) happens under an exclusive
+lock on the set's `.commit.lock` after checking that the shard is not done yet: two writers of one shard (a
+rerun racing a stale actor of a killed job) never mix their files, and the first to finish wins. A writer
+holds a lock on its temporary tar while it writes, so `sweep_stale_tmp` can remove what dead writers left
+without touching a live one's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
 import queue
+import socket
 import tarfile
 import threading
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -34,6 +42,7 @@ class _TarFile:
 
     def __init__(self, path: Path):
         self._f = open(path, "wb")
+        fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)  # "alive": sweep_stale_tmp leaves this file alone
         self.sha256 = hashlib.sha256()
         self.nbytes = 0
         self._queue: queue.Queue = queue.Queue(maxsize=64)
@@ -68,6 +77,49 @@ class _TarFile:
         os.fsync(self._f.fileno())
         self._f.close()
 
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._queue.put(None)
+            self._hasher.join()
+            self._f.close()
+
+
+def tmp_name(path: Path) -> Path:
+    """A temporary name unique to this writer: two writers of one file never share it."""
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def commit_lock(directory: Path):
+    """Exclusive lock of a shard set's commits (flock: released by the kernel if the holder dies)."""
+    with open(directory / COMMIT_LOCK, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def sweep_stale_tmp(directory: str | Path) -> int:
+    """Remove temporary files whose writers are gone (killed jobs); returns how many. Live writers hold a
+    lock on their temporary tar, and their other temporary files exist only inside the commit lock."""
+    directory, removed = Path(directory), 0
+    if not directory.is_dir():
+        return 0
+    with commit_lock(directory):
+        for path in directory.glob("*.tmp-*"):
+            with open(path, "rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer's
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+COMMIT_LOCK = ".commit.lock"
+
 
 def npy_bytes(array: np.ndarray) -> bytes:
     """.npy bytes of a plain numeric array (never pickled)."""
@@ -101,7 +153,8 @@ class ShardWriter:
         self.index = index
         self.extra_stats = extra_stats or {}
         self._tar_path = self.directory / (self.name + fmt.TAR_SUFFIX)
-        self._tar = _TarFile(self._tar_path.with_name(self._tar_path.name + ".tmp"))
+        self._tar_tmp = tmp_name(self._tar_path)
+        self._tar = _TarFile(self._tar_tmp)
         self.rows: list[dict] = []
         self.keys: set[str] = set()
         self.members: set[str] = set()
@@ -140,18 +193,28 @@ class ShardWriter:
         self.rows.append(fmt.sidecar_row(key, meta or {}, status=status, error=error))
 
     def close(self) -> dict:
-        """Finish the tar, then the sidecar, then the stats file (the done marker). Returns the stats."""
+        """Finish the tar, then (under the commit lock, if no other writer finished this shard first) the
+        sidecar, the renames and the stats file (the done marker). Returns the shard's stats."""
         if self.stats is not None:
             return self.stats
         self._tar.close()
-        os.replace(self._tar_path.with_name(self._tar_path.name + ".tmp"), self._tar_path)
+        stats_path = self.directory / (self.name + fmt.STATS_SUFFIX)
+        with commit_lock(self.directory):
+            if stats_path.exists():  # another writer of this shard finished first: its files stand
+                self._tar_tmp.unlink(missing_ok=True)
+                self.stats = json.loads(stats_path.read_text())
+                return self.stats
+            os.replace(self._tar_tmp, self._tar_path)
+            sidecar = self.directory / (self.name + fmt.SIDECAR_SUFFIX)
+            tmp = tmp_name(sidecar)
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=fmt.SIDECAR_SCHEMA), tmp)
+            os.replace(tmp, sidecar)
+            self.stats = self._stats()
+            write_json_atomic(stats_path, self.stats)
+        return self.stats
 
-        sidecar = self.directory / (self.name + fmt.SIDECAR_SUFFIX)
-        tmp = sidecar.with_name(sidecar.name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=fmt.SIDECAR_SCHEMA), tmp)
-        os.replace(tmp, sidecar)
-
-        stats = {
+    def _stats(self) -> dict:
+        return {
             "shard": self.name,
             "index": self.index,
             "schema_version": fmt.SCHEMA_VERSION,
@@ -164,9 +227,6 @@ class ShardWriter:
             "sha256": self._tar.sha256.hexdigest(),
             **self.extra_stats,
         }
-        write_json_atomic(self.directory / (self.name + fmt.STATS_SUFFIX), stats)
-        self.stats = stats
-        return stats
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -175,8 +235,8 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         elif self.stats is None:  # leave no half shard behind: the tmp tar is removed, nothing was renamed
-            self._tar.close()
-            self._tar_path.with_name(self._tar_path.name + ".tmp").unlink(missing_ok=True)
+            self._tar.abort()
+            self._tar_tmp.unlink(missing_ok=True)
 
 
 class ShardSetWriter:
@@ -225,6 +285,6 @@ class ShardSetWriter:
 
 def write_json_atomic(path: str | Path, data) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_name(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     os.replace(tmp, path)

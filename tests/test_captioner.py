@@ -279,11 +279,11 @@ def test_failed_unit_is_retried_then_reported(corpus, tiny_models, tmp_path, mon
     calls: dict[int, int] = {}
     original = job.CaptionWorker.process_unit
 
-    def flaky(self, index, items, directory):
+    def flaky(self, index, items, directory, extra_stats=None):
         calls[index] = calls.get(index, 0) + 1
         if index == 2 or (index == 1 and calls[index] == 1):  # unit 1 fails once, unit 2 always
             raise RuntimeError(f"simulated failure in unit {index}")
-        return original(self, index, items, directory)
+        return original(self, index, items, directory, extra_stats)
 
     monkeypatch.setattr(job.CaptionWorker, "process_unit", flaky)
     cfg = _config(corpus, tiny_models, tmp_path / "s", **{"ray.workers": 0, "ray.max_retries": 1})

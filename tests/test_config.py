@@ -48,3 +48,10 @@ def test_hash_and_diff():
     a, b = Cfg(), Cfg(train=Train(lr=2.0))
     assert config_hash(a) == config_hash(Cfg()) != config_hash(b)
     assert diff_configs(a.model_dump(), b.model_dump()) == ["train.lr: 0.0001 -> 2.0"]
+
+
+def test_override_that_is_not_yaml_is_a_string():
+    assert load_config(Cfg, None, ["name=[unclosed"]).name == "[unclosed"
+    assert load_config(Cfg, None, ["name=Describe: this: sound"]).name == "Describe: this: sound"
+    with pytest.raises(ConfigError, match="name"):  # valid YAML (a mapping) of the wrong type is still refused
+        load_config(Cfg, None, ["name=a: b"])

@@ -11,3 +11,20 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (work / "runs" / "align" / "export" / "README.md").is_file()
     assert list((work / "runs" / "align" / "validation").glob("step-*/*.png"))
     assert not list((work / "shards" / "audio").glob("*.tmp"))
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from capflow.demo import MARKER, prepare_workdir
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not a capflow demo folder"):
+        prepare_workdir(tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+    demo = tmp_path / "demo"
+    prepare_workdir(demo)
+    (demo / "runs").mkdir()
+    (demo / "notes.txt").write_text("kept")
+    prepare_workdir(demo)  # a rerun clears the demo's own parts only
+    assert (demo / MARKER).is_file() and not (demo / "runs").exists() and (demo / "notes.txt").read_text() == "kept"

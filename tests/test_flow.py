@@ -139,3 +139,16 @@ def test_timestep_sampling():
     assert abs(u.mean() - 0.5) < 0.02
     with pytest.raises(ValueError, match="logit_normal"):
         sample_timesteps(2, "cosine")
+
+
+def test_loss_mean_leaves_out_samples_without_supervised_frames():
+    """A sample whose masked frames all fall in padding has nothing to learn: it is not a zero in the mean."""
+    target = torch.zeros(3, 2, 6)
+    pred = torch.ones(3, 2, 6, requires_grad=True)
+    mask = torch.zeros(3, 6, dtype=torch.bool)
+    mask[0, :2] = True
+    mask[2, 3:] = True  # sample 1 has no supervised frame
+    loss = flow_loss(pred, target, mask)
+    torch.testing.assert_close(loss, torch.tensor(1.0))  # mean over samples 0 and 2, not (1 + 0 + 1) / 3
+    empty = flow_loss(pred, target, torch.zeros(3, 6, dtype=torch.bool))
+    assert empty.item() == 0.0 and empty.requires_grad  # every rank still runs a backward

@@ -158,36 +158,77 @@ def test_single_process_resume_matches_uninterrupted(tmp_path, latents):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.timeout(420)
-def test_two_process_deepspeed_zero2_resume(tmp_path, latents):
-    """accelerate launch, 2 CPU processes, DeepSpeed ZeRO-2: a run stopped at step 2 and resumed reaches the
-    same weights at step 4 as an uninterrupted run (same step, optimizer, RNG and data position)."""
-    ds = tmp_path / "ds.json"
-    ds.write_text((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+def _launch(tmp_path: Path, cfg: PretrainConfig, launcher: list[str], resume: bool) -> str:
+    """Run `-m pretrain` under a multi-process launcher; returns its log (stderr)."""
+    path = tmp_path / f"{Path(cfg.output_dir).parent.name}-{cfg.steps}.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    cmd = [sys.executable, "-m", *launcher, "-m", "pretrain", "--config", str(path)] + (["--resume", "latest"] if resume else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc.stderr
 
-    def launch(name: str, steps: int, resume: bool) -> None:
-        cfg = _cfg(tmp_path / name, latents, steps=steps, batch_size=8, save_every=2, deepspeed=str(ds))
-        path = tmp_path / f"{name}-{steps}.yaml"
-        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--use_deepspeed", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               "-m", "pretrain", "--config", str(path)] + (["--resume", "latest"] if resume else [])
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
-    launch("full", 4, resume=False)
-    launch("part", 2, resume=False)
-    launch("part", 4, resume=True)
+def _logged_lrs(log: str, steps: int) -> dict[int, float]:
+    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(rf"step (\d+)/{steps} \| .*? \| lr ([0-9.e+-]+)", log)}
+
+
+def _assert_resume_exact(tmp_path: Path, cfg: PretrainConfig, launch) -> tuple[Path, str]:
+    """An uninterrupted 4-step run and a run stopped at step 2 then resumed reach the same weights, on an LR
+    schedule that the log follows in optimizer steps. Returns the resumed run's last checkpoint."""
+    from pretrain.train import lr_lambda
+
+    full_log = launch(cfg.model_copy(update={"output_dir": str(tmp_path / "full" / "run")}), False)
+    part = cfg.model_copy(update={"output_dir": str(tmp_path / "part" / "run")})
+    launch(part.model_copy(update={"steps": 2}), False)
+    launch(part, True)
+    lrs = _logged_lrs(full_log, 4)
+    assert sorted(lrs) == [1, 2, 3, 4], full_log[-2000:]
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(cfg.optim.lr * lr_lambda(cfg)(step), rel=1e-2, abs=1e-9), step
     full_ckpt = list_checkpoints(tmp_path / "full" / "run")[-1]
     part_ckpt = list_checkpoints(tmp_path / "part" / "run")[-1]
     assert full_ckpt.name == part_ckpt.name == "step-000004"
-    state = json.loads((part_ckpt / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["micro"] == 4 and state["samples"] == 32
-    a = load_file(full_ckpt / "dit_raw" / "model.safetensors")
-    b = load_file(part_ckpt / "dit_raw" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
+    for ckpt in (full_ckpt, part_ckpt):
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        assert state["step"] == 4 and state["micro"] == 8 and state["samples"] == 64  # 4 × (4 × 2 × 2)
+        assert not list(ckpt.glob("custom_checkpoint_*"))  # the loop's own state is never pickled
+    for name in ("dit_raw", "dit_ema"):
+        a, b = (load_file(c / name / "model.safetensors") for c in (full_ckpt, part_ckpt))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}/{k}")
+    return part_ckpt, full_log
+
+
+# A warmup that spans the resume point: the LR then depends on the optimizer-step count only (a cosine would
+# also depend on `steps`, which the interrupted run sets to 2).
+ACCUMULATION_2 = dict(steps=4, batch_size=16, save_every=2, **{"optim.schedule": "constant", "optim.warmup_steps": 3})
+
+
+@pytest.mark.timeout(420)
+def test_two_process_deepspeed_zero2_accumulation_resume(tmp_path, latents):
+    """accelerate launch, 2 CPU processes, DeepSpeed ZeRO-2, batch 16 = 4 × 2 × accumulation 2: the optimizer
+    steps once per trainer step (DeepSpeed's own counter says 4 after 4 steps, not 8), the LR follows the
+    schedule, and a run stopped at step 2 and resumed is bit-identical to an uninterrupted one."""
+    ds = tmp_path / "ds.json"
+    ds.write_text((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+    launcher = ["accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--use_deepspeed",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    cfg = _cfg(tmp_path, latents, deepspeed=str(ds), **ACCUMULATION_2)
+    ckpt, _ = _assert_resume_exact(tmp_path, cfg, lambda c, resume: _launch(tmp_path, c, launcher, resume))
+    engine = torch.load(next(ckpt.glob("pytorch_model/mp_rank_00_model_states.pt")), weights_only=False)
+    assert engine["global_steps"] == 4 and engine["global_samples"] == 64
+
+
+@pytest.mark.timeout(420)
+def test_two_process_ddp_accumulation_resume(tmp_path, latents):
+    """torchrun, 2 CPU processes, plain DDP, accumulation 2: AdamW steps once per trainer step, the LR
+    schedule counts optimizer steps (not steps × processes), resume is bit-exact, the run exports."""
+    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cfg = _cfg(tmp_path, latents, **ACCUMULATION_2)
+    ckpt, _ = _assert_resume_exact(tmp_path, cfg, lambda c, resume: _launch(tmp_path, c, launcher, resume))
+    optim = torch.load(ckpt / "optimizer.bin", weights_only=True)
+    assert {float(s["step"]) for s in optim["state"].values()} == {4.0}
+    assert (tmp_path / "part" / "run" / "export" / "capflow.json").is_file()
 
 
 def test_encode_latents_resumable_with_provenance(tmp_path, tiny_models, corpus):
@@ -238,23 +279,71 @@ def test_bad_sample_counted_or_raised_in_strict_mode(tmp_path):
         strict.train()
 
 
-@pytest.mark.timeout(300)
-def test_two_process_ddp_with_accumulation_keeps_the_schedule(tmp_path, latents):
-    """torchrun, 2 CPU processes, plain DDP, 2 micro-batches per step: the learning-rate schedule counts
-    optimizer steps (not steps × processes) and the run exports."""
-    from pretrain.train import lr_lambda
+def test_counters_and_silent_choices(tmp_path, latents):
+    """samples counts every step once whatever log_every is; stage mask refuses full_mask_prob; weight decay
+    spares norms, biases, the mask embedding and the AdaLN tables; the EMA warmup is the configured one."""
+    trainer = Trainer(_cfg(tmp_path, latents, steps=10, log_every=5, save_every=100, **{"optim.weight_decay": 0.1,
+                                                                                          "ema.warmup": "power"}))
+    trainer.train()
+    assert trainer.state.samples == 40
+    assert trainer.ema.use_ema_warmup and trainer.ema.power == pytest.approx(2 / 3)
+    names = {id(p): n for n, p in trainer.unwrapped.named_parameters()}
+    decayed, spared = ({names[id(p)] for p in g["params"]} for g in trainer.optimizer.param_groups)
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.1 and trainer.optimizer.param_groups[1]["weight_decay"] == 0
+    assert "mask_embed" in spared and "in_blocks.0.adaln.table" in spared and "norm_out.weight" in spared
+    assert "proj_out.bias" in spared and "in_blocks.0.attn.qkv.weight" in decayed and not decayed & spared
+    with pytest.raises(ValueError, match="full_mask_prob is for stages align/sft"):
+        _cfg(tmp_path, latents, **{"masking.full_mask_prob": 0.5})
 
-    cfg = _cfg(tmp_path, latents, steps=4, batch_size=16, save_every=4, **{"optim.schedule": "cosine", "optim.warmup_steps": 1})
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pretrain", "--config", str(path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    lrs = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step (\d+)/4 \| .*? \| lr ([0-9.e+-]+)", proc.stderr)}
-    assert sorted(lrs) == [1, 2, 3, 4]
-    for step, lr in lrs.items():
-        assert lr == pytest.approx(cfg.optim.lr * lr_lambda(cfg)(step), rel=1e-2, abs=1e-9), step
-    state = json.loads((list_checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["micro"] == 8 and state["samples"] == 64
-    assert (tmp_path / "run" / "export" / "capflow.json").is_file()
+
+def test_resume_is_pickle_free_and_keeps_the_ema_on_the_model_device(tmp_path, latents, monkeypatch):
+    Trainer(_cfg(tmp_path, latents, steps=2, save_every=2)).train()
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    assert (ckpt / "ema.safetensors").is_file() and not list(ckpt.glob("custom_checkpoint_*"))
+    unsafe = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        if kwargs.get("weights_only") is False:
+            unsafe.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    resumed = Trainer(_cfg(tmp_path, latents, steps=4, save_every=2), resume="latest")
+    assert unsafe == []  # nothing of the loop's state is unpickled with weights_only=False
+    assert resumed.ema.optimization_step == 2 and resumed.state.step == 2
+    model_devices = {p.device for p in resumed.unwrapped.parameters()}
+    assert {p.device for p in resumed.ema.shadow_params} == model_devices
+    saved = load_file(ckpt / "dit_ema" / "model.safetensors")
+    for (name, _), shadow in zip(resumed.unwrapped.named_parameters(), resumed.ema.shadow_params):
+        assert torch.equal(shadow, saved[name]), name
+
+
+def test_ema_state_loads_into_the_devices_it_lives_on(tmp_path):
+    """The EMA is restored in place: on a GPU run its tensors stay on the GPU (here: the meta device stands
+    for 'not the CPU', where a state dict loaded with map_location='cpu' would otherwise leave them)."""
+    from diffusers.training_utils import EMAModel
+
+    from pretrain.checkpoint import load_loop_state, save_loop_state
+    from pretrain.train import TrainState
+
+    model = EzAudioDiT(preset_tiny())
+    ema = EMAModel(model.parameters(), decay=0.9)
+    ema.optimization_step = 7
+    save_loop_state(tmp_path, TrainState(step=7, micro=9), ema)
+    with torch.device("meta"):
+        elsewhere = EMAModel(EzAudioDiT(preset_tiny()).parameters(), decay=0.9)
+    state = TrainState()
+    load_loop_state(tmp_path, state, elsewhere)
+    assert state.step == 7 and state.micro == 9 and elsewhere.optimization_step == 7
+    assert all(p.device.type == "meta" for p in elsewhere.shadow_params)
+    restored = EMAModel(EzAudioDiT(preset_tiny()).parameters(), decay=0.9)
+    load_loop_state(tmp_path, TrainState(), restored)
+    for a, b in zip(ema.shadow_params, restored.shadow_params):
+        assert torch.equal(a, b)
+
+
+def preset_tiny():
+    from pretrain.dit import preset
+
+    return preset("tiny", text_dim=None)

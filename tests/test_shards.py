@@ -193,3 +193,24 @@ def test_stats_and_release_load_back(tmp_path):
     ds2 = datasets.load_dataset(str(out2), split="train").cast_column("audio", datasets.Audio(decode=False))
     flac = ds2[0]["audio"]["bytes"]
     assert audio.decode(flac).sample_rate == 16000
+
+
+def test_reader_rejects_unsafe_names_and_incomplete_samples(tmp_path):
+    d = tmp_path / "s"
+    _write_set(d, n=4, failures=False)
+    rewrite_tar(d / "t-000000.tar", {"src-item1.flac": None, "src-item1.npy": None})  # no audio, no latents
+    import io
+    import tarfile
+
+    path = d / "t-000000.tar"
+    with tarfile.open(path, "a") as tar:
+        data = json.dumps({"duration": 1.0}).encode()
+        info = tarfile.TarInfo("../evil.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    pipe = make_pipeline(d, batch_size=2, decoder=SampleDecoder())
+    batches = list(pipe)
+    assert sorted(k for b in batches for k in b["key"]) == ["src-item0", "src-item2", "src-item3"]
+    assert pipe.errors.skipped == 2  # counted, before collate ever sees them
+    with pytest.raises(ValueError, match="unsafe or invalid sample name|neither audio"):
+        list(make_pipeline(d, batch_size=2, decoder=SampleDecoder(), strict=True))

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -68,3 +69,27 @@ def test_generate_from_a_source_latent_stays_close_to_it(tiny_models):
     assert edited.shape == (1, 1, 25 * model.codec.hop)
     n = min(edited.shape[-1], reference.shape[-1])
     assert (edited[..., :n] - reference[..., :n]).abs().max() < 0.05 * reference.abs().max() + 1e-3
+
+
+def test_generate_in_bf16_integrates_in_fp32(tiny_models):
+    fp32 = TextToAudio.from_pretrained(tiny_models["t2a-untrained"])
+    bf16 = TextToAudio.from_pretrained(tiny_models["t2a-untrained"], dtype="bf16")
+    assert next(bf16.dit.parameters()).dtype == torch.bfloat16
+    a = fp32.generate(["a dog barks"], steps=3, duration=0.5, seed=1)
+    b = bf16.generate(["a dog barks"], steps=3, duration=0.5, seed=1)
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert (a - b).abs().max() < 0.1 * a.abs().max() + 1e-3  # same clip up to bf16 rounding
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TextToAudio.from_pretrained(tiny_models["t2a-untrained"], dtype="int8")
+
+
+def test_generate_refuses_a_source_it_would_discard(tiny_models):
+    model = TextToAudio.from_pretrained(tiny_models["t2a-untrained"])
+    source = torch.zeros(1, model.dit.config.latent_channels, 10)
+    with pytest.raises(ValueError, match="t_start > 0"):
+        model.generate(["x"], source=source, steps=1)
+
+
+def test_missing_bundle_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no capflow bundle at typo"):
+        TextToAudio.from_pretrained("typo")

@@ -1,0 +1,213 @@
+"""GPU placement for captioning on Ray: separate actor pools for the audio-language model, the label LLM and
+CLAP, fed by CPU "unit writer" actors that decode clips, route requests and write shards.
+
+    unit writers (CPU)  ──requests──▶  ALM pool   (whole GPUs; a placement group per actor when tensor-parallel)
+          │                          ▶  LLM pool   (whole GPUs, few: ~5 % of AudioSet clips have strong labels)
+          └──────waves + texts──────▶  CLAP pool  (a fraction of a GPU each)
+
+Why: vLLM does not support two `LLM` engines in one process (vllm#9198, #14376), and one actor per GPU
+holding ALM + LLM + CLAP leaves the LLM idle on most GPUs. The pools are sized from the cluster
+(`plan_pools`), their actor options are computed here (`actor_options`) and tested without vLLM.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .config import CaptionConfig, PoolConfig
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """Actors per pool and what each asks of Ray."""
+
+    writers: int
+    alm: int
+    llm: int
+    clap: int
+    writer_cpus: float
+    alm_gpus: float
+    llm_gpus: float
+    clap_gpus: float
+    alm_tp: int = 1
+    llm_tp: int = 1
+
+    def gpus(self) -> float:
+        return self.alm * self.alm_gpus + self.llm * self.llm_gpus + self.clap * self.clap_gpus
+
+
+def _tp(engine) -> int:
+    return int(engine.vllm.get("tensor_parallel_size", 1)) if engine is not None and engine.kind == "vllm" else 1
+
+
+def _count(pool: PoolConfig, auto: int) -> int:
+    return auto if pool.actors == "auto" else int(pool.actors)
+
+
+def plan_pools(cfg: CaptionConfig, cluster_gpus: float) -> PoolPlan:
+    """Pool sizes for a cluster with `cluster_gpus` GPUs (0: a CPU machine, one actor per pool).
+
+    "auto" on GPUs: the label LLM gets ~3 % of the GPUs (at least one when labels are enabled), CLAP one
+    GPU per 16 (each GPU shared by 1 / clap.num_gpus actors), the ALM every remaining whole GPU, and there
+    are as many unit writers as GPUs (`ray.workers: auto`)."""
+    r = cfg.ray
+    has_llm = cfg.labels.enabled
+    alm_tp, llm_tp = _tp(cfg.alm), _tp(cfg.labels.engine if has_llm else None)
+    if cluster_gpus <= 0:
+        plan = PoolPlan(writers=2 if r.workers == "auto" else int(r.workers), alm=_count(r.alm, 1) if cfg.alm else 0,
+                        llm=_count(r.llm, 1) if has_llm else 0, clap=_count(r.clap, 1), writer_cpus=r.num_cpus,
+                        alm_gpus=0.0, llm_gpus=0.0, clap_gpus=0.0)
+    else:
+        alm_gpus = r.alm.num_gpus or float(alm_tp)
+        llm_gpus = r.llm.num_gpus or float(llm_tp)
+        clap_gpus = r.clap.num_gpus or 0.25
+        gpus = int(cluster_gpus)
+        llm = _count(r.llm, max(1, round(0.03 * gpus)) if has_llm else 0)
+        clap = _count(r.clap, max(1, math.ceil(gpus / 16)) * max(1, round(1 / clap_gpus)))
+        free = gpus - llm * llm_gpus - math.ceil(clap * clap_gpus)
+        alm = _count(r.alm, max(0, int(free // alm_gpus)) if cfg.alm else 0)
+        writers = gpus if r.workers == "auto" else int(r.workers)
+        plan = PoolPlan(writers=writers, alm=alm, llm=llm, clap=clap, writer_cpus=r.num_cpus, alm_gpus=alm_gpus,
+                        llm_gpus=llm_gpus, clap_gpus=clap_gpus, alm_tp=alm_tp, llm_tp=llm_tp)
+        if plan.gpus() > cluster_gpus + 1e-9:
+            raise ValueError(f"the pools need {plan.gpus():g} GPUs (alm {alm} x {alm_gpus:g}, llm {llm} x {llm_gpus:g}, "
+                             f"clap {clap} x {clap_gpus:g}) but the cluster has {cluster_gpus:g}; lower ray.alm/llm/clap.actors")
+        if cfg.alm and alm < 1:
+            raise ValueError(f"no GPU left for the ALM pool on a {cluster_gpus:g}-GPU cluster; set ray.llm.actors and "
+                             "ray.clap.actors lower")
+    return plan
+
+
+def actor_options(role: str, plan: PoolPlan, cfg: CaptionConfig) -> dict:
+    """Ray options for one actor of a pool. A tensor-parallel vLLM engine gets a placement group of one
+    GPU bundle per rank on one node (STRICT_PACK): vLLM starts its workers inside the actor's group."""
+    pool = {"alm": cfg.ray.alm, "llm": cfg.ray.llm, "clap": cfg.ray.clap}[role]
+    gpus = {"alm": plan.alm_gpus, "llm": plan.llm_gpus, "clap": plan.clap_gpus}[role]
+    tp = {"alm": plan.alm_tp, "llm": plan.llm_tp, "clap": 1}[role]
+    # an engine that dies (OOM, a lost node) is restarted and its in-flight call retried by Ray
+    options = {"num_cpus": pool.num_cpus, "max_restarts": 2, "max_task_retries": 2}
+    if tp > 1:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = placement_group([{"GPU": 1.0, "CPU": 1.0}] * tp, strategy="STRICT_PACK")
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_capture_child_tasks=True)
+        options["num_gpus"] = 0  # the group's bundles hold the GPUs; vLLM's rank workers take them
+    else:
+        options["num_gpus"] = gpus
+    return options
+
+
+class EngineActor:
+    """A resident engine (ALM or label LLM) in its own process: `make_engine` once, then batches."""
+
+    def __init__(self, engine_cfg: dict):
+        from .engines import EngineConfig, make_engine
+
+        self.engine = make_engine(EngineConfig.model_validate(engine_cfg))
+
+    def info(self) -> dict:
+        return {"name": self.engine.name, "sample_rate": self.engine.sample_rate}
+
+    def generate(self, requests):
+        return self.engine.generate(requests)
+
+
+class ClapActor:
+    def __init__(self, clap_cfg: dict):
+        from .clap import ClapConfig, ClapScorer
+
+        self.scorer = ClapScorer(ClapConfig.model_validate(clap_cfg))
+
+    def info(self) -> dict:
+        return {"sample_rate": self.scorer.sample_rate}
+
+    def score_many(self, jobs):
+        return self.scorer.score_many(jobs)
+
+
+class _Routed:
+    """Round-robin over a pool's actors; Ray queues calls at a busy actor, so callers never wait for a
+    free one. The offset spreads writers that start together."""
+
+    def __init__(self, handles: list, offset: int = 0):
+        import ray
+
+        if not handles:
+            raise ValueError("an empty actor pool")
+        self._ray, self.handles = ray, handles
+        self._next = itertools.cycle(range(len(handles)))
+        for _ in range(offset % len(handles)):
+            next(self._next)
+        self._lock = threading.Lock()
+        self.timings: dict[str, float] = defaultdict(float)
+
+    def _pick(self):
+        with self._lock:
+            return self.handles[next(self._next)]
+
+    def _call(self, method: str, stage: str, *args):
+        start = time.perf_counter()
+        result = self._ray.get(getattr(self._pick(), method).remote(*args))
+        self.timings[stage] += time.perf_counter() - start
+        return result
+
+
+class RemoteEngine(_Routed):
+    """An engine pool seen as one engine (`generate`, `name`, `sample_rate`), for CaptionWorker."""
+
+    def __init__(self, handles: list, info: dict, offset: int = 0):
+        super().__init__(handles, offset)
+        self.name, self.sample_rate = info["name"], info["sample_rate"]
+
+    def generate(self, requests):
+        return self._call("generate", "generate", requests)
+
+
+class RemoteClap(_Routed):
+    def __init__(self, handles: list, info: dict, offset: int = 0):
+        super().__init__(handles, offset)
+        self.sample_rate = info["sample_rate"]
+
+    def score_many(self, jobs):
+        return self._call("score_many", "clap", jobs)
+
+
+def start_pools(cfg: CaptionConfig, plan: PoolPlan) -> tuple[list, list, list]:
+    """Start the engine and CLAP actors of the plan; returns their handles (ALM, LLM, CLAP)."""
+    import ray
+
+    def pool(role: str, cls, count: int, spec: dict) -> list:
+        remote = ray.remote(cls)
+        return [remote.options(**actor_options(role, plan, cfg)).remote(spec) for _ in range(count)]
+
+    alm = pool("alm", EngineActor, plan.alm, cfg.alm.model_dump(mode="json")) if cfg.alm else []
+    llm = pool("llm", EngineActor, plan.llm, cfg.labels.engine.model_dump(mode="json")) if cfg.labels.enabled else []
+    clap = pool("clap", ClapActor, plan.clap, cfg.clap.model_dump(mode="json"))
+    return alm, llm, clap
+
+
+class UnitWriter:
+    """A CPU actor that writes whole units with a CaptionWorker whose engines are the pools."""
+
+    def __init__(self, cfg: dict, alm: list, llm: list, clap: list, offset: int = 0):
+        import ray
+
+        from .worker import CaptionWorker
+
+        def first_info(handles):
+            return ray.get(handles[0].info.remote()) if handles else None
+
+        self.worker = CaptionWorker(
+            cfg, alm=RemoteEngine(alm, first_info(alm), offset) if alm else None,
+            llm=RemoteEngine(llm, first_info(llm), offset) if llm else None,
+            clap=RemoteClap(clap, first_info(clap), offset))
+
+    def process_unit(self, index: int, items, directory: str, extra_stats: dict | None = None) -> dict:
+        return self.worker.process_unit(index, items, directory, extra_stats)
