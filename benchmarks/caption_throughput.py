@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -39,16 +38,21 @@ CPU_STAGES = ("decode", "resample", "alm_features", "clap_features", "write")
 MODEL_STAGES = ("alm_generate", "llm_generate", "clap")
 
 
-def _plan(segments: Path, audio_dir: Path, unit_size: int, queue) -> None:
-    """Child process: the driver's planning work, reporting seconds and peak RSS growth."""
+def _plan(segments: Path, audio_dir: Path, unit_size: int, traced: bool, queue) -> None:
+    """Child process: the driver's planning work, reporting seconds or (traced) the peak of Python
+    allocations (tracemalloc: what planning holds, without the interpreter and library baseline; it slows
+    allocation, so time is measured in a run without it)."""
+    import tracemalloc
+
     from captioner.job import unit_hash
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if traced:
+        tracemalloc.start()
     start = time.perf_counter()
     items = load_items(SourceConfig(kind="audioset", audio_dir=str(audio_dir), segments=[str(segments)]))
     hashes = [unit_hash(u) for u in partition(items, unit_size)]
     seconds = time.perf_counter() - start
-    queue.put((len(items), len(hashes), seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024))
+    queue.put((len(items), len(hashes), seconds, tracemalloc.get_traced_memory()[1]))
 
 
 def planning(tmp: Path, rows: int, unit_size: int = 1000) -> tuple[int, float, float]:
@@ -66,12 +70,15 @@ def planning(tmp: Path, rows: int, unit_size: int = 1000) -> tuple[int, float, f
     audio_dir = tmp / "plan_audio"
     audio_dir.mkdir()
     (audio_dir / f"{ids[0]}_30000.flac").write_bytes(b"")  # one clip present: the source is not empty
-    queue = multiprocessing.get_context("spawn").Queue()
-    child = multiprocessing.get_context("spawn").Process(target=_plan, args=(segments, audio_dir, unit_size, queue))
-    child.start()
-    n, _, seconds, peak = queue.get()
-    child.join()
-    return n, seconds, peak
+    results = []
+    for traced in (False, True):
+        queue = multiprocessing.get_context("spawn").Queue()
+        child = multiprocessing.get_context("spawn").Process(target=_plan, args=(segments, audio_dir, unit_size,
+                                                                                   traced, queue))
+        child.start()
+        results.append(queue.get())
+        child.join()
+    return results[0][0], results[0][2], results[1][3]
 
 
 def layouts(tmp: Path, models: dict, clips: int, samples: int) -> dict[str, float]:

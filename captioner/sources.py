@@ -24,10 +24,10 @@ class Item:
     labels: list[str] = field(default_factory=list)  # display names
     strong: list[dict] = field(default_factory=list)  # {"label", "start", "end"} in seconds, time-ordered
     extra: dict = field(default_factory=dict)  # source-specific ids (ytid, start, end) and human captions
+    key: str = field(init=False)  # `{source}-{id}`, made conforming once (sorting 2 M items asks often)
 
-    @property
-    def key(self) -> str:
-        return make_key(self.source, self.id)
+    def __post_init__(self):
+        self.key = make_key(self.source, self.id)
 
     def meta(self) -> dict:
         return {"key": self.key, "source": self.source, "id": self.id, "path": str(self.path),
@@ -91,30 +91,34 @@ def _read_strong(paths: list[str]) -> dict[str, list[tuple[float, float, str]]]:
 
 class AudioIndex:
     """Finds a clip whatever its audio extension: `dir/name.flac` is taken as is when it exists, else any
-    `dir/name.<audio suffix>` (case-insensitive). Each directory is listed once."""
+    `dir/name.<audio suffix>` (case-insensitive). Each directory is listed once (no stat per clip: planning
+    2 M AudioSet rows stays a matter of seconds)."""
 
     def __init__(self):
-        self._dirs: dict[Path, dict[str, Path]] = {}
+        self._dirs: dict[str, tuple[set[str], dict[str, str]]] = {}
 
-    def _listing(self, directory: Path) -> dict[str, Path]:
+    def _listing(self, directory: str) -> tuple[set[str], dict[str, str]]:
         if directory not in self._dirs:
-            found: dict[str, Path] = {}
-            if directory.is_dir():
+            names, stems = set(), {}
+            if os.path.isdir(directory):
                 with os.scandir(directory) as it:
                     for entry in it:
                         if is_audio_path(entry.name):
+                            names.add(entry.name)
                             stem = os.path.splitext(entry.name)[0]
                             # a fixed preference when one clip exists in several formats: lossless first
-                            if stem not in found or _rank(entry.name) < _rank(found[stem].name):
-                                found[stem] = Path(entry.path)
-            self._dirs[directory] = found
+                            if stem not in stems or _rank(entry.name) < _rank(stems[stem]):
+                                stems[stem] = entry.name
+            self._dirs[directory] = names, stems
         return self._dirs[directory]
 
-    def find(self, path: Path) -> Path | None:
-        if path.is_file():
+    def find(self, path: str) -> str | None:
+        directory, name = os.path.split(path)
+        names, stems = self._listing(directory)
+        if name in names:
             return path
-        stem = path.name if not is_audio_path(path) else path.stem
-        return self._listing(path.parent).get(stem)
+        found = stems.get(os.path.splitext(name)[0] if is_audio_path(name) else name)
+        return os.path.join(directory, found) if found else None
 
 
 def _rank(name: str) -> tuple[int, str]:
@@ -140,19 +144,20 @@ def audioset_items(cfg: SourceConfig) -> list[Item]:
         raise ValueError("source.kind=audioset needs source.segments (the segment CSV files)")
     names = _read_label_names(cfg)
     strong = _read_strong(cfg.strong)
-    audio_dir = Path(cfg.audio_dir)
+    audio_dir = cfg.audio_dir
     index = AudioIndex()
     items, found = [], 0
     for seg_path in cfg.segments:
         for ytid, start, end, mids in _read_segments(seg_path):
             start_ms = round(start * 1000)
             segment_id = f"{ytid}_{start_ms}"  # AudioSet's own id (strong labels use it): the key follows it
-            wanted = audio_dir / cfg.pattern.format(ytid=ytid, start=f"{start:.3f}", end=f"{end:.3f}", start_ms=start_ms)
+            wanted = os.path.join(audio_dir, cfg.pattern.format(ytid=ytid, start=f"{start:.3f}", end=f"{end:.3f}",
+                                                                start_ms=start_ms))
             path = index.find(wanted)
             found += path is not None
             timeline = sorted(strong.get(segment_id, []))
             items.append(Item(
-                source=cfg.name or "audioset", id=segment_id, path=path or wanted,
+                source=cfg.name or "audioset", id=segment_id, path=Path(path or wanted),
                 labels=[names.get(m, m) for m in mids],
                 strong=[{"label": names.get(m, m), "start": s, "end": e} for s, e, m in timeline],
                 extra={"ytid": ytid, "start": start, "end": end, "segment_id": segment_id},
