@@ -48,7 +48,7 @@ class SourceConfig(Strict):
     strong: list[str] = []  # strong-label TSVs
     # folder
     glob: str = "**/*"
-    # manifest (JSONL or CSV with a `path` column; optional `id`, `labels`, `caption`: rows of one clip merge)
+    # manifest (JSONL or CSV with a `path` column; optional `id`, `labels`, `caption`, `split`: rows of one clip merge)
     manifest: str | None = None
     limit: int | None = None  # first N items (after sorting), for quick runs
 
@@ -73,6 +73,16 @@ def _read_segments(path: str):
         if len(row) < 4:
             raise ValueError(f"{path}: malformed segment row {row!r} (expected YTID, start, end, labels)")
         yield row[0], float(row[1]), float(row[2]), [m for m in row[3].split(",") if m]
+
+
+def audioset_split(path: str) -> str:
+    """AudioSet's split from its segment file's name (eval_segments.csv, balanced_train_segments.csv, ...):
+    carried to the shards and the release, so evaluation clips never leak into training data."""
+    name = Path(path).name.lower()
+    for split in ("unbalanced_train", "balanced_train", "eval"):
+        if name.startswith(split):
+            return split
+    return "train"
 
 
 def _read_strong(paths: list[str]) -> dict[str, list[tuple[float, float, str]]]:
@@ -148,6 +158,7 @@ def audioset_items(cfg: SourceConfig) -> list[Item]:
     index = AudioIndex()
     items, found = [], 0
     for seg_path in cfg.segments:
+        split = audioset_split(seg_path)
         for ytid, start, end, mids in _read_segments(seg_path):
             start_ms = round(start * 1000)
             segment_id = f"{ytid}_{start_ms}"  # AudioSet's own id (strong labels use it): the key follows it
@@ -160,7 +171,7 @@ def audioset_items(cfg: SourceConfig) -> list[Item]:
                 source=cfg.name or "audioset", id=segment_id, path=Path(path or wanted),
                 labels=[names.get(m, m) for m in mids],
                 strong=[{"label": names.get(m, m), "start": s, "end": e} for s, e, m in timeline],
-                extra={"ytid": ytid, "start": start, "end": end, "segment_id": segment_id},
+                extra={"ytid": ytid, "start": start, "end": end, "segment_id": segment_id, "split": split},
             ))
     if items and not found:
         raise FileNotFoundError(
@@ -178,7 +189,8 @@ def folder_items(cfg: SourceConfig) -> list[Item]:
     if not paths:
         raise FileNotFoundError(f"no audio files under {root} matching source.glob {cfg.glob!r} (looked for "
                                 f"{', '.join(sorted(AUDIO_SUFFIXES))} in any case)")
-    return [Item(source=cfg.name or "folder", id=str(p.relative_to(root).with_suffix("")), path=p) for p in paths]
+    return [Item(source=cfg.name or "folder", id=str(p.relative_to(root).with_suffix("")), path=p,
+                 extra={"split": "train"}) for p in paths]
 
 
 def manifest_items(cfg: SourceConfig) -> list[Item]:
@@ -201,7 +213,7 @@ def manifest_items(cfg: SourceConfig) -> list[Item]:
         item_id = str(row.get("id") or Path(row["path"]).with_suffix(""))
         # AudioCaps-style files repeat a clip once per human caption: rows of one clip merge.
         item = items.setdefault(item_id, Item(source=cfg.name or "manifest", id=item_id, path=audio, labels=labels,
-                                              extra={"human_captions": []}))
+                                              extra={"human_captions": [], "split": row.get("split") or "train"}))
         if row.get("caption"):
             item.extra["human_captions"].append(row["caption"])
     return list(items.values())

@@ -96,22 +96,40 @@ def rotate(output_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _hub_id(ref: str | None) -> str | None:
+    """A reference fit for a public card: hub ids only (a local path says nothing to a reader and leaks)."""
+    return ref if ref and not Path(ref).is_absolute() and not Path(ref).exists() and ref.count("/") == 1 else None
+
+
 def model_card(cfg, info: dict) -> str:
+    """README.md of an export: Hub metadata through huggingface_hub's ModelCardData, every statement true
+    of this stage (a mask-stage model takes no prompt and is not a text-to-audio pipeline yet)."""
+    from huggingface_hub import ModelCardData
+
+    text = cfg.stage != "mask"
+    data = ModelCardData(
+        license=cfg.license, library_name="capflow", datasets=cfg.datasets or None,
+        base_model=_hub_id(cfg.init_from), pipeline_tag="text-to-audio" if text else None,
+        tags=["audio", "flow-matching", "ezaudio-dit", f"stage-{cfg.stage}"] + (["text-to-audio"] if text else []))
+    header = {k: v for k, v in data.to_dict().items() if v is not None}
+    use = (["## Use", "", "```", "capflow generate --checkpoint THIS_DIR \"a dog barks twice\" -o out.wav", "```", ""]
+           if text else ["## Use", "", "A stage-`mask` model (masked-audio modeling, no text modules): the starting "
+                         "point of stage `align` (`init_from` this folder). It ignores prompts.", ""])
     lines = [
-        "---", yaml.safe_dump({"library_name": "capflow", "pipeline_tag": "text-to-audio",
-                               "tags": ["audio", "text-to-audio", "flow-matching", "ezaudio-dit"]}).strip(), "---", "",
-        f"# capflow text-to-audio model (stage `{cfg.stage}`)", "",
+        "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
+        f"# capflow {'text-to-audio' if text else 'masked-audio'} model (stage `{cfg.stage}`)", "",
         "An EzAudio-DiT trained with flow matching on audio-VAE latents by capflow.", "",
         "| | |", "|---|---|",
         f"| stage | {cfg.stage} |",
-        f"| steps | {info.get('step')} |",
+        f"| steps | {info.get('step')} ({info.get('samples', 0):,} samples) |",
         f"| weights | {'EMA' if info.get('ema') else 'raw'} |",
         f"| parameters | {info.get('parameters', 0) / 1e6:.1f} M |",
-        f"| data | {', '.join(cfg.data.shards)} |",
-        f"| data manifest hashes | {', '.join(info.get('data_hashes', []))} |",
+        f"| training data | {', '.join(cfg.datasets) or ', '.join(Path(p).name for p in cfg.data.shards)} |",
+        f"| data shard-set config hashes | {', '.join(h[:12] for h in info.get('data_hashes', []))} (hashes of the "
+        "configs that made the latent shards) |",
         f"| validation CLAP | {info.get('validation_clap', 'n/a')} |", "",
-        "## Use", "", "```", "capflow generate --checkpoint THIS_DIR \"a dog barks twice\" -o out.wav", "```", "",
-        "## Training config", "", "```yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False).strip(), "```", "",
+        *use,
+        "The training config is in `training_config.yaml` beside this card.", "",
     ]
     return "\n".join(lines)
 

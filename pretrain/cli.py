@@ -91,6 +91,10 @@ def _pretrain(args) -> int:
 
         out = run_pretrain(cfg, resume=args.resume)
     print(f"exported {out}")
+    if args.push_to_hub and Path(out / "capflow.json").is_file():  # rank 0 exported it
+        from shards.card import publish
+
+        publish(out, args.push_to_hub, "model", private=args.private, dry_run=args.dry_run)
     return 0
 
 
@@ -106,6 +110,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory: continue the same run exactly")
     p.add_argument("--export-only", default=None, metavar="OUT", help="export the latest checkpoint to OUT and exit")
     p.add_argument("--raw", action="store_true", help="with --export-only: raw weights instead of the EMA")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the export to this Hub model repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("model-info", help="parameter counts of a DiT preset by group (no weights allocated)")

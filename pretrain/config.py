@@ -103,9 +103,16 @@ class PretrainConfig(Strict):
     keep_last: int = 3
     max_nan_in_row: int = 10
     tensorboard: bool = True
+    # model card (Hub metadata) of the export
+    license: str = "apache-2.0"  # a Hub license id
+    datasets: list[str] = []  # Hub ids of the training data, when it is published
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
+        from shards.card import LICENSES
+
+        if self.license not in LICENSES:
+            raise ValueError(f"license {self.license!r} is not a Hub license id; use one of {', '.join(LICENSES)}")
         if self.stage == "mask" and self.masking.full_mask_prob:
             raise ValueError("masking.full_mask_prob is for stages align/sft (a fully masked sample without text "
                              "has nothing to learn from); set it to 0 for stage mask")

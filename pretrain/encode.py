@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from shards import audio
 from shards import format as fmt
-from shards.config import Strict, config_dict, save_config
-from shards.manifest import open_shard_set, read_manifest, write_manifest
+from shards.config import Strict, config_dict, config_hash, save_config
+from shards.manifest import ConfigMismatch, done_shards, open_shard_set, read_manifest, write_manifest
 from shards.reader import iter_tar_samples
 from shards.writer import ShardWriter, write_json_atomic
 
@@ -127,7 +127,8 @@ def _carry_failures(cfg: EncodeConfig, entry: dict, writer: ShardWriter) -> None
 @torch.no_grad()
 def encode_shard(cfg: EncodeConfig, codec: AudioCodec, entry: dict, index: int, bar=None) -> dict:
     frame_rate = codec.frame_rate
-    with ShardWriter(cfg.output, cfg.prefix, index) as writer:
+    provenance = {"job_hash": config_hash(cfg.identity()), "input_sha256": entry["sha256"]}  # checked on resume
+    with ShardWriter(cfg.output, cfg.prefix, index, extra_stats=provenance) as writer:
         _carry_failures(cfg, entry, writer)
         pending: list[tuple[str, dict]] = []
 
@@ -163,9 +164,10 @@ def run_encode(cfg: EncodeConfig, progress: bool = True) -> dict:
     source = read_manifest(cfg.input)
     shards = source["shards"]
     out = Path(cfg.output)
+    partitioning = {"input": cfg.input, "input_config_hash": source["config_hash"], "shards": len(shards)}
+    check_done_shards(cfg, out, shards)
     if rank == 0:
-        open_shard_set(out, cfg.identity(), partitioning={"input": cfg.input, "input_config_hash": source["config_hash"],
-                                                          "shards": len(shards)}, kind="latent")
+        open_shard_set(out, cfg.identity(), partitioning=partitioning, kind="latent")
         save_config(cfg, out)
     codec_cfg = _codec_config(cfg, shards, device, rank)
     codec = AudioCodec(codec_cfg).to(device)
@@ -185,4 +187,20 @@ def run_encode(cfg: EncodeConfig, progress: bool = True) -> dict:
         time.sleep(2)
     extra = {"codec": codec_cfg.to_dict(), "duration": cfg.duration, "frame_rate": codec.frame_rate,
              "latent_channels": codec.latent_channels, "sample_rate": codec.sample_rate, "hop": codec.hop}
-    return write_manifest(out, extra=extra)
+    return write_manifest(out, partitioning=partitioning, extra=extra)
+
+
+def check_done_shards(cfg: EncodeConfig, out: Path, shards: list[dict]) -> None:
+    """Refuse to resume when a finished latent shard was encoded with another config or from another input
+    tar (the input set was swapped): checked against each shard's own done marker."""
+    job_hash, by_index = config_hash(cfg.identity()), {e["index"]: e for e in shards}
+    problems = []
+    for name, stats in done_shards(out).items():
+        source = by_index.get(stats["index"])
+        if stats.get("job_hash") != job_hash:
+            problems.append(f"{name}: encoded with another config")
+        elif source is None or stats.get("input_sha256") != source["sha256"]:
+            problems.append(f"{name}: its input shard changed since it was encoded (another input set?)")
+    if problems:
+        raise ConfigMismatch(f"{out} holds latent shards of another encode job; refusing to resume:\n  "
+                             + "\n  ".join(problems[:5]) + "\nUse a new output directory.")

@@ -29,10 +29,18 @@ def _stats(args) -> int:
 
 
 def _release(args) -> int:
+    from .card import publish
     from .release import release
 
-    out = release(args.directory, args.out, with_audio=args.with_audio, license=args.license, name=args.name)
+    out = release(args.directory, args.out, with_audio=args.with_audio, license=args.license, name=args.name,
+                  license_name=args.license_name, license_link=args.license_link, overwrite=args.overwrite,
+                  progress=sys.stderr.isatty())
     print(f"released {args.directory} -> {out} (load with datasets.load_dataset({str(out)!r}))")
+    if args.push_to_hub:
+        publish(out, args.push_to_hub, "dataset", private=args.private, dry_run=args.dry_run)
+    else:
+        print(f"publish with: capflow shards release {args.directory} {out} --push-to-hub USER/NAME "
+              f"(or: hf upload USER/NAME {out} . --repo-type dataset --exclude '.*')")
     return 0
 
 
@@ -54,8 +62,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", help="shard set directory")
     p.add_argument("out", help="output directory (loadable with datasets.load_dataset)")
     p.add_argument("--with-audio", action="store_true", help="include the FLAC audio (default: captions and metadata)")
-    p.add_argument("--license", default="other", help="license field of the dataset card (e.g. cc-by-4.0)")
+    p.add_argument("--license", default="other", help="Hub license id of the captions (e.g. cc-by-4.0); `other` "
+                   "needs --license-name and --license-link")
+    p.add_argument("--license-name", default=None, help="short id of an `other` license")
+    p.add_argument("--license-link", default=None, help="URL of an `other` license's text")
     p.add_argument("--name", default=None, help="dataset name on the card (default: the directory name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier release in OUT (default: refuse)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the release to this Hub dataset repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_release)
 
 

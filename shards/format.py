@@ -9,7 +9,7 @@ import re
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sidecar columns split and candidate_kinds; json field split
 MANIFEST_NAME = "manifest.json"
 TAR_MTIME = 0  # fixed member mtime: identical input gives byte-identical tars
 TAR_USER = "capflow"
@@ -66,6 +66,8 @@ SIDECAR_SCHEMA = pa.schema([
     ("captions", pa.list_(pa.string())),
     ("caption_scores", pa.list_(pa.float64())),
     ("bytes", pa.int64()),
+    ("split", pa.string()),
+    ("candidate_kinds", pa.list_(pa.string())),
 ])
 
 
@@ -88,4 +90,6 @@ def sidecar_row(key: str, meta: dict, status: str = STATUS_OK, error: str | None
         "captions": list(meta.get("captions") or []),
         "caption_scores": [scores[t] for t in meta.get("captions") or [] if scores.get(t) is not None],
         "bytes": nbytes,
+        "split": meta.get("split"),
+        "candidate_kinds": [c.get("kind") for c in candidates],
     }

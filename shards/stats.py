@@ -1,4 +1,9 @@
-"""`shards stats DIR`: dataset statistics from the parquet sidecars (no tar is read), as JSON and PNG plots."""
+"""`shards stats DIR`: dataset statistics from the parquet sidecars (no tar is read), as JSON and PNG plots.
+
+Streaming: sidecars are read one record batch at a time (only the columns needed) into counters and
+fixed-bin histograms, so memory stays flat from a hundred clips to AudioSet's 2 M. Quantiles come from the
+histograms (exact to the bin width, which the JSON states).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import format as fmt
@@ -14,74 +19,165 @@ from .manifest import read_manifest
 from .writer import write_json_atomic
 
 STATS_DIR = "stats"
+COLUMNS = ("status", "duration", "labels", "num_candidates", "candidate_scores", "captions", "caption_scores",
+           "candidate_kinds", "split")
 
 
-def read_sidecars(directory: str | Path) -> pa.Table:
+class Histogram:
+    """Counts of values in fixed bins [lo, hi) of width `width` (values outside land in the end bins)."""
+
+    def __init__(self, lo: float, hi: float, width: float):
+        self.lo, self.width = lo, width
+        self.edges = np.arange(lo, hi + width / 2, width)
+        self.counts = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.total = self.n = 0.0
+        self.min, self.max = np.inf, -np.inf
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return
+        idx = np.clip(((values - self.lo) / self.width).astype(np.int64), 0, len(self.counts) - 1)
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        self.total += values.sum()
+        self.n += values.size
+        self.min, self.max = min(self.min, values.min()), max(self.max, values.max())
+
+    def summary(self) -> dict:
+        if not self.n:
+            return {"count": 0}
+        cdf = np.cumsum(self.counts) / self.n
+        q = {f"p{p}": float(self.edges[min(int(np.searchsorted(cdf, p / 100)), len(self.counts) - 1)] + self.width / 2)
+             for p in (5, 25, 50, 75, 95)}
+        return {"count": int(self.n), "mean": self.total / self.n, "min": float(self.min), "max": float(self.max),
+                **q, "bin_width": self.width}
+
+
+class Accumulator:
+    def __init__(self):
+        self.status, self.labels, self.kept_per_clip, self.kinds, self.splits = (Counter() for _ in range(5))
+        self.duration = Histogram(0, 60, 0.5)
+        self.words = Histogram(0, 80, 1)
+        self.candidate_clap = Histogram(-1, 1, 0.02)
+        self.kept_clap = Histogram(-1, 1, 0.02)
+        self.items = self.samples = self.captions = self.with_captions = self.candidates = 0
+        self.seconds = 0.0
+
+    def add(self, batch) -> None:
+        status = batch.column("status")
+        self.items += batch.num_rows
+        self.status.update(status.to_pylist())
+        ok = batch.filter(pc.equal(status, fmt.STATUS_OK))
+        self.samples += ok.num_rows
+        if not ok.num_rows:
+            return
+        duration = ok.column("duration").to_numpy(zero_copy_only=False).astype(np.float64)
+        self.duration.add(duration)
+        self.seconds += float(np.nansum(duration))
+        captions = ok.column("captions")
+        lengths = pc.list_value_length(captions).to_numpy(zero_copy_only=False)
+        self.captions += int(lengths.sum())
+        self.with_captions += int((lengths > 0).sum())
+        self.kept_per_clip.update(lengths.tolist())
+        flat = pc.list_flatten(captions)
+        if len(flat):
+            self.words.add(pc.list_value_length(pc.split_pattern(pc.utf8_trim_whitespace(flat), " ")).to_numpy())
+        self.candidates += int(pc.sum(ok.column("num_candidates")).as_py() or 0)
+        self.candidate_clap.add(pc.list_flatten(ok.column("candidate_scores")).to_numpy(zero_copy_only=False))
+        self.kept_clap.add(pc.list_flatten(ok.column("caption_scores")).to_numpy(zero_copy_only=False))
+        self.labels.update(pc.list_flatten(ok.column("labels")).to_pylist())
+        if "candidate_kinds" in ok.schema.names:
+            self.kinds.update(pc.list_flatten(ok.column("candidate_kinds")).to_pylist())
+        if "split" in ok.schema.names:
+            self.splits.update(ok.column("split").to_pylist())
+
+    def result(self, threshold: float | None) -> dict:
+        return {
+            "items": self.items, "samples": self.samples, "status": dict(self.status), "hours": self.seconds / 3600,
+            "duration_s": self.duration.summary(), "captions_kept": self.captions,
+            "clips_with_captions": self.with_captions, "kept_per_clip": dict(sorted(self.kept_per_clip.items())),
+            "caption_words": self.words.summary(), "candidates": self.candidates,
+            "candidates_by_kind": dict(self.kinds), "splits": dict(self.splits),
+            "candidate_clap": self.candidate_clap.summary(), "kept_clap": self.kept_clap.summary(),
+            "clap_threshold": threshold, "top_labels": dict(self.labels.most_common(50)),
+        }
+
+
+def sidecar_paths(directory: str | Path) -> list[Path]:
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    paths = [directory / (s["shard"] + fmt.SIDECAR_SUFFIX) for s in manifest["shards"]]
-    if not paths:
-        return fmt.SIDECAR_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p) for p in paths])
+    return [directory / (s["shard"] + fmt.SIDECAR_SUFFIX) for s in read_manifest(directory)["shards"]]
 
 
-def _summary(values) -> dict:
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return {"count": 0}
-    q = np.percentile(arr, [5, 25, 50, 75, 95])
-    return {"count": int(arr.size), "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()),
-            "p5": q[0], "p25": q[1], "p50": q[2], "p75": q[3], "p95": q[4]}
+def _accumulate(directory: Path) -> Accumulator:
+    acc = Accumulator()
+    for path in sidecar_paths(directory):
+        parquet = pq.ParquetFile(path)
+        columns = [c for c in COLUMNS if c in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_size=16_384, columns=columns):
+            acc.add(batch)
+    return acc
 
 
 def compute_stats(directory: str | Path) -> dict:
-    rows = read_sidecars(directory).to_pylist()
-    ok = [r for r in rows if r["status"] == fmt.STATUS_OK]
-    captions = [c for r in ok for c in r["captions"]]
-    labels = Counter(label for r in ok for label in r["labels"])
-    return {
-        "items": len(rows),
-        "samples": len(ok),
-        "status": dict(Counter(r["status"] for r in rows)),
-        "hours": sum(r["duration"] or 0.0 for r in ok) / 3600.0,
-        "duration_s": _summary([r["duration"] for r in ok if r["duration"] is not None]),
-        "captions_kept": len(captions),
-        "clips_with_captions": sum(1 for r in ok if r["captions"]),
-        "kept_per_clip": dict(sorted(Counter(len(r["captions"]) for r in ok).items())),
-        "caption_words": _summary([len(c.split()) for c in captions]),
-        "candidates": sum(r["num_candidates"] for r in ok),
-        "candidate_clap": _summary([s for r in ok for s in r["candidate_scores"]]),
-        "kept_clap": _summary([s for r in ok for s in r["caption_scores"]]),
-        "top_labels": dict(labels.most_common(20)),
-    }
+    directory = Path(directory)
+    threshold = read_manifest(directory).get("config", {}).get("clap", {}).get("threshold")
+    return _accumulate(directory).result(threshold)
 
 
-def _plots(directory: Path, rows: list[dict]) -> list[Path]:
+def _bar(ax, counts: dict, title: str, xlabel: str, horizontal: bool = False) -> None:
+    names, values = list(map(str, counts)), list(counts.values())
+    if horizontal:
+        ax.barh(names[::-1], values[::-1])
+        ax.set_xlabel("count")
+    else:
+        ax.bar(names, values)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+    ax.set_title(title)
+
+
+def _hist(ax, hists: list[tuple[Histogram, str]], title: str, xlabel: str, threshold: float | None = None) -> None:
+    for h, label in hists:
+        if h.n:  # the same bin edges for every series
+            ax.stairs(h.counts, h.edges, fill=True, alpha=0.5, label=f"{label} (N={int(h.n):,})")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:g}")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    if any(h.n for h, _ in hists):
+        ax.legend(fontsize=7)
+
+
+def _plots(out: Path, acc: Accumulator, threshold: float | None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["status"] == fmt.STATUS_OK]
+    n = acc.samples
     panels = {
-        "clap_scores.png": ("CLAP score", [[s for r in ok for s in r["candidate_scores"]],
-                                           [s for r in ok for s in r["caption_scores"]]], ["candidates", "kept"]),
-        "caption_words.png": ("caption length (words)", [[len(c.split()) for r in ok for c in r["captions"]]], ["kept"]),
-        "kept_per_clip.png": ("captions kept per clip", [[len(r["captions"]) for r in ok]], ["clips"]),
-        "duration.png": ("clip duration (s)", [[r["duration"] for r in ok if r["duration"] is not None]], ["clips"]),
+        "clap_scores.png": lambda ax: _hist(ax, [(acc.candidate_clap, "candidates"), (acc.kept_clap, "kept")],
+                                            f"CLAP score of captions ({n:,} clips)", "CLAP cosine", threshold),
+        "caption_words.png": lambda ax: _hist(ax, [(acc.words, "kept captions")], "caption length", "words"),
+        "duration.png": lambda ax: _hist(ax, [(acc.duration, "clips")], "clip duration", "seconds"),
+        "kept_per_clip.png": lambda ax: _bar(ax, dict(sorted(acc.kept_per_clip.items())),
+                                             f"captions kept per clip ({n:,} clips)", "kept captions"),
+        "status.png": lambda ax: _bar(ax, dict(acc.status.most_common()), f"status of {acc.items:,} items", "status"),
+        "candidates_by_kind.png": lambda ax: _bar(ax, dict(acc.kinds.most_common()),
+                                                  f"candidates by kind ({acc.candidates:,})", "kind"),
+        "top_labels.png": lambda ax: _bar(ax, dict(acc.labels.most_common(50)), "top 50 labels (clips)", "", True),
     }
     paths = []
-    for name, (xlabel, series, names) in panels.items():
-        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-        for values, label in zip(series, names):
-            if values:
-                ax.hist(values, bins=30, alpha=0.6, label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("count")
-        if any(series):
-            ax.legend()
+    for name, draw in panels.items():
+        tall = name == "top_labels.png"
+        fig, ax = plt.subplots(figsize=(6, 9 if tall else 3.4), dpi=100)
+        draw(ax)
+        if tall:
+            ax.tick_params(axis="y", labelsize=6)
         fig.tight_layout()
-        path = directory / name
+        path = out / name
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
@@ -93,8 +189,9 @@ def write_stats(directory: str | Path, out: str | Path | None = None) -> dict:
     directory = Path(directory)
     out = Path(out) if out else directory / STATS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    stats = compute_stats(directory)
-    plots = _plots(out, read_sidecars(directory).to_pylist())
-    stats["plots"] = [p.name for p in plots]
+    threshold = read_manifest(directory).get("config", {}).get("clap", {}).get("threshold")
+    acc = _accumulate(directory)
+    stats = acc.result(threshold)
+    stats["plots"] = [p.name for p in _plots(out, acc, threshold)]
     write_json_atomic(out / "stats.json", stats)
     return stats

@@ -18,7 +18,7 @@ from pretrain.dit import EzAudioDiT
 from pretrain.encode import CodecSpec, EncodeConfig, run_encode
 from pretrain.train import Trainer, compute_loss
 from shards.config import ConfigError, apply_override, load_config
-from shards.manifest import open_shard_set, write_manifest
+from shards.manifest import ConfigMismatch, open_shard_set, write_manifest
 from shards.validate import validate
 from shards.writer import ShardSetWriter
 
@@ -125,7 +125,12 @@ def test_mask_export_then_align_init_from(tmp_path, latents, tiny_models):
     export = Trainer(mask_cfg).train()
     assert (export / "capflow.json").is_file() and (export / "README.md").is_file()
     card = (export / "README.md").read_text()
-    assert "stage `mask`" in card and "| steps | 2 |" in card
+    assert "stage `mask`" in card and "| steps | 2 (8 samples) |" in card
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(card).data
+    assert data.license == "apache-2.0" and data.pipeline_tag is None and "ignores prompts" in card
+    assert str(tmp_path) not in card  # no local paths on a public card
     mask_model = EzAudioDiT.from_pretrained(export / "dit").eval()
     assert not mask_model.has_text
 
@@ -266,6 +271,16 @@ def test_encode_latents_resumable_with_provenance(tmp_path, tiny_models, corpus)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latent").glob("*.tar")}
     run_encode(cfg, progress=False)  # rerun: every shard is done, nothing is rewritten
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latent").glob("*.tar")} == before
+    (tmp_path / "latent" / "manifest.json").unlink()  # the done markers alone still refuse a swapped input
+    first = sorted(audio_dir.glob("*.tar"))[0]
+    rewrite_tar(first, {})  # same samples, other bytes: as if another set had been written at this path
+    stats_path = first.with_name(first.stem + "_stats.json")
+    stats = json.loads(stats_path.read_text())
+    stats["sha256"] = "0" * 64  # the input set's record of that shard changed
+    stats_path.write_text(json.dumps(stats))
+    write_manifest(audio_dir)
+    with pytest.raises(ConfigMismatch, match="input shard changed"):
+        run_encode(cfg, progress=False)
 
 
 def test_bad_sample_counted_or_raised_in_strict_mode(tmp_path):

@@ -22,7 +22,8 @@ def _sample(i: int, rng):
     cands = [{"text": f"sound {i} v{j}", "clap": 0.2 + 0.1 * j, "kind": "alm", "engine": "t", "prompt": "p", "seed": j}
              for j in range(4)]
     meta = {"key": f"src-item{i}", "source": "src", "id": f"item{i}", "duration": 0.1, "sample_rate": 16000,
-            "channels": 1, "labels": ["Dog"], "candidates": cands, "captions": [c["text"] for c in cands if c["clap"] >= 0.4]}
+            "channels": 1, "labels": ["Dog"], "candidates": cands, "captions": [c["text"] for c in cands if c["clap"] >= 0.4],
+            "split": "dev" if i % 5 == 4 else "train", "ytid": f"yt{i}", "start": 0.0, "end": 0.1}
     return f"src-item{i}", {"flac": audio.encode_flac(clip), "json": meta,
                             "npy": rng.standard_normal((8, 5)).astype(np.float16)}
 
@@ -177,22 +178,105 @@ def test_plain_webdataset_reads_shards(tmp_path):
 
 def test_stats_and_release_load_back(tmp_path):
     import datasets
+    from huggingface_hub import DatasetCard
 
     d = tmp_path / "s"
     _write_set(d)
     stats = write_stats(d)
     assert stats["samples"] == 10 and stats["status"] == {"ok": 10, "missing": 1}
     assert stats["captions_kept"] == 20 and stats["kept_clap"]["mean"] == pytest.approx(0.45)
+    assert stats["candidates_by_kind"] == {"alm": 40}
+    assert {"clap_scores.png", "status.png", "top_labels.png", "candidates_by_kind.png"} <= set(stats["plots"])
     assert (d / "stats" / "clap_scores.png").stat().st_size > 1000
-    out = release(d, tmp_path / "rel", license="cc-by-4.0")
-    ds = datasets.load_dataset(str(out), split="train")
-    assert len(ds) == 10 and set(ds[0]["captions"]) <= {c["text"] for c in ds[0]["candidates"]}
-    card = (out / "README.md").read_text()
-    assert "license: cc-by-4.0" in card and "sha256" in card.lower()
-    out2 = release(d, tmp_path / "rel_audio", with_audio=True)
+    out = release(d, tmp_path / "rel", license="cc-by-4.0", progress=False)
+    ds = datasets.load_dataset(str(out))
+    assert sorted(ds) == ["dev", "train"] and len(ds["train"]) + len(ds["dev"]) == 10
+    row = ds["train"][0]
+    assert set(row["captions"]) <= {c["text"] for c in row["candidates"]} and "ytid" in row
+    card = DatasetCard((out / "README.md").read_text())
+    assert card.data.license == "cc-by-4.0" and card.data.annotations_creators == ["machine-generated"]
+    assert card.data.task_categories == ["text-to-audio"] and card.data.language == ["en"]
+    assert "checksums.json" in card.text and (out / "checksums.json").is_file()
+    out2 = release(d, tmp_path / "rel_audio", with_audio=True, license="other", license_name="mine",
+                   license_link="https://example.org/l", progress=False)
     ds2 = datasets.load_dataset(str(out2), split="train").cast_column("audio", datasets.Audio(decode=False))
-    flac = ds2[0]["audio"]["bytes"]
-    assert audio.decode(flac).sample_rate == 16000
+    from shards.hf import decode_audio_column, load_shards
+
+    samples, rate = decode_audio_column(ds2[0]["audio"])
+    assert rate == 16000 and samples.shape == (1, 1600)
+    assert "rights belong" in (out2 / "README.md").read_text() or "keeps the rights" in (out2 / "README.md").read_text()
+    direct = load_shards(d)  # the shards themselves, without torchcodec
+    assert len(direct) == 10 and decode_audio_column(direct[0]["audio"])[1] == 16000
+
+
+def test_release_is_resumable_checked_and_never_mixed(tmp_path, monkeypatch):
+    from shards import release as rel
+
+    d = tmp_path / "s"
+    _write_set(d, n=10, max_count=4)
+    with pytest.raises(ValueError, match="not a Hub license id"):
+        release(d, tmp_path / "r", license="CC BY 4.0 lol")
+    with pytest.raises(ValueError, match="--license-name"):
+        release(d, tmp_path / "r", license="other")
+    real = rel._SplitWriter.close
+    calls = []
+
+    def crash_on_second(self):
+        calls.append(self.shard)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(self)
+
+    monkeypatch.setattr(rel._SplitWriter, "close", crash_on_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        release(d, tmp_path / "r", license="mit", progress=False)
+    assert not (tmp_path / "r" / "data").exists()  # nothing loadable is left by a failed run
+    monkeypatch.setattr(rel._SplitWriter, "close", real)
+    release(d, tmp_path / "r", license="mit", progress=False)  # resumes: shard 0 is not redone
+    assert len(calls) == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data").mkdir()
+    (tmp_path / "other" / "data" / "train-00000-of-00001.parquet").write_bytes(b"old")
+    with pytest.raises(ValueError, match="holds no capflow release"):
+        release(d, tmp_path / "other", license="mit")
+    with pytest.raises(ValueError, match="release of other shards or options"):
+        release(d, tmp_path / "r", license="mit", with_audio=True)
+
+    rewrite_tar(d / "t-000001.tar", {"src-item5.flac": None})  # a sample without its audio
+    write_manifest(d)
+    with pytest.raises(ValueError, match=r"t-000001: sample src-item5 lacks member\(s\) \['flac'\]"):
+        release(d, tmp_path / "r2", license="mit", with_audio=True)
+    path = d / "t-000002.tar"
+    path.write_bytes(path.read_bytes()[:1500])  # truncated
+    write_manifest(d)
+    with pytest.raises(ValueError, match="t-000002: .*(truncated|bytes the manifest records)"):
+        release(d, tmp_path / "r3", license="mit")
+
+
+def test_push_to_hub_up_to_the_http_call(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from shards.card import publish
+
+    d = tmp_path / "s"
+    _write_set(d)
+    out = release(d, tmp_path / "rel", license="mit", progress=False)
+    files = publish(out, "me/data", dry_run=True, private=True)
+    printed = capsys.readouterr().out
+    assert "README.md" in files and not any(f.startswith(".") for f in files) and "--private" in printed
+    sent = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            sent["create"] = (repo_id, kw)
+
+        def upload_folder(self, **kw):
+            sent["upload"] = kw
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    publish(out, "me/data", private=True)
+    assert sent["create"] == ("me/data", {"repo_type": "dataset", "private": True, "exist_ok": True})
+    assert sent["upload"]["folder_path"] == str(out) and ".*" in sent["upload"]["ignore_patterns"]
 
 
 def test_reader_rejects_unsafe_names_and_incomplete_samples(tmp_path):
