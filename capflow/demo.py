@@ -104,7 +104,9 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     log.info("%d clips, %.3f h, kept-caption CLAP mean %.3f", stats["samples"], stats["hours"],
              stats["kept_clap"].get("mean", float("nan")))
     _step(6, f"release as a Hugging Face dataset -> {workdir / 'release'}")
-    release(shards_dir, workdir / "release", license="cc0-1.0", name="capflow-demo")
+    release(shards_dir, workdir / "release", license="cc0-1.0", name="capflow-demo", overwrite=True)
+    log.info("publish it with: hf upload YOUR_USER/capflow-demo %s . --repo-type dataset --exclude '.*' "
+             "(or capflow shards release ... --push-to-hub YOUR_USER/capflow-demo)", workdir / "release")
 
     _step(7, f"encode the captioned shards to VAE latents -> {workdir / 'shards' / 'latent'}")
     manifest = run_encode(demo_encode_config(workdir))

@@ -11,6 +11,8 @@ from pretrain.tiny import write_tiny_models as write_pretrain_models
 
 def write_all_tiny_models(directory: str | Path, seed: int = 0) -> dict[str, Path]:
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file; give a directory for the tiny models")
     models = {**write_captioner_models(directory, seed), **write_pretrain_models(directory, seed)}
     models["t2a-untrained"] = write_tiny_bundle(directory / "t2a-untrained", models, seed)
     return models

@@ -140,8 +140,11 @@ def _rank(name: str) -> tuple[int, str]:
 def _check_files(cfg: SourceConfig) -> None:
     """Fail before any work on a path typo, naming the config key (a wrong audio_dir would otherwise turn
     every clip into a 'missing' row)."""
-    paths = [("source.segments", p) for p in cfg.segments] + [("source.strong", p) for p in cfg.strong]
-    paths += [(f"source.{k}", getattr(cfg, k)) for k in ("class_labels", "ontology", "manifest") if getattr(cfg, k)]
+    # only the keys the source kind reads (a folder source made from an AudioSet config by --set ignores the rest)
+    paths = {"audioset": [("source.segments", p) for p in cfg.segments] + [("source.strong", p) for p in cfg.strong]
+             + [(f"source.{k}", getattr(cfg, k)) for k in ("class_labels", "ontology") if getattr(cfg, k)],
+             "manifest": [("source.manifest", cfg.manifest)] if cfg.manifest else [],
+             "folder": []}.get(cfg.kind, [])
     for key, path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{key}: no such file {path}")

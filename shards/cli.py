@@ -62,7 +62,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", help="shard set directory")
     p.add_argument("out", help="output directory (loadable with datasets.load_dataset)")
     p.add_argument("--with-audio", action="store_true", help="include the FLAC audio (default: captions and metadata)")
-    p.add_argument("--license", default="other", help="Hub license id of the captions (e.g. cc-by-4.0); `other` "
+    p.add_argument("--license", default="unknown", help="Hub license id of the captions (e.g. cc-by-4.0; default unknown); `other` "
                    "needs --license-name and --license-link")
     p.add_argument("--license-name", default=None, help="short id of an `other` license")
     p.add_argument("--license-link", default=None, help="URL of an `other` license's text")

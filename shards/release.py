@@ -73,6 +73,7 @@ def iter_shard(path: Path, shard: str, with_audio: bool, members: list[str]):
     """(key, meta, flac or None) per sample, reading only json (and flac when asked): other members are
     skipped by seeking. Raises ReleaseError on a truncated tar, an unsafe member name or an incomplete sample."""
     key, found, meta, flac = None, set(), None, None
+    size = path.stat().st_size
 
     def finish():
         missing = [m for m in members if m not in found]
@@ -85,6 +86,8 @@ def iter_shard(path: Path, shard: str, with_audio: bool, members: list[str]):
         with tarfile.open(path, "r:") as tar:
             for info in tar:
                 name = info.name
+                if info.offset_data + info.size > size:  # seeking past the end would read as a clean end
+                    raise EOFError(f"member {name!r} ends past the end of the file")
                 k, _, ext = name.partition(".")
                 if not info.isfile() or not fmt.KEY_RE.match(k) or "/" in name:
                     raise ReleaseError(f"{shard}: unsafe or unexpected tar member {name!r}; refusing to release it")
@@ -149,6 +152,8 @@ def _identity(manifest: dict, with_audio: bool) -> dict:
 
 
 def _open_out(out: Path, identity: dict, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReleaseError(f"{out} is a file; give a directory for the release")
     state = out / STATE / "release.json"
     if state.is_file():
         if json.loads(state.read_text()) == identity:
@@ -166,7 +171,7 @@ def _open_out(out: Path, identity: dict, overwrite: bool) -> None:
     write_json_atomic(state, identity)
 
 
-def release(directory: str | Path, out: str | Path, with_audio: bool = False, license: str = "other",
+def release(directory: str | Path, out: str | Path, with_audio: bool = False, license: str = "unknown",
             name: str | None = None, license_name: str | None = None, license_link: str | None = None,
             overwrite: bool = False, progress: bool = True) -> Path:
     """Release the shard set at `directory` into `out` (resumable); returns out."""

@@ -6,7 +6,10 @@ def test_demo_runs_end_to_end(tmp_path):
     from capflow.demo import run_demo
 
     work = run_demo(tmp_path / "demo")
-    assert (work / "release" / "README.md").is_file()
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard((work / "release" / "README.md").read_text())
+    assert card.data.license == "cc0-1.0" and card.data.source_datasets == ["extended|audioset"]
     assert (work / "generated.wav").stat().st_size > 1000
     assert (work / "runs" / "align" / "export" / "README.md").is_file()
     assert list((work / "runs" / "align" / "validation").glob("step-*/*.png"))
