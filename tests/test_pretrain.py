@@ -329,6 +329,9 @@ def test_resume_is_pickle_free_and_keeps_the_ema_on_the_model_device(tmp_path, l
     assert resumed.ema.optimization_step == 2 and resumed.state.step == 2
     model_devices = {p.device for p in resumed.unwrapped.parameters()}
     assert {p.device for p in resumed.ema.shadow_params} == model_devices
+    optim_devices = {v.device for s in resumed.optimizer.state.values() for v in s.values()
+                     if torch.is_tensor(v) and v.dim() > 0}
+    assert optim_devices == model_devices  # every state object sits where the model is
     saved = load_file(ckpt / "dit_ema" / "model.safetensors")
     for (name, _), shadow in zip(resumed.unwrapped.named_parameters(), resumed.ema.shadow_params):
         assert torch.equal(shadow, saved[name]), name
