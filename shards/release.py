@@ -13,7 +13,6 @@ what the release is of; a folder holding another release (or anything else) is r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .manifest import read_manifest
+from .validate import sha256_file
 from .writer import write_json_atomic
 
 STATE = ".release"
@@ -216,13 +216,5 @@ def release(directory: str | Path, out: str | Path, with_audio: bool = False, li
     card = dataset_card(name or directory.name, license, manifest, stats, rows, files, out, with_audio,
                         license_name, license_link)
     (out / "README.md").write_text(card)
-    write_json_atomic(out / "checksums.json", {str(p.relative_to(out)): _sha256(p) for p in files})
+    write_json_atomic(out / "checksums.json", {str(p.relative_to(out)): sha256_file(p) for p in files})
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -32,7 +32,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -95,7 +95,7 @@ def validate(directory: str | Path, check_hashes: bool = True, progress: bool = 
         size = tar.stat().st_size
         if size != entry["bytes"]:
             problems.append(Problem(name, f"tar is {size} bytes, manifest says {entry['bytes']} (truncated or rewritten)"))
-        if check_hashes and _sha256(tar) != entry["sha256"]:
+        if check_hashes and sha256_file(tar) != entry["sha256"]:
             problems.append(Problem(name, "sha256 mismatch: the tar differs from the one the manifest records"))
         keys, tar_problems = _check_tar(tar, name, entry.get("members") or [fmt.META])
         problems += tar_problems
