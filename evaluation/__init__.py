@@ -1,0 +1,1 @@
+"""Evaluation: the literature's metrics on pinned backbones (DESIGN.md § Evaluation)."""
