@@ -1,11 +1,12 @@
 """`capflow demo`: the whole chain on the embedded default, offline, on one CPU machine.
 
 synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> validate -> stats -> release
--> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate.
+-> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from captioner.config import CaptionConfig
 from captioner.job import run_caption_job
 from captioner.synth import synth_corpus
+from evaluation.evaluate import EvalConfig, evaluate
 from pretrain.config import PretrainConfig
 from pretrain.encode import EncodeConfig, run_encode
 from pretrain.pipeline import TextToAudio
@@ -62,7 +64,7 @@ def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
 
 
 MARKER = ".capflow-demo"  # written into a demo folder: capflow may clear what it wrote there, nothing else
-DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated.wav")
+DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval")
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -117,7 +119,19 @@ def run_demo(workdir: str | Path = "demo") -> Path:
 
     _step(10, "generate from the align export (a few CPU steps of training: noise is expected; the path is what runs)")
     t2a = TextToAudio.from_pretrained(export)
-    wave = t2a.generate(["A sine tone then a chirp."], steps=8, duration=2.0)
-    audio.write(workdir / "generated.wav", audio.Audio(wave[0].numpy(), t2a.codec.sample_rate))
+    prompts = ["A sine tone then a chirp.", "Clicking over a low hum.", "A burst of noise.", "A rising chirp."]
+    waves = t2a.generate(prompts, steps=8, duration=2.0)
+    generated = workdir / "generated"
+    generated.mkdir(exist_ok=True)
+    for i, wave in enumerate(waves):
+        audio.write(generated / f"{i:02d}.wav", audio.Audio(wave.numpy(), t2a.codec.sample_rate))
+    (generated / "prompts.jsonl").write_text("".join(json.dumps({"id": f"{i:02d}", "path": f"{i:02d}.wav",
+                                                                 "caption": p}) + "\n" for i, p in enumerate(prompts)))
+    _step(11, f"evaluate the generated clips against the corpus -> {workdir / 'eval'}")
+    report = evaluate(EvalConfig(generated=str(generated / "prompts.jsonl"), reference=str(workdir / "corpus" / "audio"),
+                                 models=str(workdir / "models"), metrics=["fd", "is", "fad", "clap"],
+                                 out=str(workdir / "eval")))
+    log.info("%s (random tiny backbones: the protocol is what runs)",
+             ", ".join(f"{k} {v['value']:.3f}" for k, v in report["metrics"].items()))
     log.info("demo finished: everything is under %s", workdir)
     return workdir

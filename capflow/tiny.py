@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.tiny import write_tiny_models as write_captioner_models
+from evaluation.backbones import write_tiny_backbones
 from pretrain.tiny import write_tiny_bundle
 from pretrain.tiny import write_tiny_models as write_pretrain_models
 
@@ -15,4 +16,5 @@ def write_all_tiny_models(directory: str | Path, seed: int = 0) -> dict[str, Pat
         raise NotADirectoryError(f"{directory} is a file; give a directory for the tiny models")
     models = {**write_captioner_models(directory, seed), **write_pretrain_models(directory, seed)}
     models["t2a-untrained"] = write_tiny_bundle(directory / "t2a-untrained", models, seed)
+    models |= write_tiny_backbones(directory, seed)  # panns-cnn14/, vggish/ (clap/ is the captioner's)
     return models

@@ -44,10 +44,10 @@ class Validator:
         self.codec = AudioCodec(codec)
         self.text_encoder = text_encoder
         self.clap = None
-        if self.cfg.clap_model:
-            from captioner.clap import ClapConfig, ClapScorer
+        if self.cfg.clap_model:  # the evaluation package's CLAP backbone: the same scores as `capflow evaluate`
+            from evaluation.backbones import load_backbone
 
-            self.clap = ClapScorer(ClapConfig(model=self.cfg.clap_model, device="cpu" if not torch.cuda.is_available() else "auto"))
+            self.clap = load_backbone("clap", self.cfg.clap_model, "cuda" if torch.cuda.is_available() else "cpu")
 
     @torch.no_grad()
     def run(self, model, step: int, directory: Path) -> float | None:
@@ -67,8 +67,7 @@ class Validator:
             audio.write(out / f"{name}.wav", audio.Audio(wave, self.codec.sample_rate))
             save_spectrogram(wave.mean(0), self.codec.sample_rate, out / f"{name}.png", prompt)
             if self.clap is not None and prompt:
-                mono = audio.resample(audio.Audio(wave.mean(0, keepdims=True), self.codec.sample_rate), self.clap.sample_rate)
-                scores.append(self.clap.score(mono.samples[0], [prompt])[0])
+                scores.append(self.clap.score(audio.Audio(wave, self.codec.sample_rate), prompt))
         score = float(np.mean(scores)) if scores else None
         log.info("validation at step %d: CLAP %s (%s)", step, "n/a" if score is None else f"{score:.3f}", out)
         return score

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 
@@ -10,7 +12,9 @@ def test_demo_runs_end_to_end(tmp_path):
 
     card = DatasetCard((work / "release" / "README.md").read_text())
     assert card.data.license == "cc0-1.0" and card.data.source_datasets == ["extended|audioset"]
-    assert (work / "generated.wav").stat().st_size > 1000
+    assert (work / "generated" / "00.wav").stat().st_size > 1000
+    report = json.loads((work / "eval" / "report.json").read_text())
+    assert set(report["metrics"]) == {"fd", "is", "fad", "clap"} and report["metrics"]["fd"]["n_clips"] == 4
     assert (work / "runs" / "align" / "export" / "README.md").is_file()
     assert list((work / "runs" / "align" / "validation").glob("step-*/*.png"))
     assert not list((work / "shards" / "audio").glob("*.tmp"))

@@ -1,0 +1,275 @@
+"""`capflow evaluate`: generated audio (and its reference) → metrics with their protocol → JSON + Markdown + PNG.
+
+Inputs (generated and reference alike): a folder of audio files (id = path without suffix), a JSONL/CSV
+manifest (`id, path, caption, reference, source`; paths relative to the manifest), or a shard set (id = key,
+caption = first kept caption). Generated and reference clips are matched by id. Reference statistics (PANNs
+and VGGish Gaussians, PANNs class outputs per id) are cached in a file keyed by backbone, checkpoint sha256
+and the reference clip list, so a test set such as AudioCaps' 4,875 clips is embedded once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from shards import audio
+from shards.config import Strict, config_dict
+from shards.writer import write_json_atomic
+
+from . import metrics as M
+from .backbones import load_backbone
+
+METRICS = {"fd": "panns-cnn14", "kl": "panns-cnn14", "is": "panns-cnn14", "fad": "vggish", "fad_inf": "vggish",
+           "clap": "clap", "clap_a": "clap", "lsd": None, "mel": None, "sdr": None, "sdri": None, "si_sdr": None}
+DEFAULT_BACKBONES = {"panns-cnn14": "Cnn14_16k_mAP=0.438.pth", "vggish": "vggish-10086976.pth",
+                     "clap": "laion/larger_clap_general"}
+
+
+class EvalConfig(Strict):
+    generated: str
+    reference: str | None = None
+    captions: str | None = None  # JSONL/CSV with id, caption (text-CLAP), when the generated input has none
+    metrics: list[str] = ["fd", "kl", "is", "fad", "clap"]
+    models: str | None = None  # a folder laid out like `capflow tiny-models` output: panns-cnn14/, vggish/, clap/
+    backbones: dict[str, str] = DEFAULT_BACKBONES  # name -> hub id, directory or checkpoint file
+    out: str = "eval"
+    cache_dir: str | None = None  # default: OUT/cache
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class Clip:
+    id: str
+    source: str | Path | bytes  # a path or encoded bytes
+    caption: str | None = None
+    reference: str | None = None  # a paired ground truth's path (manifest), for LSD/mel/SDR
+    mixture: str | None = None  # the input mixture (separation), for SDRi
+
+    def load(self) -> audio.Audio:
+        return audio.decode(self.source, name=self.id if isinstance(self.source, bytes) else None)
+
+
+def collect(path: str | Path) -> dict[str, Clip]:
+    """Clips by id from a folder, a JSONL/CSV manifest or a shard set."""
+    path = Path(path)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from shards.reader import make_pipeline
+
+        return {s["key"]: Clip(s["key"], s["raw_flac"], (s["captions"] or [None])[0])
+                for s in make_pipeline(path, decoder=_RawAudio())}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if audio.is_audio_path(p) and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no audio files under {path}")
+        return {str(p.relative_to(path).with_suffix("")): Clip(str(p.relative_to(path).with_suffix("")), p) for p in files}
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a folder of audio, a manifest (.jsonl/.csv) or a shard set")
+    rows = ([json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.suffix == ".jsonl"
+            else list(csv.DictReader(open(path, newline=""))))
+    root = path.parent
+    out = {}
+    for n, row in enumerate(rows):
+        if "path" not in row:
+            raise ValueError(f"{path}: row {n + 1} has no 'path' field")
+        clip_id = str(row.get("id") or Path(row["path"]).with_suffix(""))
+        out[clip_id] = Clip(clip_id, root / row["path"], row.get("caption"),
+                            str(root / row["reference"]) if row.get("reference") else None,
+                            str(root / row["source"]) if row.get("source") else None)
+    return out
+
+
+class _RawAudio:
+    """Shard samples with their FLAC bytes undecoded (decoded later at each backbone's rate)."""
+
+    def __call__(self, sample: dict) -> dict:
+        from shards.reader import SampleDecoder
+
+        out = SampleDecoder(decode_audio=False)(sample)
+        out["raw_flac"] = sample["flac"]
+        return out
+
+
+def _captions(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    return {c.id: c.caption for c in collect(path).values() if c.caption}
+
+
+def _backbone_ref(cfg: EvalConfig, name: str) -> str:
+    if cfg.models:
+        return str(Path(cfg.models) / name)
+    return cfg.backbones.get(name) or DEFAULT_BACKBONES[name]
+
+
+def _embed(backbone, clips: list[Clip], desc: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Backbone outputs stacked over the clips that decode; skipped ids with their reasons."""
+    outputs: dict[str, list] = {}
+    skipped = {}
+    for clip in tqdm(clips, desc=desc, unit="clip", leave=False):
+        try:
+            wave = backbone.prepare(clip.load())
+        except audio.AudioError as e:
+            skipped[clip.id] = str(e)
+            continue
+        for k, v in backbone([wave]).items():
+            outputs.setdefault(k, []).append(v if k == "embedding" and backbone.name == "vggish" else v[0])
+    stacked = {k: np.concatenate(v) if backbone.name == "vggish" and k == "embedding" else np.stack(v)
+               for k, v in outputs.items()}
+    return stacked, skipped
+
+
+def _reference_stats(cfg: EvalConfig, backbone, clips: list[Clip]) -> dict:
+    """mu/sigma of the reference embeddings (+ PANNs class outputs by id), from the cache when it has them."""
+    cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
+    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, sorted(c.id for c in clips)]).encode())
+    path = cache / f"{backbone.name}-{key.hexdigest()[:16]}.npz"
+    if path.is_file():
+        data = np.load(path, allow_pickle=False)
+        return {"mu": data["mu"], "sigma": data["sigma"], "ids": list(data["ids"]),
+                "probs": data["probs"] if "probs" in data else None, "cached": True, "skipped": {}}
+    out, skipped = _embed(backbone, clips, f"reference {backbone.name}")
+    ids = [c.id for c in clips if c.id not in skipped]
+    mu, sigma = M.gaussian_stats(out["embedding"])
+    cache.mkdir(parents=True, exist_ok=True)
+    arrays = {"mu": mu, "sigma": sigma, "ids": np.array(ids)}
+    if "probs" in out:
+        arrays["probs"] = out["probs"]
+    np.savez(path.with_suffix(".tmp.npz"), **arrays)
+    path.with_suffix(".tmp.npz").replace(path)
+    return {**arrays, "ids": ids, "probs": out.get("probs"), "cached": False, "skipped": skipped}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Every requested metric with its protocol; writes OUT/report.json, OUT/report.md and plots."""
+    unknown = sorted(set(cfg.metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; valid: {sorted(METRICS)}")
+    device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    generated = collect(cfg.generated)
+    for clip_id, caption in _captions(cfg.captions).items():
+        if clip_id in generated:
+            generated[clip_id].caption = caption
+    reference = collect(cfg.reference) if cfg.reference else {}
+    needs_reference = {"fd", "kl", "fad", "fad_inf", "clap_a", "lsd", "mel"} & set(cfg.metrics)
+    if needs_reference and not reference and not any(c.reference for c in generated.values()):
+        raise ValueError(f"metrics {sorted(needs_reference)} need --reference (or a manifest with a reference column)")
+    report = {"generated": cfg.generated, "reference": cfg.reference, "n_generated": len(generated),
+              "n_reference": len(reference), "metrics": {}, "config": config_dict(cfg)}
+    start = time.perf_counter()
+    per_backbone: dict[str, list[str]] = {}
+    for m in cfg.metrics:
+        per_backbone.setdefault(METRICS[m], []).append(m)
+    for name, wanted in per_backbone.items():
+        if name is None:
+            report["metrics"].update(_signal_metrics(generated, reference, wanted))
+            continue
+        backbone = load_backbone(name, _backbone_ref(cfg, name), device)
+        protocol = backbone.describe()
+        gen_out, gen_skipped = _embed(backbone, list(generated.values()), f"generated {name}")
+        gen_ids = [i for i in generated if i not in gen_skipped]
+        ref = _reference_stats(cfg, backbone, list(reference.values())) if reference and name != "clap" else None
+        skipped = {"generated": gen_skipped, **({"reference": ref["skipped"]} if ref else {})}
+        common = {**protocol, "n_clips": len(gen_ids), "n_skipped": len(gen_skipped), "skipped": skipped}
+        if ref:
+            common |= {"n_reference": len(ref["ids"]), "reference_cached": ref["cached"]}
+        for m in wanted:
+            report["metrics"][m] = {**_model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref), **common}
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    report["seconds_per_clip"] = round(report["seconds"] / max(1, len(generated)), 4)
+    _write(Path(cfg.out), report)
+    return report
+
+
+def _model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref) -> dict:
+    if m in ("fd", "fad"):
+        return {"value": M.frechet_distance(*M.gaussian_stats(gen_out["embedding"]), ref["mu"], ref["sigma"])}
+    if m == "fad_inf":
+        return {"value": M.frechet_distance_inf(gen_out["embedding"], ref["mu"], ref["sigma"])["score"]}
+    if m == "is":
+        return {"value": M.inception_score(gen_out["probs"])["is_mean"],
+                "std": M.inception_score(gen_out["probs"])["is_std"], "input": "CNN14 clipwise_output"}
+    if m == "kl":
+        ref_probs = dict(zip(ref["ids"], ref["probs"]))
+        pairs = [(i, k) for k, i in enumerate(gen_ids) if i in ref_probs]
+        if not pairs:
+            raise ValueError("KL pairs generated and reference clips by id, and no id is shared")
+        result = M.kl_divergence(gen_out["probs"][[k for _, k in pairs]], np.stack([ref_probs[i] for i, _ in pairs]))
+        return {"value": result["kl_sigmoid"], "kl_softmax": result["kl_softmax"], "kl_sigmoid": result["kl_sigmoid"],
+                "n_pairs": len(pairs), "input": "CNN14 clipwise_output, paired by id"}
+    if m == "clap":
+        scored = [(k, generated[i].caption) for k, i in enumerate(gen_ids) if generated[i].caption]
+        if not scored:
+            raise ValueError("text-CLAP needs captions: a manifest with a caption column, a shard set, or --captions")
+        texts = backbone.texts([c for _, c in scored])
+        per_clip = (texts * gen_out["embedding"][[k for k, _ in scored]]).sum(axis=1)
+        return {"value": float(per_clip.mean()), "per_clip": {gen_ids[k]: float(s) for (k, _), s in zip(scored, per_clip)},
+                "n_pairs": len(scored)}
+    if m == "clap_a":
+        pairs = [(k, i) for k, i in enumerate(gen_ids) if i in reference]
+        ref_out, _ = _embed(backbone, [reference[i] for _, i in pairs], "reference clap")
+        per_clip = (ref_out["embedding"] * gen_out["embedding"][[k for k, _ in pairs]]).sum(axis=1)
+        return {"value": float(per_clip.mean()), "per_clip": {i: float(s) for (_, i), s in zip(pairs, per_clip)},
+                "n_pairs": len(pairs)}
+    raise AssertionError(m)
+
+
+def _signal_metrics(generated: dict[str, Clip], reference: dict[str, Clip], wanted: list[str]) -> dict:
+    """Paired waveform metrics at the reference's rate (the generated clip is resampled to it)."""
+    values: dict[str, list] = {m: [] for m in wanted}
+    for clip_id, clip in generated.items():
+        ref_clip = reference.get(clip_id) or (Clip(clip_id, clip.reference) if clip.reference else None)
+        if ref_clip is None:
+            continue
+        ref = audio.to_mono(ref_clip.load())
+        est = audio.resample(audio.to_mono(clip.load()), ref.sample_rate).samples[0]
+        r = ref.samples[0]
+        n = min(len(r), len(est))
+        r, est = r[:n], est[:n]
+        for m in wanted:
+            if m == "lsd":
+                values[m].append(M.log_spectral_distance(r, est))
+            elif m == "mel":
+                values[m].append(M.mel_distance(r, est, ref.sample_rate))
+            elif m == "sdr":
+                values[m].append(M.sdr(r, est))
+            elif m == "si_sdr":
+                values[m].append(M.si_sdr(r, est))
+            elif m == "sdri" and clip.mixture:
+                mix = audio.resample(audio.to_mono(audio.decode(clip.mixture)), ref.sample_rate).samples[0][:n]
+                values[m].append(M.sdr_improvement(r, est, mix))
+    protocol = {"backbone": None, "sample_rate": "the reference's", "crop": "both cut to the shorter, mono"}
+    return {m: {"value": float(np.mean(v)) if v else None, "n_clips": len(v), **protocol} for m, v in values.items()}
+
+
+def _write(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", report)
+    lines = ["| metric | value | backbone | checkpoint sha256 | sample rate | clips | skipped |", "|---|---|---|---|---|---|---|"]
+    for name, r in report["metrics"].items():
+        value = "n/a" if r.get("value") is None else f"{r['value']:.4f}"
+        lines.append(f"| {name} | {value} | {r.get('backbone') or '-'} | {(r.get('sha256') or '-')[:12]} | "
+                     f"{r.get('sample_rate')} | {r.get('n_clips')} | {r.get('n_skipped', 0)} |")
+    lines += ["", f"{report['n_generated']} generated clips, {report['n_reference']} reference clips, "
+              f"{report['seconds_per_clip']} s per clip."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    clap = report["metrics"].get("clap", {}).get("per_clip")
+    if clap:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        ax.hist(list(clap.values()), bins=np.linspace(-1, 1, 41))
+        ax.set(title=f"text-CLAP per clip (N={len(clap)})", xlabel="cosine", ylabel="clips")
+        fig.tight_layout()
+        fig.savefig(out / "clap_per_clip.png")
+        plt.close(fig)
