@@ -261,15 +261,25 @@ def _write(out: Path, report: dict) -> None:
               f"{report['seconds_per_clip']} s per clip."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     clap = report["metrics"].get("clap", {}).get("per_clip")
-    if clap:
-        import matplotlib
+    clap_a = report["metrics"].get("clap_a", {}).get("per_clip")
+    if not clap:
+        return
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-        ax.hist(list(clap.values()), bins=np.linspace(-1, 1, 41))
-        ax.set(title=f"text-CLAP per clip (N={len(clap)})", xlabel="cosine", ylabel="clips")
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.hist(list(clap.values()), bins=np.linspace(-1, 1, 41))
+    ax.set(title=f"text-CLAP per clip (N={len(clap)})", xlabel="cosine", ylabel="clips")
+    fig.tight_layout()
+    fig.savefig(out / "clap_per_clip.png")
+    plt.close(fig)
+    shared = sorted(set(clap) & set(clap_a or {}))
+    if shared:  # editing: following the text (CLAP) against staying close to the source (CLAP-A)
+        fig, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
+        ax.scatter([clap_a[i] for i in shared], [clap[i] for i in shared], s=10)
+        ax.set(title=f"CLAP vs CLAP-A (N={len(shared)})", xlabel="CLAP-A (audio to reference)", ylabel="CLAP (text)")
         fig.tight_layout()
-        fig.savefig(out / "clap_per_clip.png")
+        fig.savefig(out / "clap_vs_clap_a.png")
         plt.close(fig)

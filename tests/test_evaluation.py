@@ -80,6 +80,7 @@ def test_identical_sets_score_zero_and_reports_carry_the_protocol(clips, tiny_mo
     m = report["metrics"]
     assert m["fd"]["reference_cached"] and m["fd"]["value"] > 0  # reference embedded once, by the first run
     assert m["clap"]["n_pairs"] == 9 and (tmp_path / "noisy" / "clap_per_clip.png").is_file()
+    assert m["clap_a"]["n_pairs"] == 9 and (tmp_path / "noisy" / "clap_vs_clap_a.png").is_file()
     expected = []
     for path in sorted((clips / "ref").iterdir()):
         r, _ = sf.read(path)
