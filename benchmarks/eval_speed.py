@@ -1,5 +1,6 @@
 """Evaluation speed on this machine, in one run: clips/s of each backbone (PANNs CNN14, VGGish, CLAP) on
-10-s clips, and the speedup of cached reference statistics over re-embedding the reference set.
+10-s clips, one clip per call and a batch of them per call, and the speedup of cached reference statistics over
+re-embedding the reference set.
 
 Backbones are the random ones of `capflow tiny-models` (CNN14 and VGGish have fixed widths, so their cost is
 the real models'; the tiny CLAP is smaller than laion's).
@@ -48,9 +49,14 @@ def main() -> None:
                         for w in waves]
             backbone(prepared[:1])  # warm-up
             start = time.perf_counter()
+            for wave in prepared:
+                backbone([wave])
+            single = time.perf_counter() - start
+            start = time.perf_counter()
             backbone(prepared)
-            seconds = time.perf_counter() - start
-            print(f"  {name:<12} {args.clips / seconds:7.2f} clips/s ({1e3 * seconds / args.clips:.0f} ms per clip)")
+            batched = time.perf_counter() - start
+            print(f"  {name:<12} one per call {args.clips / single:7.2f} clips/s, batch of {args.clips} "
+                  f"{args.clips / batched:7.2f} clips/s (batch/single {single / batched:.2f})")
         cfg = EvalConfig(generated=str(tmp / "gen"), reference=str(tmp / "ref"), models=str(tmp / "models"),
                          metrics=["fd", "fad"], out=str(tmp / "eval"))
         start = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import itertools
 import json
 import sys
 import types
@@ -121,13 +122,18 @@ class PannsCnn14(Backbone):
 
     @torch.no_grad()
     def __call__(self, waves: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """{"embedding": (n, 2048), "probs": (n, 527)}; clips of different lengths run one at a time."""
-        out = {"embedding": [], "probs": []}
-        for wave in waves:
-            result = self.model(torch.as_tensor(wave, dtype=torch.float32, device=self.device)[None])
-            out["embedding"].append(result["embedding"][0].cpu().numpy())
-            out["probs"].append(result["clipwise_output"][0].cpu().numpy())
-        return {k: np.stack(v) for k, v in out.items()}
+        """{"embedding": (n, 2048), "probs": (n, 527)} in input order; clips of one length run as one batch
+        (eval mode: a clip's output does not depend on its batch)."""
+        embedding, probs = [None] * len(waves), [None] * len(waves)
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        for _, group in itertools.groupby(order, key=lambda i: len(waves[i])):
+            idx = list(group)
+            x = torch.as_tensor(np.stack([waves[i] for i in idx]), dtype=torch.float32, device=self.device)  # (b, t)
+            result = self.model(x)
+            for j, i in enumerate(idx):
+                embedding[i] = result["embedding"][j].cpu().numpy()
+                probs[i] = result["clipwise_output"][j].cpu().numpy()
+        return {"embedding": np.stack(embedding), "probs": np.stack(probs)}
 
 
 def build_cnn14(config: dict) -> torch.nn.Module:

@@ -109,21 +109,27 @@ def _backbone_ref(cfg: EvalConfig, name: str) -> str:
     return cfg.backbones.get(name) or DEFAULT_BACKBONES[name]
 
 
-def _embed(backbone, clips: list[Clip], desc: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Backbone outputs stacked over the clips that decode; skipped ids with their reasons."""
+def _embed(backbone, clips: list[Clip], desc: str, batch: int = 16) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Backbone outputs over the clips that decode, `batch` clips per call (rows in clip order; VGGish: every
+    0.96-s example of every clip); skipped ids with their reasons."""
     outputs: dict[str, list] = {}
-    skipped = {}
+    skipped, pending = {}, []
+
+    def flush():
+        if pending:
+            for k, v in backbone(pending).items():
+                outputs.setdefault(k, []).append(v)
+            pending.clear()
+
     for clip in tqdm(clips, desc=desc, unit="clip", leave=False):
         try:
-            wave = backbone.prepare(clip.load())
+            pending.append(backbone.prepare(clip.load()))
         except audio.AudioError as e:
             skipped[clip.id] = str(e)
-            continue
-        for k, v in backbone([wave]).items():
-            outputs.setdefault(k, []).append(v if k == "embedding" and backbone.name == "vggish" else v[0])
-    stacked = {k: np.concatenate(v) if backbone.name == "vggish" and k == "embedding" else np.stack(v)
-               for k, v in outputs.items()}
-    return stacked, skipped
+        if len(pending) == batch:
+            flush()
+    flush()
+    return {k: np.concatenate(v) for k, v in outputs.items()}, skipped
 
 
 def _reference_stats(cfg: EvalConfig, backbone, clips: list[Clip]) -> dict:
