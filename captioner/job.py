@@ -43,7 +43,7 @@ def unit_hash(items) -> str:
     return hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest()[:16]
 
 
-def check_done_units(out: Path, prefix: str, job_hash: str, unit_hashes: list[str]) -> None:
+def check_done_units(out: Path, job_hash: str, unit_hashes: list[str]) -> None:
     """Refuse to resume when a finished shard was written by another config or for other clips. Checked
     against each shard's own done marker, so it holds even if manifest.json was deleted."""
     problems = []
@@ -169,7 +169,7 @@ def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress
                     "unit_hashes": hashes}
     if manifest_path(out).exists():
         open_shard_set(out, identity, partitioning=partitioning)  # refuses naming the config keys that changed
-    check_done_units(out, cfg.prefix, job_hash, hashes)  # the done markers decide, with or without a manifest
+    check_done_units(out, job_hash, hashes)  # the done markers decide, with or without a manifest
     open_shard_set(out, identity, partitioning=partitioning)
     save_config(cfg, out)
     if swept := sweep_stale_tmp(out):

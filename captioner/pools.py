@@ -97,8 +97,10 @@ def actor_options(role: str, plan: PoolPlan, cfg: CaptionConfig) -> dict:
 
         group = placement_group([{"GPU": 1.0, "CPU": 1.0}] * tp, strategy="STRICT_PACK")
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=group, placement_group_capture_child_tasks=True)
-        options["num_gpus"] = 0  # the group's bundles hold the GPUs; vLLM's rank workers take them
+            placement_group=group, placement_group_capture_child_tasks=True, placement_group_bundle_index=0)
+        # the group's bundles hold the GPUs and CPUs that vLLM's rank workers take; the actor itself asks for
+        # nothing more (more CPUs than a bundle has would never schedule), as in vLLM's own Ray examples
+        options["num_gpus"] = options["num_cpus"] = 0
     else:
         options["num_gpus"] = gpus
     return options

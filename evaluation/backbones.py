@@ -15,7 +15,6 @@ Shape legend: n clips, t samples, d embedding width, k classes.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import itertools
@@ -76,18 +75,16 @@ def _state_dict(path: Path) -> dict:
 
 
 def _sha256(path: Path) -> str:
+    """sha256 of the weights file (in a directory: model.safetensors, or its one checkpoint file)."""
+    from shards.validate import sha256_file
+
     if path.is_dir():
         weights = [path / WEIGHTS_NAME] if (path / WEIGHTS_NAME).is_file() else sorted(path.glob("*.pt*"))
         weights = weights or sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
         if not weights:
             return ""
         path = weights[0]
-    target = path
-    digest = hashlib.sha256()
-    with open(target, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 class Backbone:

@@ -89,12 +89,13 @@ def collect(path: str | Path) -> dict[str, Clip]:
 class _RawAudio:
     """Shard samples with their FLAC bytes undecoded (decoded later at each backbone's rate)."""
 
-    def __call__(self, sample: dict) -> dict:
+    def __init__(self):
         from shards.reader import SampleDecoder
 
-        out = SampleDecoder(decode_audio=False)(sample)
-        out["raw_flac"] = sample["flac"]
-        return out
+        self.decoder = SampleDecoder(decode_audio=False)
+
+    def __call__(self, sample: dict) -> dict:
+        return self.decoder(sample) | {"raw_flac": sample["flac"]}
 
 
 def _captions(path: str | None) -> dict[str, str]:
@@ -200,8 +201,8 @@ def _model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref) -> d
     if m == "fad_inf":
         return {"value": M.frechet_distance_inf(gen_out["embedding"], ref["mu"], ref["sigma"])["score"]}
     if m == "is":
-        return {"value": M.inception_score(gen_out["probs"])["is_mean"],
-                "std": M.inception_score(gen_out["probs"])["is_std"], "input": "CNN14 clipwise_output"}
+        score = M.inception_score(gen_out["probs"])
+        return {"value": score["is_mean"], "std": score["is_std"], "input": "CNN14 clipwise_output"}
     if m == "kl":
         ref_probs = dict(zip(ref["ids"], ref["probs"]))
         pairs = [(i, k) for k, i in enumerate(gen_ids) if i in ref_probs]

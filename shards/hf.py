@@ -23,8 +23,9 @@ def load_shards(directory: str | Path, with_audio: bool = True):
     ...)` on our tars infers an `Audio()` column for `flac` and needs torchcodec to build it.)"""
     import datasets
 
-    from .reader import iter_tar_samples, read_manifest
-    from .release import _row, release_features
+    from .manifest import read_manifest
+    from .reader import iter_tar_samples
+    from .release import release_features, release_row
 
     features = release_features(with_audio)
     if with_audio:  # built as a plain struct (Audio.encode_example imports torchcodec), then typed as Audio
@@ -36,7 +37,7 @@ def load_shards(directory: str | Path, with_audio: bool = True):
 
         for tar in tars:
             for key, sample in iter_tar_samples(Path(tar)):
-                yield _row(key, json.loads(sample[fmt.META]), sample.get(fmt.AUDIO) if with_audio else None)
+                yield release_row(key, json.loads(sample[fmt.META]), sample.get(fmt.AUDIO) if with_audio else None)
 
     ds = datasets.Dataset.from_generator(rows, gen_kwargs={"tars": tars}, features=features)
     return ds.cast_column("audio", datasets.Audio(decode=False)) if with_audio else ds

@@ -57,7 +57,7 @@ def release_features(with_audio: bool) -> datasets.Features:
     return datasets.Features(features)
 
 
-def _row(key: str, meta: dict, flac: bytes | None) -> dict:
+def release_row(key: str, meta: dict, flac: bytes | None) -> dict:
     row = {name: meta.get(name) for name in ("source", "id", "ytid", "start", "end", "segment_id", "duration",
                                              "sample_rate")}
     row |= {"key": key, "split": meta.get("split") or "train", "labels": meta.get("labels") or [],
@@ -197,7 +197,7 @@ def release(directory: str | Path, out: str | Path, with_audio: bool = False, li
                                "records; run `capflow shards validate`")
         writer = _SplitWriter(parts, entry["shard"], schema)
         for key, meta, flac in iter_shard(tar, entry["shard"], with_audio, members):
-            writer.add(_row(key, meta, flac))
+            writer.add(release_row(key, meta, flac))
         write_json_atomic(done, {"rows": writer.close()})
 
     rows: dict[str, int] = {}

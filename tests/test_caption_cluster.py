@@ -256,7 +256,7 @@ def test_actor_options_whole_gpus_fractions_and_placement_groups():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     opts = actor_options("alm", plan, cfg)
     group = opts["scheduling_strategy"].placement_group
-    assert opts["num_gpus"] == 0 and group.bundle_specs == [{"GPU": 1.0, "CPU": 1.0}] * 2
+    assert opts["num_gpus"] == opts["num_cpus"] == 0 and group.bundle_specs == [{"GPU": 1.0, "CPU": 1.0}] * 2
     ray.util.remove_placement_group(group)
 
 
