@@ -117,19 +117,21 @@ def _run_in_process(cfg: CaptionConfig, units, todo, out, extras, on_done) -> di
 
 def init_ray(cfg: CaptionConfig, address: str | None) -> None:
     """Join a cluster (or start a local Ray). Workers get the driver's relevant environment through a
-    runtime_env, and log only warnings (the driver shows the progress bar)."""
+    runtime_env; their own loggers stay at Python's default (warnings), transformers is told to say only errors
+    and tqdm is off, so the driver's progress bar is the one progress line. (Ray's `logging_config` is not used:
+    it reconfigures the driver's root logger too and silenced the driver's own INFO lines.)"""
     import ray
 
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in cfg.ray.env_vars if k in os.environ}
     env |= {"TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    kwargs = dict(runtime_env={"env_vars": env}, logging_config=ray.LoggingConfig(log_level="WARNING"),
-                  log_to_driver=True)
+    kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)
     else:  # embedded local Ray, sized to this machine
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        # address="local": always a new embedded instance, never a cluster someone started on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
 
 
 def _run_on_ray(cfg: CaptionConfig, units, todo, out, extras, on_done, address: str | None) -> dict[int, str]:

@@ -259,11 +259,14 @@ def _signal_metrics(generated: dict[str, Clip], reference: dict[str, Clip], want
 def _write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
-    lines = ["| metric | value | backbone | checkpoint sha256 | sample rate | clips | skipped |", "|---|---|---|---|---|---|---|"]
+    lines = ["| metric | value | backbone | checkpoint sha256 | sample rate | clips | skipped (generated / reference) |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in report["metrics"].items():
-        value = "n/a" if r.get("value") is None else f"{r['value']:.4f}"
+        value = "n/a" if r.get("value") is None else f"{r['value']:.5g}"
+        skipped = r.get("skipped", {})
         lines.append(f"| {name} | {value} | {r.get('backbone') or '-'} | {(r.get('sha256') or '-')[:12]} | "
-                     f"{r.get('sample_rate')} | {r.get('n_clips')} | {r.get('n_skipped', 0)} |")
+                     f"{r.get('sample_rate')} | {r.get('n_clips')} | {len(skipped.get('generated', {}))} / "
+                     f"{len(skipped.get('reference', {}))} |")
     lines += ["", f"{report['n_generated']} generated clips, {report['n_reference']} reference clips, "
               f"{report['seconds_per_clip']} s per clip."]
     (out / "report.md").write_text("\n".join(lines) + "\n")

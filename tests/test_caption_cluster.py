@@ -313,3 +313,14 @@ def test_pools_route_requests_to_every_engine_actor(corpus, tmp_path, monkeypatc
         assert bool(labelled) == bool(m["strong_labels"])  # the LLM pool sees only clips with strong labels
         assert all(c["engine"].startswith("fake:alm-model") for c in m["candidates"] if c["kind"] == "alm")
     assert len(metas) == 9
+
+
+@pytest.mark.timeout(120)
+def test_joining_ray_keeps_the_drivers_logging():
+    """The driver's INFO lines (the demo's steps, training's step line) survive starting Ray."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from captioner.config import CaptionConfig; from captioner.job import init_ray\n"
+            "init_ray(CaptionConfig(), None)\n"
+            "print('LEVEL', logging.getLogger().getEffectiveLevel())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+    assert "LEVEL 20" in proc.stdout, proc.stdout + proc.stderr[-2000:]
