@@ -8,6 +8,7 @@ import sys
 
 from captioner import cli as captioner_cli
 from evaluation import cli as evaluation_cli
+from finetune import cli as finetune_cli
 from pretrain import cli as pretrain_cli
 from shards import cli as shards_cli
 from shards.cli import run_command
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards_cli.add_commands(sub)
     pretrain_cli.add_commands(sub)
     evaluation_cli.add_commands(sub)
+    finetune_cli.add_commands(sub)
     p = sub.add_parser("demo", help="the whole pipeline, offline, on tiny models and a synthetic corpus")
     p.add_argument("--workdir", default="demo", help="where everything is written (default ./demo)")
     p.set_defaults(func=_demo)

@@ -1,7 +1,8 @@
 """`capflow demo`: the whole chain on the embedded default, offline, on one CPU machine.
 
 synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> validate -> stats -> release
--> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate.
+-> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate
+-> edit groups from the captioned shards -> encode them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from captioner.config import CaptionConfig
 from captioner.job import run_caption_job
 from captioner.synth import synth_corpus
 from evaluation.evaluate import EvalConfig, evaluate
+from finetune.config import EditDataConfig
+from finetune.edit_data import run_edit_data
 from pretrain.config import PretrainConfig
 from pretrain.encode import EncodeConfig, run_encode
 from pretrain.pipeline import TextToAudio
@@ -52,6 +55,12 @@ def demo_encode_config(workdir: Path) -> EncodeConfig:
     return load_config(EncodeConfig, _packaged("encode_tiny.yaml"), [
         f"input={workdir / 'shards' / 'audio'}", f"output={workdir / 'shards' / 'latent'}",
         f"codec.pretrained={workdir / 'models' / 'oobleck'}"])
+
+
+def demo_edit_data_config(workdir: Path) -> EditDataConfig:
+    return load_config(EditDataConfig, _packaged("edit_data_tiny.yaml"), [
+        f"inputs=[{workdir / 'shards' / 'audio'}]", f"output={workdir / 'shards' / 'edit'}",
+        f"clap.model={workdir / 'models' / 'clap'}"])
 
 
 def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
@@ -133,5 +142,16 @@ def run_demo(workdir: str | Path = "demo") -> Path:
                                  out=str(workdir / "eval")))
     log.info("%s (random tiny backbones: the protocol is what runs)",
              ", ".join(f"{k} {v['value']:.3f}" for k, v in report["metrics"].items()))
+
+    edit_cfg = demo_edit_data_config(workdir)
+    _step(12, f"edit groups (add/remove/replace) from the captioned shards -> {edit_cfg.output}")
+    summary = run_edit_data(edit_cfg)
+    edit_stats = write_stats(edit_cfg.output)["edit"]
+    log.info("%d groups (%s), %d triplets; SNR median %.1f dB", summary["ok"], summary["splits"],
+             sum(edit_stats["triplets"].values()), edit_stats["snr_db"].get("p50", float("nan")))
+    _step(13, f"encode the edit groups to latents -> {workdir / 'shards' / 'edit-latent'}")
+    encode_edit = demo_encode_config(workdir).model_copy(update={  # normalised as the T2A model's latents
+        "input": edit_cfg.output, "output": str(workdir / "shards" / "edit-latent"), "normalization_from": str(export)})
+    run_encode(encode_edit)
     log.info("demo finished: everything is under %s", workdir)
     return workdir

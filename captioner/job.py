@@ -25,7 +25,7 @@ from shards.config import JobFailed, config_hash, save_config
 from shards.manifest import ConfigMismatch, done_shards, manifest_path, open_shard_set, write_manifest
 from shards.writer import sweep_stale_tmp, write_json_atomic
 
-from .config import CaptionConfig
+from .config import CaptionConfig, RayConfig
 from .pools import UnitWriter, plan_pools, start_pools
 from .sources import load_items, partition
 from .worker import CaptionWorker
@@ -61,7 +61,7 @@ def check_done_units(out: Path, job_hash: str, unit_hashes: list[str]) -> None:
                              + "\nUse a new output directory, or restore the original config and source.")
 
 
-def _dispatch(make_worker, count: int, units, todo, out: Path, extras, on_done, retries: int) -> dict[int, str]:
+def dispatch_units(make_worker, count: int, units, todo, out: Path, extras, on_done, retries: int) -> dict[int, str]:
     """Units over resident Ray actors (any class with process_unit), one unit in flight per actor; a unit
     that fails is retried on a fresh actor if its actor died, then reported."""
     import ray
@@ -97,10 +97,11 @@ def _dispatch(make_worker, count: int, units, todo, out: Path, extras, on_done, 
     return failed
 
 
-def _run_in_process(cfg: CaptionConfig, units, todo, out, extras, on_done) -> dict[int, str]:
-    """Every unit in this process, with the same retry-then-report policy as on Ray."""
-    worker, failed = CaptionWorker(cfg), {}
-    tries = cfg.ray.max_retries + 1
+def run_units_in_process(worker, units, todo, out, extras, on_done, retries: int) -> dict[int, str]:
+    """Every unit in this process (any worker with process_unit), with the same retry-then-report policy as
+    on Ray."""
+    failed = {}
+    tries = retries + 1
     for i in todo:
         for attempt in range(1, tries + 1):
             try:
@@ -115,7 +116,7 @@ def _run_in_process(cfg: CaptionConfig, units, todo, out, extras, on_done) -> di
     return failed
 
 
-def init_ray(cfg: CaptionConfig, address: str | None) -> None:
+def init_ray(ray_cfg: RayConfig, address: str | None) -> None:
     """Join a cluster (or start a local Ray). Workers get the driver's relevant environment through a
     runtime_env; their own loggers stay at Python's default (warnings), transformers is told to say only errors
     and tqdm is off, so the driver's progress bar is the one progress line. (Ray's `logging_config` is not used:
@@ -124,7 +125,7 @@ def init_ray(cfg: CaptionConfig, address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in cfg.ray.env_vars if k in os.environ}
+    env = {k: os.environ[k] for k in ray_cfg.env_vars if k in os.environ}
     env |= {"TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=True)
     if address:
@@ -137,12 +138,12 @@ def init_ray(cfg: CaptionConfig, address: str | None) -> None:
 def _run_on_ray(cfg: CaptionConfig, units, todo, out, extras, on_done, address: str | None) -> dict[int, str]:
     import ray
 
-    init_ray(cfg, address)
+    init_ray(cfg.ray, address)
     cfg_dict = cfg.model_dump(mode="json")
     if cfg.ray.layout == "combined":
         Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(CaptionWorker)
         count = 2 if cfg.ray.workers == "auto" else int(cfg.ray.workers)
-        return _dispatch(lambda k: Worker.remote(cfg_dict), count, units, todo, out, extras, on_done,
+        return dispatch_units(lambda k: Worker.remote(cfg_dict), count, units, todo, out, extras, on_done,
                          cfg.ray.max_retries)
     plan = plan_pools(cfg, ray.cluster_resources().get("GPU", 0.0))
     log.info("pools: %d ALM, %d LLM, %d CLAP actors (%g GPUs), %d unit writers", plan.alm, plan.llm, plan.clap,
@@ -150,7 +151,7 @@ def _run_on_ray(cfg: CaptionConfig, units, todo, out, extras, on_done, address: 
     pools = start_pools(cfg, plan)
     Writer = ray.remote(num_cpus=plan.writer_cpus)(UnitWriter)
     try:
-        return _dispatch(lambda k: Writer.remote(cfg_dict, *pools, k), plan.writers, units, todo, out, extras,
+        return dispatch_units(lambda k: Writer.remote(cfg_dict, *pools, k), plan.writers, units, todo, out, extras,
                          on_done, cfg.ray.max_retries)
     finally:
         for handle in (h for pool in pools for h in pool):
@@ -190,7 +191,7 @@ def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress
     if todo:
         address = ray_address or cfg.ray.address
         if cfg.ray.workers == 0 and not address:
-            failed = _run_in_process(cfg, units, todo, out, extras, on_done)
+            failed = run_units_in_process(CaptionWorker(cfg), units, todo, out, extras, on_done, cfg.ray.max_retries)
         else:
             failed = _run_on_ray(cfg, units, todo, out, extras, on_done, address)
     else:

@@ -29,8 +29,8 @@ CLASSES = {
 }
 
 
-def _event(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    t = np.arange(n) / SAMPLE_RATE
+def _event(kind: str, n: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    t = np.arange(n) / sample_rate
     if kind == "/t/cf_tone":
         sig = np.sin(2 * np.pi * rng.uniform(220, 1760) * t)
     elif kind == "/t/cf_chirp":
@@ -40,13 +40,13 @@ def _event(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         sig = rng.standard_normal(n) * 0.5
     elif kind == "/t/cf_click":
         sig = np.zeros(n)
-        period = int(SAMPLE_RATE / rng.uniform(4, 20))
+        period = int(sample_rate / rng.uniform(4, 20))
         sig[::period] = 1.0
         sig = np.convolve(sig, np.exp(-np.arange(64) / 8.0), mode="same")
     else:  # hum: mains frequency and harmonics
         f = rng.choice([50.0, 60.0])
         sig = sum(np.sin(2 * np.pi * f * k * t) / k for k in (1, 2, 3, 4))
-    ramp = min(n // 10, SAMPLE_RATE // 50)
+    ramp = min(n // 10, sample_rate // 50)
     env = np.ones(n)
     if ramp:
         env[:ramp], env[-ramp:] = np.linspace(0, 1, ramp), np.linspace(1, 0, ramp)
@@ -112,4 +112,42 @@ def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 
         w.writerow(["segment_id", "start_time_seconds", "end_time_seconds", "label"])
         for seg, s, e, m in strong:
             w.writerow([seg, f"{s:.3f}", f"{e:.3f}", m])
+    return directory
+
+
+def synth_captioned_set(directory: str | Path, num_clips: int = 18, clips_per_shard: int = 6, seconds: float = 4.0,
+                        eval_share: float = 1 / 3, seed: int = 0) -> Path:
+    """A captioned audio shard set written directly (no models): procedural clips with strong labels and their
+    labels as the caption; single- and multi-event clips, 16 kHz mono and 22.05 kHz stereo; the last
+    `eval_share` of the clips are AudioSet `eval` clips. For tests and benchmarks of what reads such sets."""
+    from shards import audio
+    from shards import format as fmt
+    from shards.manifest import open_shard_set, write_manifest
+    from shards.writer import ShardWriter
+
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    names, mids = list(CLASSES.values()), list(CLASSES)
+    open_shard_set(directory, {"synth_captioned_set": {"clips": num_clips, "seconds": seconds, "seed": seed}})
+    for s in range(-(-num_clips // clips_per_shard)):
+        with ShardWriter(directory, "audio", s) as writer:
+            for i in range(s * clips_per_shard, min(num_clips, (s + 1) * clips_per_shard)):
+                kinds = [(i + k) % len(mids) for k in range(1 if i % 2 else 1 + i % 3)]
+                sr, channels = (16_000, 1) if i % 3 else (22_050, 2)
+                n = int(seconds * sr)
+                wave = (rng.standard_normal((channels, n)) * 0.01).astype(np.float32)
+                strong = []
+                for k, kind in enumerate(kinds):
+                    start = round(0.5 + k * (seconds - 1.5) / max(1, len(kinds)), 2)
+                    a, b = int(start * sr), int((start + 1.0) * sr)
+                    wave[:, a:b] += 0.3 * _event(mids[kind], b - a, rng, sr)
+                    strong.append({"label": names[kind], "start": start, "end": start + 1.0})
+                labels = [names[k] for k in kinds]
+                key = f"synth-clip{i:05d}"
+                meta = {"key": key, "source": "synth", "id": f"clip{i:05d}", "duration": n / sr, "sample_rate": sr,
+                        "channels": channels, "labels": labels, "strong_labels": strong, "candidates": [],
+                        "captions": [" and ".join(labels).capitalize() + "."],
+                        "split": "eval" if i >= num_clips * (1 - eval_share) else "balanced_train"}
+                writer.write(key, {fmt.META: meta, fmt.AUDIO: audio.encode_flac(audio.Audio(wave, sr))})
+    write_manifest(directory)
     return directory

@@ -51,6 +51,9 @@ class EncodeConfig(Strict):
     duration: float = 10.0  # seconds per clip (EzAudio trains on 10 s)
     batch_size: int = 16
     stats_clips: int = 256
+    # a latent shard set or a T2A bundle whose normalisation to reuse (edit groups for an editor initialised
+    # from that model must be normalised as its training latents were); empty: given above, else measured
+    normalization_from: str | None = None
     device: str = "auto"
 
     def identity(self) -> dict:
@@ -58,20 +61,27 @@ class EncodeConfig(Strict):
 
 
 def _waves(samples: list[tuple[str, dict]], codec: AudioCodec, duration: float):
-    """Decode a batch to (b, a, s) at the codec's rate and fixed length. Returns the clips that decoded
-    (key, sample, valid seconds), their waves, and (key, sample, error) for those that did not."""
+    """Decode a batch to (b, a, s) at the codec's rate and fixed length, one row per audio member (`flac`; an
+    edit group's `x.flac`, `xa.flac`, `xb.flac`). Returns (key, member, sample, valid seconds) per row, the
+    waves, and (key, sample, error) for the samples that did not decode (a sample fails as a whole)."""
     good, waves, bad = [], [], []
     for key, sample in samples:
+        rows = []
         try:
-            clip = audio.load(sample[fmt.AUDIO], sample_rate=codec.sample_rate, name=f"{key}.{fmt.AUDIO}")
+            members = fmt.audio_members(sample)
+            if not members:
+                raise KeyError(f"{key}: no audio member")
+            for member in members:
+                clip = audio.load(sample[member], sample_rate=codec.sample_rate, name=f"{key}.{member}")
+                x = audio.fit_length(clip.samples, round(duration * codec.sample_rate))
+                if x.shape[0] != codec.audio_channels:  # mono <-> stereo to what the VAE takes
+                    x = np.repeat(x.mean(0, keepdims=True), codec.audio_channels, axis=0)
+                rows.append(((key, member, sample, min(clip.duration, duration)), x))
         except (audio.AudioError, KeyError) as e:
             bad.append((key, sample, f"encode: {e}"))
             continue
-        x = audio.fit_length(clip.samples, round(duration * codec.sample_rate))
-        if x.shape[0] != codec.audio_channels:  # mono <-> stereo to what the VAE takes
-            x = np.repeat(x.mean(0, keepdims=True), codec.audio_channels, axis=0)
-        good.append((key, sample, min(clip.duration, duration)))
-        waves.append(x)
+        good += [r for r, _ in rows]
+        waves += [x for _, x in rows]
     return good, torch.from_numpy(np.stack(waves)) if waves else None, bad
 
 
@@ -102,6 +112,9 @@ def _codec_config(cfg: EncodeConfig, shards: list[dict], device: str, rank: int)
     base = CodecConfig(spec.pretrained, spec.subfolder, spec.sample_posterior, spec.latent_mean, spec.latent_std)
     if spec.latent_mean and spec.latent_std:
         return base
+    if cfg.normalization_from:
+        ref = reference_normalization(cfg.normalization_from)
+        return CodecConfig(spec.pretrained, spec.subfolder, spec.sample_posterior, ref["latent_mean"], ref["latent_std"])
     stats_path = Path(cfg.output) / STATS_NAME
     if not stats_path.exists() and rank == 0:
         codec = AudioCodec(base).to(device)
@@ -114,6 +127,20 @@ def _codec_config(cfg: EncodeConfig, shards: list[dict], device: str, rank: int)
         time.sleep(2)
     stats = json.loads(stats_path.read_text())
     return CodecConfig(spec.pretrained, spec.subfolder, spec.sample_posterior, stats["latent_mean"], stats["latent_std"])
+
+
+def reference_normalization(path: str | Path) -> dict:
+    """latent_mean / latent_std of a latent shard set (manifest) or a T2A bundle (capflow.json)."""
+    path = Path(path)
+    if (path / "capflow.json").is_file():
+        codec = json.loads((path / "capflow.json").read_text())["codec"]
+    elif (path / fmt.MANIFEST_NAME).is_file():
+        codec = read_manifest(path).get("extra", {}).get("codec") or {}
+    else:
+        raise ValueError(f"normalization_from: {path} is neither a latent shard set nor a T2A bundle")
+    if not codec.get("latent_mean"):
+        raise ValueError(f"normalization_from: {path} records no latent normalisation")
+    return codec
 
 
 def _carry_failures(cfg: EncodeConfig, entry: dict, writer: ShardWriter) -> None:
@@ -138,11 +165,15 @@ def encode_shard(cfg: EncodeConfig, codec: AudioCodec, entry: dict, index: int, 
                 writer.add_failure(key, "failed", error, json.loads(sample.get(fmt.META, b"{}")))
             if good:
                 latents = codec.encode(waves.to(codec.mean.device)).cpu().to(torch.float16).numpy()  # (b, c, n)
-                for (key, sample, seconds), z in zip(good, latents):
-                    meta = json.loads(sample[fmt.META])
-                    meta["latent"] = {"frames": int(z.shape[-1]), "valid_frames": int(np.ceil(seconds * frame_rate)),
-                                      "frame_rate": frame_rate, "codec": codec.config.pretrained}
-                    writer.write(key, {fmt.META: meta, fmt.LATENT: z})
+                out: dict[str, dict] = {}
+                for (key, member, sample, seconds), z in zip(good, latents):
+                    entry = out.setdefault(key, {fmt.META: json.loads(sample[fmt.META])})
+                    entry[fmt.META]["latent"] = {"frames": int(z.shape[-1]), "frame_rate": frame_rate,
+                                                 "valid_frames": int(np.ceil(seconds * frame_rate)),
+                                                 "codec": codec.config.pretrained}
+                    entry[fmt.latent_member(member)] = z
+                for key, members in out.items():
+                    writer.write(key, members)
             if bar is not None:
                 bar.update(len(pending))
             pending.clear()
@@ -167,7 +198,8 @@ def run_encode(cfg: EncodeConfig, progress: bool = True) -> dict:
     partitioning = {"input": cfg.input, "input_config_hash": source["config_hash"], "shards": len(shards)}
     check_done_shards(cfg, out, shards)
     if rank == 0:
-        open_shard_set(out, cfg.identity(), partitioning=partitioning, kind="latent")
+        kind = "edit-latent" if source.get("kind") == "edit" else "latent"  # edit groups keep their roles
+        open_shard_set(out, cfg.identity(), partitioning=partitioning, kind=kind)
         save_config(cfg, out)
     codec_cfg = _codec_config(cfg, shards, device, rank)
     codec = AudioCodec(codec_cfg).to(device)

@@ -138,10 +138,12 @@ def load(
     return audio
 
 
-def encode_flac(audio: Audio) -> bytes:
-    """FLAC bytes (16-bit) of (channels, samples) audio."""
+def encode_flac(audio: Audio, bits: int = 16) -> bytes:
+    """FLAC bytes (16- or 24-bit) of (channels, samples) audio."""
+    if bits not in (16, 24):
+        raise ValueError(f"FLAC bit depth must be 16 or 24, got {bits}")
     buf = io.BytesIO()
-    sf.write(buf, np.clip(audio.samples.T, -1.0, 1.0), audio.sample_rate, format="FLAC", subtype="PCM_16")
+    sf.write(buf, np.clip(audio.samples.T, -1.0, 1.0), audio.sample_rate, format="FLAC", subtype=f"PCM_{bits}")
     return buf.getvalue()
 
 

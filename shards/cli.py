@@ -23,7 +23,7 @@ def _validate(args) -> int:
 def _stats(args) -> int:
     from .stats import write_stats
 
-    stats = write_stats(args.directory, args.out)
+    stats = write_stats(args.directory, args.out, min_clap=args.min_clap)
     print(json.dumps({k: v for k, v in stats.items() if k != "top_labels"}, indent=2))
     return 0
 
@@ -56,6 +56,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("stats", help="statistics and plots from the parquet sidecars")
     p.add_argument("directory", help="shard set directory")
     p.add_argument("--out", default=None, help="where to write stats.json and PNGs (default DIR/stats)")
+    p.add_argument("--min-clap", type=float, default=0.35,
+                   help="edit-group sets: the read-time CLAP filter whose kept triplets are counted (default 0.35)")
     p.set_defaults(func=_stats)
 
     p = cmds.add_parser("release", help="export as a Hugging Face dataset with a dataset card")

@@ -9,13 +9,25 @@ import re
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: sidecar columns split and candidate_kinds; json field split
+SCHEMA_VERSION = 3  # 2: sidecar split, candidate_kinds; 3: edit-group sets (kind "edit", edit_* columns)
 MANIFEST_NAME = "manifest.json"
 TAR_MTIME = 0  # fixed member mtime: identical input gives byte-identical tars
 TAR_USER = "capflow"
 
 # Member extensions. webdataset splits a member name at the first dot, so keys never contain one.
 AUDIO, META, LATENT = "flac", "json", "npy"
+# Edit-group samples hold three audios: the background x and the mixtures xa, xb (`x.flac`, `xa.flac`, ...).
+EDIT_ROLES = ("x", "xa", "xb")
+
+
+def audio_members(members) -> list[str]:
+    """The audio members of a sample (`flac`, or `x.flac`, `xa.flac`, `xb.flac` for an edit group), sorted."""
+    return sorted(m for m in members if m == AUDIO or m.endswith("." + AUDIO))
+
+
+def latent_member(audio_member: str) -> str:
+    """The latent member that encodes an audio member: `flac` -> `npy`, `x.flac` -> `x.npy`."""
+    return audio_member[: -len(AUDIO)] + LATENT
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 STATUS_OK = "ok"
@@ -68,12 +80,17 @@ SIDECAR_SCHEMA = pa.schema([
     ("bytes", pa.int64()),
     ("split", pa.string()),
     ("candidate_kinds", pa.list_(pa.string())),
+    # edit groups (empty lists otherwise): SNR and onset of events a and b, CLAP of x, xa, xb to their captions
+    ("edit_snr_db", pa.list_(pa.float64())),
+    ("edit_onset_s", pa.list_(pa.float64())),
+    ("edit_clap", pa.list_(pa.float64())),
 ])
 
 
 def sidecar_row(key: str, meta: dict, status: str = STATUS_OK, error: str | None = None, nbytes: int = 0) -> dict:
     """The parquet row of one input item, from its json metadata (possibly partial for failures)."""
     candidates = meta.get("candidates") or []
+    mix, clap = meta.get("mix") or {}, meta.get("clap") if isinstance(meta.get("clap"), dict) else {}
     scores = {c["text"]: c.get("clap") for c in candidates}
     return {
         "key": key,
@@ -92,4 +109,7 @@ def sidecar_row(key: str, meta: dict, status: str = STATUS_OK, error: str | None
         "bytes": nbytes,
         "split": meta.get("split"),
         "candidate_kinds": [c.get("kind") for c in candidates],
+        "edit_snr_db": [mix[e]["snr_db"] for e in ("a", "b") if e in mix],
+        "edit_onset_s": [mix[e]["onset_s"] for e in ("a", "b") if e in mix],
+        "edit_clap": [clap[r] for r in EDIT_ROLES if clap.get(r) is not None],
     }

@@ -20,7 +20,10 @@ from .writer import write_json_atomic
 
 STATS_DIR = "stats"
 COLUMNS = ("status", "duration", "labels", "num_candidates", "candidate_scores", "captions", "caption_scores",
-           "candidate_kinds", "split")
+           "candidate_kinds", "split", "edit_snr_db", "edit_onset_s", "edit_clap")
+EDIT_MIN_CLAP = 0.35  # RFM-Editing keeps a triplet when both its audios score at least this against their captions
+# the six triplets of an edit group as (source, target) indices into edit_clap = [x, xa, xb], per operation
+EDIT_TRIPLETS = {"add": ((0, 1), (0, 2)), "remove": ((1, 0), (2, 0)), "replace": ((1, 2), (2, 1))}
 
 
 class Histogram:
@@ -63,8 +66,25 @@ class Accumulator:
         self.kept_clap = Histogram(-1, 1, 0.02)
         self.items = self.samples = self.captions = self.with_captions = self.candidates = 0
         self.seconds = 0.0
+        self.snr, self.onset = Histogram(-10, 30, 0.5), Histogram(0, 30, 0.25)
+        self.role_clap = {r: Histogram(-1, 1, 0.02) for r in fmt.EDIT_ROLES}
+        self.triplets, self.kept_triplets = Counter(), Counter()
 
-    def add(self, batch) -> None:
+    def add_edit(self, ok, min_clap: float) -> None:
+        """Edit groups: SNR and onset of both events, CLAP per role, triplets per operation (all, and kept by
+        the read-time filter)."""
+        self.snr.add(pc.list_flatten(ok.column("edit_snr_db")).to_numpy(zero_copy_only=False))
+        self.onset.add(pc.list_flatten(ok.column("edit_onset_s")).to_numpy(zero_copy_only=False))
+        for scores in ok.column("edit_clap").to_pylist():
+            if len(scores) != len(fmt.EDIT_ROLES):
+                continue
+            for role, value in zip(fmt.EDIT_ROLES, scores):
+                self.role_clap[role].add([value])
+            for op, pairs in EDIT_TRIPLETS.items():
+                self.triplets[op] += len(pairs)
+                self.kept_triplets[op] += sum(scores[i] >= min_clap and scores[j] >= min_clap for i, j in pairs)
+
+    def add(self, batch, min_clap: float = EDIT_MIN_CLAP) -> None:
         status = batch.column("status")
         self.items += batch.num_rows
         self.status.update(status.to_pylist())
@@ -91,6 +111,13 @@ class Accumulator:
             self.kinds.update(pc.list_flatten(ok.column("candidate_kinds")).to_pylist())
         if "split" in ok.schema.names:
             self.splits.update(ok.column("split").to_pylist())
+        if "edit_clap" in ok.schema.names:
+            self.add_edit(ok, min_clap)
+
+    def edit_result(self, min_clap: float) -> dict:
+        return {"groups": self.samples, "triplets": dict(self.triplets), "min_clap": min_clap,
+                "kept_triplets": dict(self.kept_triplets), "snr_db": self.snr.summary(), "onset_s": self.onset.summary(),
+                "clap": {r: h.summary() for r, h in self.role_clap.items()}}
 
     def result(self, threshold: float | None) -> dict:
         return {
@@ -109,20 +136,31 @@ def sidecar_paths(directory: str | Path) -> list[Path]:
     return [directory / (s["shard"] + fmt.SIDECAR_SUFFIX) for s in read_manifest(directory)["shards"]]
 
 
-def _accumulate(directory: Path) -> Accumulator:
+def _accumulate(directory: Path, min_clap: float = EDIT_MIN_CLAP) -> Accumulator:
     acc = Accumulator()
     for path in sidecar_paths(directory):
         parquet = pq.ParquetFile(path)
         columns = [c for c in COLUMNS if c in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(batch_size=16_384, columns=columns):
-            acc.add(batch)
+            acc.add(batch, min_clap)
     return acc
 
 
-def compute_stats(directory: str | Path) -> dict:
+def _result(directory: Path, acc: Accumulator, min_clap: float) -> tuple[dict, float | None, bool]:
+    manifest = read_manifest(directory)
+    edit = str(manifest.get("kind", "")).startswith("edit")
+    threshold = None if edit else manifest.get("config", {}).get("clap", {}).get("threshold")
+    stats = acc.result(threshold)
+    if edit:
+        stats["edit"] = acc.edit_result(min_clap)
+    return stats, threshold, edit
+
+
+def compute_stats(directory: str | Path, min_clap: float = EDIT_MIN_CLAP) -> dict:
+    """The set's statistics; an edit-group set adds an `edit` section (`min_clap`: the read-time triplet
+    filter whose kept counts it reports)."""
     directory = Path(directory)
-    threshold = read_manifest(directory).get("config", {}).get("clap", {}).get("threshold")
-    return _accumulate(directory).result(threshold)
+    return _result(directory, _accumulate(directory, min_clap), min_clap)[0]
 
 
 def _bar(ax, counts: dict, title: str, xlabel: str, horizontal: bool = False) -> None:
@@ -150,7 +188,8 @@ def _hist(ax, hists: list[tuple[Histogram, str]], title: str, xlabel: str, thres
         ax.legend(fontsize=7)
 
 
-def _plots(out: Path, acc: Accumulator, threshold: float | None) -> list[Path]:
+def _plots(out: Path, acc: Accumulator, threshold: float | None, edit: bool = False,
+           min_clap: float = EDIT_MIN_CLAP) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +208,18 @@ def _plots(out: Path, acc: Accumulator, threshold: float | None) -> list[Path]:
                                                   f"candidates by kind ({acc.candidates:,})", "kind"),
         "top_labels.png": lambda ax: _bar(ax, dict(acc.labels.most_common(50)), "top 50 labels (clips)", "", True),
     }
+    if edit:
+        panels = {k: v for k, v in panels.items() if k in ("status.png", "duration.png", "top_labels.png")}
+        panels |= {
+            "edit_snr.png": lambda ax: _hist(ax, [(acc.snr, "events")], "event SNR against the background", "dB"),
+            "edit_onset.png": lambda ax: _hist(ax, [(acc.onset, "events")], "event onset", "seconds"),
+            "edit_clap.png": lambda ax: _hist(ax, [(acc.role_clap[r], r) for r in fmt.EDIT_ROLES],
+                                              f"CLAP of group audios to their captions ({n:,} groups)", "CLAP cosine",
+                                              min_clap),
+            "edit_operations.png": lambda ax: _bar(ax, {f"{op} (kept)": acc.kept_triplets[op] for op in EDIT_TRIPLETS}
+                                                   | {op: acc.triplets[op] for op in EDIT_TRIPLETS},
+                                                   f"triplets per operation (kept: CLAP >= {min_clap:g})", ""),
+        }
     paths = []
     for name, draw in panels.items():
         tall = name == "top_labels.png"
@@ -184,14 +235,13 @@ def _plots(out: Path, acc: Accumulator, threshold: float | None) -> list[Path]:
     return paths
 
 
-def write_stats(directory: str | Path, out: str | Path | None = None) -> dict:
+def write_stats(directory: str | Path, out: str | Path | None = None, min_clap: float = EDIT_MIN_CLAP) -> dict:
     """Compute the stats of a shard set and write `stats.json` plus PNG plots into `out` (default DIR/stats)."""
     directory = Path(directory)
     out = Path(out) if out else directory / STATS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    threshold = read_manifest(directory).get("config", {}).get("clap", {}).get("threshold")
-    acc = _accumulate(directory)
-    stats = acc.result(threshold)
-    stats["plots"] = [p.name for p in _plots(out, acc, threshold)]
+    acc = _accumulate(directory, min_clap)
+    stats, threshold, edit = _result(directory, acc, min_clap)
+    stats["plots"] = [p.name for p in _plots(out, acc, threshold, edit, min_clap)]
     write_json_atomic(out / "stats.json", stats)
     return stats

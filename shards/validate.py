@@ -2,8 +2,8 @@
 
 Checks: every manifest shard has its tar, sidecar and stats; size and sha256 match; the tar reads to the
 end with safe member names; every sample has the members the shard declares and parseable json; sample
-and row counts agree with the sidecar; no key appears in two shards; tars on disk that the manifest does not
-list are reported.
+and row counts agree with the sidecar; no key appears in two shards; no clip of an edit group is in groups of
+two splits; tars on disk that the manifest does not list are reported.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_tar(path: Path, name: str, members: list[str]) -> tuple[list[str], list[Problem]]:
+def _check_tar(path: Path, name: str, members: list[str], clip_splits: dict[str, tuple[str, str]]):
     """Walk the tar's headers (seeking over member data; only json members are read and parsed), so memory
-    stays flat whatever the shard's size."""
+    stays flat whatever the shard's size. Edit groups (json `clips`) record their clips' split in
+    `clip_splits` and a clip met in two splits is a problem."""
     problems, samples, end = [], {}, 0
     try:
         with tarfile.open(path, "r:") as tar:
@@ -55,9 +56,15 @@ def _check_tar(path: Path, name: str, members: list[str]) -> tuple[list[str], li
                 samples.setdefault(key, set()).add(ext)
                 if ext == fmt.META:
                     try:
-                        json.loads(tar.extractfile(info).read())
+                        meta = json.loads(tar.extractfile(info).read())
                     except json.JSONDecodeError as e:
                         problems.append(Problem(name, f"json member does not parse ({e})", sample=key))
+                        continue
+                    for clip in (meta.get("clips") or {}).values():
+                        split, group = clip_splits.setdefault(clip, (meta.get("split"), key))
+                        if split != meta.get("split"):
+                            problems.append(Problem(name, f"clip {clip} is in this {meta.get('split')} group and in "
+                                                          f"{split} group {group}: splits leak", sample=key))
         if end > path.stat().st_size:  # seeking past the end reads as a clean end of archive: check it here
             raise EOFError(f"the last member ends at byte {end}, the file has {path.stat().st_size}")
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -80,7 +87,7 @@ def validate(directory: str | Path, check_hashes: bool = True, progress: bool = 
     if manifest.get("schema_version") != fmt.SCHEMA_VERSION:
         problems.append(Problem(fmt.MANIFEST_NAME, f"schema_version {manifest.get('schema_version')} is not "
                                                    f"{fmt.SCHEMA_VERSION} (written by another capflow version)"))
-    listed, seen = set(), {}
+    listed, seen, clip_splits = set(), {}, {}
     for entry in tqdm(manifest.get("shards", []), desc="validating", unit="shard", disable=not progress):
         name = entry["shard"]
         tar = directory / entry["tar"]
@@ -97,7 +104,7 @@ def validate(directory: str | Path, check_hashes: bool = True, progress: bool = 
             problems.append(Problem(name, f"tar is {size} bytes, manifest says {entry['bytes']} (truncated or rewritten)"))
         if check_hashes and sha256_file(tar) != entry["sha256"]:
             problems.append(Problem(name, "sha256 mismatch: the tar differs from the one the manifest records"))
-        keys, tar_problems = _check_tar(tar, name, entry.get("members") or [fmt.META])
+        keys, tar_problems = _check_tar(tar, name, entry.get("members") or [fmt.META], clip_splits)
         problems += tar_problems
         if len(keys) != entry["samples"]:
             problems.append(Problem(name, f"tar holds {len(keys)} samples, manifest says {entry['samples']}"))

@@ -134,7 +134,7 @@ def encode_members(members: dict) -> dict[str, bytes]:
     for ext, value in members.items():
         if ext == fmt.META and isinstance(value, dict):
             out[ext] = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
-        elif ext == fmt.LATENT and isinstance(value, np.ndarray):
+        elif ext.split(".")[-1] == fmt.LATENT and isinstance(value, np.ndarray):
             out[ext] = npy_bytes(value)
         elif isinstance(value, (bytes, bytearray, memoryview)):
             out[ext] = bytes(value)

@@ -320,7 +320,7 @@ def test_joining_ray_keeps_the_drivers_logging():
     """The driver's INFO lines (the demo's steps, training's step line) survive starting Ray."""
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
             "from captioner.config import CaptionConfig; from captioner.job import init_ray\n"
-            "init_ray(CaptionConfig(), None)\n"
+            "init_ray(CaptionConfig().ray, None)\n"
             "print('LEVEL', logging.getLogger().getEffectiveLevel())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
     assert "LEVEL 20" in proc.stdout, proc.stdout + proc.stderr[-2000:]

@@ -14,3 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_caption_configs_validate(path):
     cfg = load_config(CaptionConfig, path)
     assert cfg.clap.top_k >= 1 and cfg.unit_size >= 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "edit").glob("*.yaml")), ids=lambda p: p.name)
+def test_edit_data_configs_validate(path):
+    from finetune.config import EditDataConfig
+
+    cfg = load_config(EditDataConfig, path)
+    assert cfg.unit_size >= 1 and cfg.inputs

@@ -1,0 +1,75 @@
+"""The editing-data job's config (`capflow edit-data --config configs/edit/NAME.yaml`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from captioner.clap import ClapConfig
+from captioner.config import VLLM_SCHEDULING, RayConfig
+from captioner.engines import EngineConfig, SamplingConfig
+from shards.config import Strict
+from shards.mix import MixConfig
+
+
+class SplitConfig(Strict):
+    """Clips are assigned to one split each; a group takes all its clips from one split, so no clip of a
+    test group is ever heard in training. A clip's source split decides where it names one (AudioSet
+    `eval` -> test); the rest are split by a hash of the key."""
+
+    valid: float = 0.05
+    test: float = 0.05
+    test_sources: list[str] = ["eval", "test", "evaluation"]
+    valid_sources: list[str] = ["valid", "validation", "val"]
+
+
+class InstructionConfig(Strict):
+    variants: int = 3  # instruction wordings stored per triplet
+    paraphrase: int = 0  # extra wordings per triplet written by the LLM (0: templates only)
+    target_captions: Literal["template", "llm"] = "template"  # how a mixture's caption is written
+
+
+class EditDataConfig(Strict):
+    inputs: list[str]  # captioned audio shard sets (e.g. AudioSet ALM captions, then AudioCaps human captions)
+    output: str = "shards/edit"
+    prefix: str = "edit"
+    seed: int = 0
+    unit_size: int = 64  # groups per work unit = per shard
+    groups_per_background: int = 1
+    max_groups: int | None = None  # cap on groups (a sample of backgrounds, the same in every run)
+    duration: float = 10.0  # backgrounds are cut to this many seconds
+    sample_rate: int | None = None  # every group at this rate; None: at its background's rate
+    background_max_events: int = 3  # RFM-Editing: backgrounds with at most three sound events
+    min_event_seconds: float = 0.3  # shorter event clips (after trimming) are not used as A or B
+    flac_bits: Literal[16, 24] = 24
+    splits: SplitConfig = SplitConfig()
+    mix: MixConfig = MixConfig()
+    instructions: InstructionConfig = InstructionConfig()
+    # the label LLM: counts events of clips without labels, paraphrases instructions, writes LLM captions;
+    # None: clips without labels are not used and everything is written from templates
+    llm: EngineConfig | None = EngineConfig(model="Qwen/Qwen2.5-7B-Instruct", prompts=[],
+                                            sampling=SamplingConfig(n=1, temperature=0.7, max_new_tokens=96))
+    clap: ClapConfig = ClapConfig()
+    ray: RayConfig = RayConfig(workers=0)  # 0: in this process; >0 or ray.address: Ray actors, one CLAP each
+
+    def identity(self) -> dict:
+        """What defines the output; how it runs (Ray, batch sizes, devices, vLLM scheduling) is left out."""
+        data = self.model_dump(mode="json", exclude={"ray": True, "clap": {"text_batch", "device"}})
+        if data.get("llm"):
+            data["llm"].pop("device")
+            data["llm"]["vllm"] = {k: v for k, v in data["llm"]["vllm"].items() if k not in VLLM_SCHEDULING}
+        return data
+
+    def resolved(self, base: Path | None = None) -> EditDataConfig:
+        """Local paths made absolute (Ray workers do not share the driver's working directory)."""
+        base = Path(base or Path.cwd())
+
+        def absolute(p: str) -> str:
+            return p if not p or "://" in p or Path(p).is_absolute() else str((base / p).resolve())
+
+        def model_ref(ref: str) -> str:
+            return str((base / ref).resolve()) if ref and (base / ref).exists() else ref
+
+        llm = self.llm.model_copy(update={"model": model_ref(self.llm.model)}) if self.llm else None
+        return self.model_copy(update={"inputs": [absolute(p) for p in self.inputs], "output": absolute(self.output),
+                                       "llm": llm, "clap": self.clap.model_copy(update={"model": model_ref(self.clap.model)})})
