@@ -156,3 +156,57 @@ def test_encode_edit_groups_and_read_balanced_triplets(captioned, tiny_models, t
     assert stats["triplets"]["add"] == 2 * stats["groups"] and stats["snr_db"]["count"] == 2 * stats["groups"]
     assert all(stats["kept_triplets"][op] <= stats["triplets"][op] for op in stats["triplets"])
     assert compute_stats(edit, min_clap=-1.0)["edit"]["kept_triplets"] == stats["triplets"]
+
+
+class FakeLLM:
+    """The label LLM's interface: names two events for a caption, rewords an instruction."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, requests):
+        self.prompts += [r.prompt for r in requests]
+        return [["- dog barking\n- Rain."] if "sound events" in r.prompt else ["Please " + r.prompt.split(": ")[-1]]
+                for r in requests]
+
+
+def test_clips_without_labels_are_counted_by_the_llm_and_paraphrases_are_added(tmp_path, tiny_models):
+    from finetune.clips import index_clips, parse_events
+
+    assert parse_events("1. Dog barking.\n2) rain\n- dog barking\n") == ["dog barking", "rain"]
+    captioned = synth_captioned_set(tmp_path / "audio")
+    from tests.helpers import rewrite_tar
+
+    entry = read_manifest(captioned)["shards"][0]
+    key, sample = next(iter_tar_samples(captioned / entry["tar"]))
+    meta = json.loads(sample[fmt.META]) | {"labels": [], "strong_labels": []}
+    rewrite_tar(captioned / entry["tar"], {f"{key}.json": json.dumps(meta).encode()})
+    llm = FakeLLM()
+    cfg = _cfg([captioned], tmp_path / "edit", tiny_models, instructions={"variants": 2, "paraphrase": 1})
+    clip = next(c for c in index_clips(cfg, llm=llm, progress=False) if c.key == key)
+    assert clip.count_method == "llm" and clip.events == ["dog barking", "rain"]
+    run_edit_data(cfg, progress=False, llm=llm)
+    edit = tmp_path / "edit"
+    metas = [json.loads(s[fmt.META]) for e in read_manifest(edit)["shards"] for _, s in iter_tar_samples(edit / e["tar"])]
+    assert all(len(m["instructions"]["add_a"]) == 3 and m["instructions"]["add_a"][-1].startswith("Please")
+               for m in metas)
+    # without an LLM the label-less clip is left out
+    assert key not in {c.key for c in index_clips(cfg.model_copy(update={"llm": None}), progress=False)}
+
+
+@pytest.mark.timeout(240)
+def test_edit_data_on_local_ray_writes_the_same_shards_as_in_process(tmp_path, tiny_models):
+    captioned = synth_captioned_set(tmp_path / "audio")
+    local = _cfg([captioned], tmp_path / "local", tiny_models, max_groups=8)
+    on_ray = local.model_copy(update={"output": str(tmp_path / "ray"),
+                                      "ray": local.ray.model_copy(update={"workers": 2, "num_cpus": 0.5})})
+    import ray
+
+    try:
+        run_edit_data(local, progress=False)
+        summary = run_edit_data(on_ray, progress=False)
+    finally:
+        ray.shutdown()
+    assert summary["ok"] == 8 and summary["failed_units"] == {}
+    tars = {p: [e["sha256"] for e in read_manifest(tmp_path / p)["shards"]] for p in ("local", "ray")}
+    assert tars["local"] == tars["ray"]  # deterministic: byte-identical shards wherever they are made
