@@ -35,7 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("generated", nargs="?", default=None, help="folder of audio, JSONL/CSV manifest or shard set")
     p.add_argument("--reference", default=None, help="reference clips (same forms), matched by id")
     p.add_argument("--captions", default=None, help="JSONL/CSV with id and caption, for text-CLAP")
-    p.add_argument("--metrics", default=None, help="comma-separated: fd,kl,is,fad,fad_inf,clap,clap_a,lsd,mel,sdr,"
+    p.add_argument("--metrics", default=None, help="comma-separated: fd,kl,is,fad,fad_inf,clap,clap_a,clap_src,lsd,mel,sdr,"
                    "sdri,si_sdr (default fd,kl,is,fad,clap)")
     p.add_argument("--models", default=None, help="a folder laid out like `capflow tiny-models` output "
                    "(panns-cnn14/, vggish/, clap/): every backbone is loaded from it")

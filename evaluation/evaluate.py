@@ -28,7 +28,7 @@ from . import metrics as M
 from .backbones import load_backbone
 
 METRICS = {"fd": "panns-cnn14", "kl": "panns-cnn14", "is": "panns-cnn14", "fad": "vggish", "fad_inf": "vggish",
-           "clap": "clap", "clap_a": "clap", "lsd": None, "mel": None, "sdr": None, "sdri": None, "si_sdr": None}
+           "clap": "clap", "clap_a": "clap", "clap_src": "clap", "lsd": None, "mel": None, "sdr": None, "sdri": None, "si_sdr": None}
 DEFAULT_BACKBONES = {"panns-cnn14": "Cnn14_16k_mAP=0.438.pth", "vggish": "vggish-10086976.pth",
                      "clap": "laion/larger_clap_general"}
 
@@ -51,7 +51,9 @@ class Clip:
     source: str | Path | bytes  # a path or encoded bytes
     caption: str | None = None
     reference: str | None = None  # a paired ground truth's path (manifest), for LSD/mel/SDR
-    mixture: str | None = None  # the input mixture (separation), for SDRi
+    mixture: str | None = None  # the input (manifest `source`): the mixture for SDRi, the edited clip for clap_src
+    group: str | None = None  # manifest `group` (e.g. an edit operation): metrics are also reported per group
+    seconds: float | None = None  # manifest `seconds`: what making the clip took
 
     def load(self) -> audio.Audio:
         return audio.decode(self.source, name=self.id if isinstance(self.source, bytes) else None)
@@ -82,7 +84,8 @@ def collect(path: str | Path) -> dict[str, Clip]:
         clip_id = str(row.get("id") or Path(row["path"]).with_suffix(""))
         out[clip_id] = Clip(clip_id, root / row["path"], row.get("caption"),
                             str(root / row["reference"]) if row.get("reference") else None,
-                            str(root / row["source"]) if row.get("source") else None)
+                            str(root / row["source"]) if row.get("source") else None, row.get("group") or None,
+                            float(row["seconds"]) if row.get("seconds") not in (None, "") else None)
     return out
 
 
@@ -168,17 +171,43 @@ def evaluate(cfg: EvalConfig) -> dict:
     needs_reference = {"fd", "kl", "fad", "fad_inf", "clap_a", "lsd", "mel"} & set(cfg.metrics)
     if needs_reference and not reference and not any(c.reference for c in generated.values()):
         raise ValueError(f"metrics {sorted(needs_reference)} need --reference (or a manifest with a reference column)")
+    if not reference and any(c.reference for c in generated.values()):  # paired ground truths are the reference set
+        reference = {i: Clip(i, c.reference) for i, c in generated.items() if c.reference}
     report = {"generated": cfg.generated, "reference": cfg.reference, "n_generated": len(generated),
-              "n_reference": len(reference), "metrics": {}, "config": config_dict(cfg)}
+              "n_reference": len(reference), "config": config_dict(cfg)}
     start = time.perf_counter()
+    backbones: dict = {}
+    report["metrics"] = _metrics(cfg, generated, reference, backbones, device)
+    groups = sorted({c.group for c in generated.values() if c.group})
+    if groups:  # e.g. edit operations: every metric per group too, against that group's references
+        report["groups"] = {}
+        for g in groups:
+            ids = [i for i, c in generated.items() if c.group == g]
+            report["groups"][g] = _metrics(cfg, {i: generated[i] for i in ids},
+                                           {i: reference[i] for i in ids if i in reference}, backbones, device)
+    made = [c.seconds for c in generated.values() if c.seconds is not None]
+    if made:
+        report["making_seconds_per_clip"] = round(float(np.mean(made)), 4)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    report["seconds_per_clip"] = round(report["seconds"] / max(1, len(generated)), 4)
+    _write(Path(cfg.out), report)
+    return report
+
+
+def _metrics(cfg: EvalConfig, generated: dict[str, Clip], reference: dict[str, Clip], backbones: dict,
+             device: str) -> dict:
+    """The requested metrics over one set of generated clips (backbones loaded once into `backbones`)."""
+    metrics = {}
     per_backbone: dict[str, list[str]] = {}
     for m in cfg.metrics:
         per_backbone.setdefault(METRICS[m], []).append(m)
     for name, wanted in per_backbone.items():
         if name is None:
-            report["metrics"].update(_signal_metrics(generated, reference, wanted))
+            metrics.update(_signal_metrics(generated, reference, wanted))
             continue
-        backbone = load_backbone(name, _backbone_ref(cfg, name), device)
+        if name not in backbones:
+            backbones[name] = load_backbone(name, _backbone_ref(cfg, name), device)
+        backbone = backbones[name]
         protocol = backbone.describe()
         gen_out, gen_skipped = _embed(backbone, list(generated.values()), f"generated {name}")
         gen_ids = [i for i in generated if i not in gen_skipped]
@@ -188,11 +217,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         if ref:
             common |= {"n_reference": len(ref["ids"]), "reference_cached": ref["cached"]}
         for m in wanted:
-            report["metrics"][m] = {**_model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref), **common}
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    report["seconds_per_clip"] = round(report["seconds"] / max(1, len(generated)), 4)
-    _write(Path(cfg.out), report)
-    return report
+            metrics[m] = {**_model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref), **common}
+    if "clap" in metrics and "clap_src" in metrics:  # Paissan et al.'s editing trade-off: text + audio CLAP
+        metrics["clap_sum"] = {"value": metrics["clap"]["value"] + metrics["clap_src"]["value"],
+                               "of": "clap + clap_src", "backbone": "clap", "sample_rate": metrics["clap"].get("sample_rate"),
+                               "n_clips": metrics["clap"].get("n_clips")}
+    return metrics
 
 
 def _model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref) -> dict:
@@ -219,9 +249,12 @@ def _model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref) -> d
         per_clip = (texts * gen_out["embedding"][[k for k, _ in scored]]).sum(axis=1)
         return {"value": float(per_clip.mean()), "per_clip": {gen_ids[k]: float(s) for (k, _), s in zip(scored, per_clip)},
                 "n_pairs": len(scored)}
-    if m == "clap_a":
-        pairs = [(k, i) for k, i in enumerate(gen_ids) if i in reference]
-        ref_out, _ = _embed(backbone, [reference[i] for _, i in pairs], "reference clap")
+    if m in ("clap_a", "clap_src"):  # audio-to-audio: to the paired reference, or to the input that was edited
+        pairs = [(k, i) for k, i in enumerate(gen_ids) if (i in reference if m == "clap_a" else generated[i].mixture)]
+        if not pairs:
+            raise ValueError(f"{m} needs " + ("references paired by id" if m == "clap_a" else "a manifest `source` column"))
+        others = [reference[i] if m == "clap_a" else Clip(i, generated[i].mixture) for _, i in pairs]
+        ref_out, _ = _embed(backbone, others, f"{'reference' if m == 'clap_a' else 'source'} clap")
         per_clip = (ref_out["embedding"] * gen_out["embedding"][[k for k, _ in pairs]]).sum(axis=1)
         return {"value": float(per_clip.mean()), "per_clip": {i: float(s) for (_, i), s in zip(pairs, per_clip)},
                 "n_pairs": len(pairs)}
@@ -267,8 +300,17 @@ def _write(out: Path, report: dict) -> None:
         lines.append(f"| {name} | {value} | {r.get('backbone') or '-'} | {(r.get('sha256') or '-')[:12]} | "
                      f"{r.get('sample_rate')} | {r.get('n_clips')} | {len(skipped.get('generated', {}))} / "
                      f"{len(skipped.get('reference', {}))} |")
+    groups = report.get("groups") or {}
+    if groups:
+        names = sorted(groups)
+        lines += ["", "| metric | all | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for name, r in report["metrics"].items():
+            cells = [groups[g].get(name, {}).get("value") for g in names]
+            lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.5g}" for v in [r.get("value"), *cells])
+                         + " |")
+    made = f" Making each clip took {report['making_seconds_per_clip']} s." if "making_seconds_per_clip" in report else ""
     lines += ["", f"{report['n_generated']} generated clips, {report['n_reference']} reference clips, "
-              f"{report['seconds_per_clip']} s per clip."]
+              f"{report['seconds_per_clip']} s per clip to evaluate.{made}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     clap = report["metrics"].get("clap", {}).get("per_clip")
     clap_a = report["metrics"].get("clap_a", {}).get("per_clip")

@@ -1,11 +1,14 @@
-"""Finetune commands: `capflow edit-data` (also `python -m finetune ...`)."""
+"""Finetune commands: `capflow edit-data | finetune | edit` (also `python -m finetune ...`; `python -m finetune
+--config C` alone trains, for `accelerate launch -m finetune --config C`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from shards.cli import run_command
 
@@ -22,6 +25,103 @@ def _edit_data(args) -> int:
     return 1 if summary["failed_units"] else 0
 
 
+def _finetune(args) -> int:
+    from shards.config import load_config
+
+    from .config import FinetuneConfig
+    from .train import run_finetune
+
+    out = run_finetune(load_config(FinetuneConfig, args.config, args.set), resume=args.resume)
+    print(f"exported {out}")
+    if args.push_to_hub and (out / "capflow.json").is_file():
+        from shards.card import publish
+
+        publish(out, args.push_to_hub, "model", private=args.private, dry_run=args.dry_run)
+    return 0
+
+
+def _jobs(args) -> list[dict]:
+    """{input, instruction, output, type} of a single edit or of a --batch JSONL (paths relative to the file)."""
+    if args.batch:
+        root = Path(args.batch).parent
+        jobs = []
+        for n, line in enumerate(Path(args.batch).read_text().splitlines()):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = {"input", "instruction", "output"} - set(row)
+            if missing:
+                raise ValueError(f"{args.batch}: line {n + 1} lacks {sorted(missing)} (each line: input, instruction, "
+                                 "output, optionally type)")
+            jobs.append({"input": str(root / row["input"]), "instruction": row["instruction"],
+                         "output": str(root / row["output"]), "type": row.get("type")})
+        return jobs
+    if len(args.args) != 2:
+        raise ValueError("give INPUT and INSTRUCTION (e.g. in.wav \"Remove the siren\" -o out.wav), --batch F or --test-set D")
+    return [{"input": args.args[0], "instruction": args.args[1], "output": args.output, "type": None}]
+
+
+def _write_manifest(args, rows: list[dict]) -> None:
+    """A --batch run's outputs as a `capflow evaluate` manifest beside the batch file (BATCH.edits.jsonl)."""
+    if not args.batch:
+        return
+    path = Path(args.batch).with_suffix(".edits.jsonl")
+    root = path.parent.resolve()
+    lines = [json.dumps({"id": Path(r["output"]).stem, "path": os.path.relpath(Path(r["output"]).resolve(), root),
+                         "caption": r["instruction"], "source": os.path.relpath(Path(r["input"]).resolve(), root),
+                         "group": r["type"], "seconds": round(r["seconds"], 4)}) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"{path}: the edits as a manifest for `capflow evaluate {path} --metrics clap,clap_src`")
+
+
+def _edit(args) -> int:
+    import time
+
+    import torch
+
+    from shards import audio
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sampling = {k: v for k, v in {"steps": args.steps, "cfg": args.cfg, "cfg_source": args.cfg_source,
+                                  "rescale": args.rescale, "t_start": args.t_start, "method": args.sampler,
+                                  "seed": args.seed}.items() if v is not None}
+    jobs = [] if args.test_set else _jobs(args)
+    if args.method == "imagic":
+        from .imagic import ImagicConfig, imagic_edit_file
+
+        if args.test_set or args.cfg_source is not None or args.t_start is not None:
+            raise ValueError("--method imagic takes INPUT TEXT or --batch; --test-set, --cfg-source and --t-start are "
+                             "for the instruction editor")
+        cfg = ImagicConfig(eta=args.eta, embed_steps=args.embed_steps, embed_lr=args.embed_lr, tune_steps=args.tune_steps,
+                           tune_lr=args.tune_lr, lora_rank=None if args.full else args.lora_rank,
+                           inpaint=args.inpaint, save_tuned=args.save_tuned, clap_model=args.clap_model)
+        for job in jobs:
+            start = time.perf_counter()
+            result = imagic_edit_file(args.checkpoint, job["input"], job["instruction"], job["output"], cfg,
+                                      device=device, **sampling)
+            job["seconds"] = time.perf_counter() - start
+            print(f"{job['output']}  <- {job['input']} + {job['instruction']!r} (eta {result['eta']:g})")
+        _write_manifest(args, jobs)
+        return 0
+    from .editor import InstructionEditor
+
+    editor = InstructionEditor.from_pretrained(args.checkpoint, device=device, dtype=args.dtype)
+    if args.test_set:
+        from .edit_eval import edit_test_set
+
+        print(edit_test_set(editor, args.test_set, args.output, split=args.split, limit=args.limit, **sampling))
+        return 0
+    for job in jobs:
+        start = time.perf_counter()
+        edited = editor.edit(audio.decode(job["input"]), job["instruction"], **sampling)
+        job["seconds"] = time.perf_counter() - start
+        Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
+        audio.write(job["output"], edited)
+        print(f"{job['output']}  <- {job['input']} + {job['instruction']!r}")
+    _write_manifest(args, jobs)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit-data", help="captioned audio shards -> add/remove/replace edit-group shards")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/edit/audioset.yaml")
@@ -31,10 +131,59 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="run on a Ray cluster (e.g. auto); default: ray.workers actors, or this process when 0")
     p.set_defaults(func=_edit_data)
 
+    p = sub.add_parser("finetune", help="train the instruction editor (stage edit) from a text-to-audio bundle")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/finetune/tiny-edit.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory: continue the same run exactly")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the export to this Hub model repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("edit", help="edit audio: an instruction with an editor bundle, or --method imagic with a "
+                                    "text-to-audio bundle and a target text")
+    p.add_argument("--checkpoint", required=True, help="editor bundle (instruction) or T2A bundle (imagic); dir or hub id")
+    p.add_argument("args", nargs="*", metavar="INPUT INSTRUCTION", help="input audio (any format, rate, channels) and "
+                                                                       "the instruction (imagic: the target text)")
+    p.add_argument("-o", "--output", default="edited.wav", help="output audio file (--test-set: a directory)")
+    p.add_argument("--method", choices=["instruction", "imagic"], default="instruction",
+                   help="instruction: the trained editor (default); imagic: non-rigid editing on a T2A model")
+    p.add_argument("--batch", default=None, help="JSONL with input, instruction, output per line")
+    p.add_argument("--test-set", default=None, metavar="EDIT_SET",
+                   help="edit one triplet per operation of each group of --split in this audio edit-group set, "
+                        "writing OUTPUT/edits.jsonl for `capflow evaluate`")
+    p.add_argument("--split", default="test", help="with --test-set: the split (default test)")
+    p.add_argument("--limit", type=int, default=None, help="with --test-set: at most this many groups")
+    p.add_argument("--t-start", type=float, default=None, help="start on the path to the source (default 0.01; 0: noise)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
+    p.add_argument("--cfg", type=float, default=None, help="instruction (imagic: text) guidance scale")
+    p.add_argument("--cfg-source", type=float, default=None, help="source guidance scale (two-scale guidance)")
+    p.add_argument("--rescale", type=float, default=None, help="CFG rescale factor")
+    p.add_argument("--sampler", choices=["euler", "heun"], default=None, help="ODE solver")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="DiT precision")
+    g = p.add_argument_group("imagic (--method imagic)")
+    g.add_argument("--eta", default="auto", help="interpolation weight of the target text, or auto (a batched sweep)")
+    g.add_argument("--embed-steps", type=int, default=500, help="text-embedding optimisation steps (paper: 500)")
+    g.add_argument("--embed-lr", type=float, default=2e-3, help="its Adam learning rate (paper: 2e-3)")
+    g.add_argument("--tune-steps", type=int, default=1500, help="DiT fine-tuning steps (paper: 1500)")
+    g.add_argument("--tune-lr", type=float, default=None, help="its learning rate (default 1e-4 LoRA, 1e-6 full)")
+    g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank of the tuning step")
+    g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (the paper's setting)")
+    g.add_argument("--inpaint", default=None, metavar="START:END", help="fill this span (seconds), keep the rest")
+    g.add_argument("--save-tuned", default=None, metavar="DIR", help="save the tuned model as a T2A bundle")
+    g.add_argument("--clap-model", default="laion/larger_clap_general",
+                   help="CLAP that scores the eta sweep (hub id or directory)")
+    p.set_defaults(func=_edit)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-"):  # `accelerate launch -m finetune --config C` means training
+        argv = ["finetune", *argv]
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return run_command(args, f"python -m finetune {args.command}")

@@ -1,15 +1,20 @@
-"""The editing-data job's config (`capflow edit-data --config configs/edit/NAME.yaml`)."""
+"""Configs of finetune/: the editing-data job (`capflow edit-data`) and the edit stage (`capflow finetune`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
+from pydantic import model_validator
+
 from captioner.clap import ClapConfig
 from captioner.config import VLLM_SCHEDULING, RayConfig
 from captioner.engines import EngineConfig, SamplingConfig
+from pretrain.config import PretrainConfig
 from shards.config import Strict
 from shards.mix import MixConfig
+
+from .editor import EditSampler
 
 
 class SplitConfig(Strict):
@@ -73,3 +78,38 @@ class EditDataConfig(Strict):
         llm = self.llm.model_copy(update={"model": model_ref(self.llm.model)}) if self.llm else None
         return self.model_copy(update={"inputs": [absolute(p) for p in self.inputs], "output": absolute(self.output),
                                        "llm": llm, "clap": self.clap.model_copy(update={"model": model_ref(self.clap.model)})})
+
+
+class LoraSpec(Strict):
+    """LoRA adapters on the Flan-T5 instruction encoder (RFM-Editing; rank and targets are ours: the paper
+    gives none)."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: list[str] = ["q", "k", "v", "o"]  # T5 attention projections
+
+
+class EditStage(Strict):
+    instruction_dropout: float = 0.05  # InstructPix2Pix: 5 % no instruction, 5 % no source (independent draws)
+    source_dropout: float = 0.05
+    min_clap: float | None = 0.35  # RFM-Editing's read-time filter on both audios of a triplet
+    operations: list[Literal["add", "remove", "replace"]] = ["add", "remove", "replace"]
+    train_splits: list[str] = ["train"]
+    lora: LoraSpec = LoraSpec()
+    validation_groups: int = 4  # held-out groups edited and CLAP-scored at every validation
+    sampler: EditSampler = EditSampler(steps=25)
+
+
+class FinetuneConfig(PretrainConfig):
+    """`capflow finetune --config C`: pretrain's config with stage `edit` (data.shards: edit groups encoded
+    with `normalization_from` the T2A bundle; init_from: that bundle, or an editor to continue)."""
+
+    stage: Literal["edit"] = "edit"
+    edit: EditStage = EditStage()
+
+    @model_validator(mode="after")
+    def _needs_init(self) -> FinetuneConfig:
+        if not self.init_from:
+            raise ValueError("stage 'edit' starts from a text-to-audio bundle: set init_from to its export")
+        return self

@@ -76,7 +76,7 @@ class TripletDecoder:
             raise ValueError(f"{sample.get('__url__')}: sample {key!r} is not an edit group (no instructions); "
                              "train the editor on `capflow edit-data` output")
         triplet = draw(meta, random.Random(zlib.crc32(f"{self.seed}/{key}".encode())), self.min_clap, self.operations)
-        out = {"key": key, "triplet": triplet}
+        out = {"key": key, "triplet": triplet, "split": meta.get("split")}
         if triplet is not None:
             out["source"] = self._member(sample, triplet["source"])
             out["target"] = self._member(sample, triplet["target"])

@@ -48,13 +48,23 @@ class LatentBatches:
         self.urls = [u for source in cfg.data.shards for u in shard_urls(source)]
         self._skipped: dict[tuple[int, int], int] = {}  # (segment, worker) -> bad samples skipped there
 
+    # a stream of other samples (the editor's triplets) overrides these three
+    def decoder(self, seed: int):
+        d = self.cfg.data
+        return LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed)
+
+    def select(self):
+        return (lambda s: s["captioned"]) if self.cfg.stage != "mask" else None
+
+    def to_batch(self, batch: dict) -> dict:
+        return to_training_batch(batch)
+
     def _segment(self, k: int) -> Iterator[dict]:
         d = self.cfg.data
         seed = zlib.crc32(f"{self.cfg.seed}/{self.rank}/{k}".encode())
-        pipeline = make_pipeline(
-            self.urls, batch_size=d.micro_batch_size, resampled=True, seed=seed, shuffle=d.shuffle, strict=d.strict,
-            decoder=LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed),
-            select=(lambda s: s["captioned"]) if self.cfg.stage != "mask" else None, partial=False)
+        pipeline = make_pipeline(self.urls, batch_size=d.micro_batch_size, resampled=True, seed=seed,
+                                 shuffle=d.shuffle, strict=d.strict, decoder=self.decoder(seed), select=self.select(),
+                                 partial=False)
         errors = pipeline.errors
         # Bad samples are counted where they are read (a loader worker): each batch carries that worker's
         # running count, so the main process can report the total.
@@ -76,7 +86,7 @@ class LatentBatches:
                 self.position += 1
                 worker, count = batch.pop("skipped")
                 self._skipped[(segment, worker)] = count
-                yield to_training_batch(batch)
+                yield self.to_batch(batch)
 
     @property
     def skipped(self) -> int:

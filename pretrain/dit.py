@@ -3,7 +3,7 @@
 Shape legend: b batch, c latent channels, n latent frames, l text tokens, e text-encoder width, d width.
 
 Input per frame: concat(noisy latent x_t, clean context with masked frames replaced by a learned mask
-embedding, mask channel) -> Conv1d(k=1) to d. U-ViT long skips join in-block i with out-block (L-1-i).
+embedding, mask channel[, the editor's source latent]) -> Conv1d(k=1) to d. U-ViT long skips join in-block i with out-block (L-1-i).
 The module is pure torch: no loss, no downloads, no global flags. `save_pretrained`/`from_pretrained`
 read and write config.json + model.safetensors.
 """
@@ -38,6 +38,7 @@ class DiTConfig:
     text_dim: int | None = 1024  # None: no text modules (stage "mask")
     long_skip: bool = True
     time_freq_dim: int = 256
+    source_channels: int = 0  # the instruction editor's source-latent input (RFM-Editing); 0: text-to-audio
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
@@ -76,7 +77,7 @@ class EzAudioDiT(nn.Module):
         self.config = cfg = config
         d, c = cfg.width, cfg.latent_channels
         self.mask_embed = nn.Parameter(torch.zeros(c))
-        self.proj_in = nn.Conv1d(2 * c + 1, d, kernel_size=1)
+        self.proj_in = nn.Conv1d(2 * c + 1 + cfg.source_channels, d, kernel_size=1)
         self.time_embed = nn.Sequential(nn.Linear(cfg.time_freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_act = nn.SiLU()
         self.time_shared = nn.Linear(d, 6 * d) if cfg.adaln != "full" else None
@@ -130,18 +131,35 @@ class EzAudioDiT(nn.Module):
             blk.add_cross_attention()
         return self
 
+    def add_source_input(self) -> EzAudioDiT:
+        """Text-to-audio -> instruction editor: `latent_channels` more input channels for the source latent,
+        with zero weights, so the output is unchanged at this point (RFM-Editing §2)."""
+        if self.config.source_channels:
+            raise ValueError("the model already takes a source latent")
+        c = self.config.latent_channels
+        old = self.proj_in
+        new = nn.Conv1d(old.in_channels + c, old.out_channels, kernel_size=1).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, : old.in_channels] = old.weight
+            new.bias.copy_(old.bias)
+        self.proj_in = new
+        self.config = dataclasses.replace(self.config, source_channels=c)
+        return self
+
     def blocks(self) -> list[DiTBlock]:
         return [*self.in_blocks, self.mid_block, *self.out_blocks]
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+                text_mask: torch.Tensor | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity for x_t (b, c, n) at times t (b,).
 
         context: clean latents (b, c, n) whose frames with mask=True are hidden (replaced by the mask
         embedding); mask (b, n) bool, True = frame to generate. Both None: generate every frame.
         text (b, l, e) with text_mask (b, l) bool (True = real token), required iff the model has text.
+        source (b, c, n): the editor's source latent (zeros when None: the "no source" branch of guidance).
         """
         b, c, n = x_t.shape
         dtype = self.proj_in.weight.dtype  # inputs follow the weights (DeepSpeed bf16 casts the module itself)
@@ -155,7 +173,12 @@ class EzAudioDiT(nn.Module):
         t = t.expand(b) if t.dim() == 0 else t
         m = mask[:, None, :]  # (b, 1, n)
         ctx = torch.where(m, self.mask_embed.to(context.dtype)[None, :, None], context)  # (b, c, n)
-        h = self.proj_in(torch.cat([x_t, ctx, m.to(x_t.dtype)], dim=1)).transpose(1, 2)  # (b, n, d)
+        inputs = [x_t, ctx, m.to(x_t.dtype)]
+        if self.config.source_channels:
+            inputs.append(torch.zeros_like(x_t) if source is None else source.to(dtype))
+        elif source is not None:
+            raise ValueError("this model takes no source latent (a text-to-audio DiT); see add_source_input")
+        h = self.proj_in(torch.cat(inputs, dim=1)).transpose(1, 2)  # (b, n, d)
 
         temb = self.time_act(self.time_embed(timestep_embedding(t, self.config.time_freq_dim).to(h.dtype)))  # (b, d)
         shared = self.time_shared(temb) if self.time_shared is not None else None  # (b, 6d)

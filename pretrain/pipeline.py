@@ -118,9 +118,11 @@ class TextToAudio:
         dit = EzAudioDiT.from_pretrained(root / "dit")
         text_ref = TextEncoderRef(**index["text_encoder"]) if index.get("text_encoder") else None
         text_encoder = None
+        if text_ref is not None:  # resolved, so a bundle saved from this model elsewhere still finds it
+            text_ref.pretrained = _resolve(text_ref.pretrained, root)
         if text_ref is not None and dit.has_text:
             text_dtype = "bfloat16" if dtype == "bf16" else text_ref.dtype
-            text_encoder = TextEncoder(_resolve(text_ref.pretrained, root), text_ref.max_length, text_dtype)
+            text_encoder = TextEncoder(text_ref.pretrained, text_ref.max_length, text_dtype)
         model = cls(dit.eval(), AudioCodec(codec_cfg), text_encoder, text_ref,
                     SamplerDefaults(**index.get("sampler", {})), index.get("stage", ""), index.get("info", {}))
         model.to(device)

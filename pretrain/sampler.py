@@ -16,7 +16,11 @@ Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (b, c, n),
 def cfg_combine(v_pos: torch.Tensor, v_neg: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
     """v_cfg = v_neg + w·(v_pos − v_neg); v_re = v_cfg·std(v_pos)/std(v_cfg); v = φ·v_re + (1 − φ)·v_cfg.
     std is per sample over all non-batch dimensions."""
-    v_cfg = v_neg + scale * (v_pos - v_neg)
+    return rescale_cfg(v_neg + scale * (v_pos - v_neg), v_pos, rescale)
+
+
+def rescale_cfg(v_cfg: torch.Tensor, v_pos: torch.Tensor, rescale: float) -> torch.Tensor:
+    """CFG rescaling (EzAudio eq. 3): the guided velocity's per-sample std brought back toward v_pos's."""
     if rescale == 0:
         return v_cfg
     dims = tuple(range(1, v_pos.dim()))

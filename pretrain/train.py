@@ -178,14 +178,8 @@ class Trainer:
             if cfg.tensorboard:
                 self.acc.init_trackers("tensorboard")
 
-        self.text_encoder = None
-        if cfg.stage != "mask":
-            te = cfg.text_encoder
-            self.text_encoder = TextEncoder(te.pretrained, te.max_length, te.dtype).to(self.acc.device)
-        text_dim = self.text_encoder.dim if self.text_encoder else None
-        model = build_model(cfg, text_dim, int(latent_info["latent_channels"]))
-        if model.has_text and text_dim != model.config.text_dim:
-            raise ValueError(f"init_from model expects text width {model.config.text_dim}, the encoder gives {text_dim}")
+        self.text_encoder = self.make_text_encoder()
+        model = self.build_model(latent_info)
         self.span = max(1, round(cfg.masking.span_seconds * float(latent_info["frame_rate"])))
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
@@ -195,7 +189,7 @@ class Trainer:
         self.ema = None
         if cfg.ema.enabled:
             e = cfg.ema
-            self.ema = EMAModel(self.unwrapped.parameters(), decay=e.decay, use_ema_warmup=e.warmup == "power",
+            self.ema = EMAModel(self.trainable(), decay=e.decay, use_ema_warmup=e.warmup == "power",
                                 inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step)
             self.ema.to(self.acc.device, dtype=torch.float32)
         if resume:
@@ -205,17 +199,46 @@ class Trainer:
             self.acc.load_state(str(path))
             load_loop_state(path, self.state, self.ema)
             log.info("resumed from %s at step %d (micro-batch %d)", path, self.state.step, self.state.micro)
-        self.stream = LatentBatches(cfg, self.acc.process_index, start=self.state.micro)
+        self.stream = self.make_stream()
         self.batches = iter(self.stream)
         self.validator = None
         self.last_val_clap = None
 
-    @property
-    def unwrapped(self) -> EzAudioDiT:
-        return self.acc.unwrap_model(self.model)
+    # ---- what a stage brings (a subclass overrides these; the loop below is the one loop) --------------
+    def make_text_encoder(self) -> TextEncoder | None:
+        """The frozen Flan-T5 of stages align/sft (None for mask)."""
+        if self.cfg.stage == "mask":
+            return None
+        te = self.cfg.text_encoder
+        return TextEncoder(te.pretrained, te.max_length, te.dtype).to(self.acc.device)
+
+    def build_model(self, latent_info: dict) -> torch.nn.Module:
+        """The trained module (prepared by accelerate)."""
+        text_dim = self.text_encoder.dim if self.text_encoder else None
+        model = build_model(self.cfg, text_dim, int(latent_info["latent_channels"]))
+        if model.has_text and text_dim != model.config.text_dim:
+            raise ValueError(f"init_from model expects text width {model.config.text_dim}, the encoder gives {text_dim}")
+        return model
+
+    def make_stream(self):
+        """The endless, resumable batch stream of this rank (it has `skipped`)."""
+        return LatentBatches(self.cfg, self.acc.process_index, start=self.state.micro)
 
     def loss(self, batch: dict) -> torch.Tensor:
         return compute_loss(self.model, batch, self.cfg, self.span, self.text_encoder, self.acc.device)
+
+    def make_validator(self):
+        from .validation import Validator
+
+        return Validator(self.cfg, self.codec_cfg, self.text_encoder)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer and the EMA follow (a frozen base model's are left out)."""
+        return [p for p in self.unwrapped.parameters() if p.requires_grad]
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         flag = torch.tensor([float(torch.isfinite(loss).all())], device=self.acc.device)
@@ -275,7 +298,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.step(self.unwrapped.parameters())
+                self.ema.step(self.trainable())
             st.step += 1
             st.samples += step_samples * self.acc.num_processes
             window_samples += step_samples
@@ -320,10 +343,10 @@ class Trainer:
         if self.acc.is_main_process:
             self.unwrapped.save_pretrained(tmp / "dit_raw")
             if self.ema is not None:
-                self.ema.store(self.unwrapped.parameters())
-                self.ema.copy_to(self.unwrapped.parameters())
+                self.ema.store(self.trainable())
+                self.ema.copy_to(self.trainable())
                 self.unwrapped.save_pretrained(tmp / "dit_ema")
-                self.ema.restore(self.unwrapped.parameters())
+                self.ema.restore(self.trainable())
             save_loop_state(tmp, self.state, self.ema)
             save_config(self.cfg, tmp)
             shutil.rmtree(final, ignore_errors=True)
@@ -345,19 +368,17 @@ class Trainer:
         """Rank 0 generates the validation prompts with CFG (EMA weights), scores them with CLAP, saves
         audio and spectrograms; the other ranks wait."""
         if self.acc.is_main_process:
-            from .validation import Validator
-
             if self.validator is None:
-                self.validator = Validator(self.cfg, self.codec_cfg, self.text_encoder)
+                self.validator = self.make_validator()
             model = self.unwrapped
             if self.ema is not None:
-                self.ema.store(model.parameters())
-                self.ema.copy_to(model.parameters())
+                self.ema.store(self.trainable())
+                self.ema.copy_to(self.trainable())
             try:
                 score = self.validator.run(model, self.state.step, self.out / "validation")
             finally:
                 if self.ema is not None:
-                    self.ema.restore(model.parameters())
+                    self.ema.restore(self.trainable())
             if score is not None:
                 self.last_val_clap = score
                 self.acc.log({"val_clap": score}, step=self.state.step)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_demo_runs_end_to_end(tmp_path):
     from capflow.demo import run_demo
 
@@ -18,6 +18,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (work / "runs" / "align" / "export" / "README.md").is_file()
     assert list((work / "runs" / "align" / "validation").glob("step-*/*.png"))
     assert not list((work / "shards" / "audio").glob("*.tmp"))
+    edits = json.loads((work / "edits" / "eval" / "report.json").read_text())
+    assert set(edits["groups"]) == {"add", "remove", "replace"} and edits["making_seconds_per_clip"] > 0
+    assert json.loads((work / "runs" / "edit" / "export" / "capflow.json").read_text())["format"] == "capflow-editor"
+    for name in ("remove_the_hum", "imagic_knocking", "imagic_inpaint_1-2s"):
+        assert (work / "edits" / f"{name}.wav").stat().st_size > 1000
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):

@@ -1,0 +1,273 @@
+"""Non-rigid editing of one clip toward a free-form text (Paissan et al., after Imagic), on a T2A bundle with
+the flow-matching objective. No editing data and no editor training:
+
+1. optimise the Flan-T5 output sequence e (initialised from the target text's encoding) so the frozen DiT
+   reconstructs the clip's latent under the flow loss (t uniform, fresh noise every step) -> e_opt;
+2. fine-tune the DiT on the same loss with e_opt fixed: LoRA adapters through peft (the paper's speed-up)
+   or all weights; the adapters are removed (full tuning: the weights restored) when the edit is done;
+3. sample with e = η·e_target + (1 − η)·e_opt and CFG against the null caption. `eta="auto"` samples a grid of
+   η in one batched call and keeps the largest text-CLAP + audio-CLAP sum (the paper's criterion).
+
+Inpainting (`inpaint=(start, end)` seconds) uses the DiT's masked-context input: steps 1–2 learn the clip
+from random spans of its known frames; sampling hides the span and keeps the known frames, which are the
+source's latent frames exactly. Shape legend: b batch, c latent channels, n frames, l tokens, e width.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pretrain.flow import flow_loss, interpolate, span_mask, target_velocity
+from pretrain.pipeline import TextToAudio
+from pretrain.sampler import guided_velocity, integrate
+from shards import audio
+
+log = logging.getLogger(__name__)
+# the DiT's attention, cross-attention and MLP projections of every block
+DIT_LORA_TARGETS = r".*blocks.*\.(attn\.qkv|attn\.proj|cross_attn\.q|cross_attn\.kv|cross_attn\.proj|mlp\.proj_in|mlp\.proj_out)"
+
+
+@dataclass
+class ImagicConfig:
+    eta: float | str = "auto"  # a weight of the target text in [0, 1], or "auto": the grid below, best CLAP sum
+    etas: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    embed_steps: int = 500  # paper: Adam, lr 2e-3, 500 steps
+    embed_lr: float = 2e-3
+    tune_steps: int = 1500  # paper: Adam, lr 1e-6, 1500 steps (full fine-tuning)
+    tune_lr: float | None = None  # None: 1e-4 with LoRA, 1e-6 for full fine-tuning
+    lora_rank: int | None = 16  # None: full fine-tuning
+    batch: int = 1  # (t, noise) draws per optimisation step
+    inpaint: tuple[float, float] | str | None = None  # seconds; "START:END" from the command line
+    clap_model: str | None = "laion/larger_clap_general"  # scores the η sweep (needed for eta="auto")
+    save_tuned: str | None = None  # also save the tuned model as a T2A bundle here
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.inpaint, str):
+            try:
+                start, end = (float(v) for v in self.inpaint.split(":"))
+            except ValueError:
+                raise ValueError(f"--inpaint {self.inpaint!r}: expected START:END in seconds, e.g. 3.0:5.5") from None
+            self.inpaint = (start, end)
+        if self.inpaint is not None and not 0 <= self.inpaint[0] < self.inpaint[1]:
+            raise ValueError(f"inpaint span {self.inpaint} must satisfy 0 <= start < end")
+        if self.eta != "auto":
+            self.eta = float(self.eta)
+            if not 0 <= self.eta <= 1:
+                raise ValueError(f"eta must be in [0, 1] or 'auto', got {self.eta}")
+
+
+@dataclass
+class ImagicResult:
+    audio: audio.Audio  # the chosen edit, at the input's rate and channel count
+    eta: float
+    candidates: list[dict]  # {eta, audio, text_clap, audio_clap, sum} for every η sampled
+    e_opt: torch.Tensor
+    seconds: dict
+
+
+class ImagicEditor:
+    """Imagic-style editing with one T2A bundle; the bundle is unchanged after every edit."""
+
+    def __init__(self, t2a: TextToAudio, cfg: ImagicConfig | None = None, clap=None):
+        if not t2a.dit.has_text:
+            raise ValueError("Imagic needs a text-conditioned T2A model (an align/sft export)")
+        self.t2a, self.cfg = t2a, cfg or ImagicConfig()
+        self._clap = clap
+
+    @property
+    def clap(self):
+        if self._clap is None and self.cfg.clap_model:
+            from evaluation.backbones import load_backbone
+
+            self._clap = load_backbone("clap", self.cfg.clap_model, str(self.t2a.device))
+        return self._clap
+
+    # ---- the three steps ------------------------------------------------------------------------------
+    def encode(self, clip: audio.Audio) -> torch.Tensor:
+        codec = self.t2a.codec
+        wave = audio.resample(clip, codec.sample_rate).samples
+        if wave.shape[0] != codec.audio_channels:
+            wave = np.repeat(wave.mean(0, keepdims=True), codec.audio_channels, axis=0)
+        with torch.no_grad():
+            return codec.encode(torch.from_numpy(np.ascontiguousarray(wave))[None].to(self.t2a.device))  # (1, c, n)
+
+    def span(self, n: int) -> torch.Tensor | None:
+        """(1, n) bool, True inside the inpainting span; None without inpainting."""
+        if self.cfg.inpaint is None:
+            return None
+        rate = self.t2a.codec.frame_rate
+        start, end = int(self.cfg.inpaint[0] * rate), min(n, int(np.ceil(self.cfg.inpaint[1] * rate)))
+        if start >= n:
+            raise ValueError(f"inpaint span {self.cfg.inpaint} starts after the clip ends ({n / rate:.2f} s)")
+        mask = torch.zeros(1, n, dtype=torch.bool, device=self.t2a.device)
+        mask[:, start:end] = True
+        return mask
+
+    def _loss(self, dit, z: torch.Tensor, e: torch.Tensor, e_mask: torch.Tensor, known: torch.Tensor | None,
+              generator: torch.Generator) -> torch.Tensor:
+        """The flow loss of reconstructing z; with inpainting, of random spans of the known frames from the rest."""
+        b, device = self.cfg.batch, z.device
+        x1 = z.expand(b, -1, -1)
+        noise = torch.randn(x1.shape, generator=generator).to(device)
+        t = torch.rand(b, generator=generator).to(device)
+        context = mask = supervised = None
+        if known is not None:  # learn random spans of the known frames from the rest; the span stays hidden
+            span_frames = max(1, round(0.2 * self.t2a.codec.frame_rate))
+            supervised = span_mask(b, z.shape[-1], span_frames, (0.1, 0.5), generator=generator).to(device) & known
+            context, mask = x1, supervised | ~known
+        v = dit(interpolate(x1, noise, t), t, context=context, mask=mask, text=e.expand(b, -1, -1),
+                text_mask=e_mask.expand(b, -1))
+        return flow_loss(v.float(), target_velocity(x1, noise), supervised)
+
+    def optimise_embedding(self, z, e_target, e_mask, known=None, progress=False) -> torch.Tensor:
+        """Step 1: e_opt from e_target, the DiT frozen."""
+        dit = self.t2a.dit
+        dit.requires_grad_(False)
+        e = e_target.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([e], lr=self.cfg.embed_lr)
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        for _ in tqdm(range(self.cfg.embed_steps), desc="imagic 1/3 embedding", disable=not progress, leave=False):
+            loss = self._loss(dit, z, e, e_mask, known, generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return e.detach()
+
+    def tune(self, z, e_opt, e_mask, known=None, progress=False):
+        """Step 2: the DiT tuned on the same loss with e_opt fixed. Returns (tuned DiT, restore function)."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg, base = self.cfg, self.t2a.dit
+        if cfg.lora_rank:
+            dit = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank,
+                                                  target_modules=DIT_LORA_TARGETS))
+            lr = cfg.tune_lr or 1e-4
+
+            def restore():
+                self.t2a.dit = dit.unload()  # the adapters removed: the bundle's weights, untouched
+        else:
+            saved = copy.deepcopy(base.state_dict())
+            dit, lr = base, cfg.tune_lr or 1e-6
+            dit.requires_grad_(True)
+
+            def restore():
+                base.load_state_dict(saved)
+                base.requires_grad_(False)
+        params = [p for p in dit.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr)
+        generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+        was_training = dit.training
+        dit.train()
+        for _ in tqdm(range(cfg.tune_steps), desc="imagic 2/3 tuning", disable=not progress, leave=False):
+            loss = self._loss(dit, z, e_opt, e_mask, known, generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        dit.train(was_training)
+        dit.eval()
+        return dit, restore
+
+    @torch.no_grad()
+    def sample(self, dit, z, e_target, e_opt, e_mask, etas: list[float], known=None, steps=None, cfg=None,
+               rescale=None, seed: int = 0, method: str | None = None) -> torch.Tensor:
+        """Step 3: one batched sampling call for every η; latents (len(etas), c, n). With inpainting the
+        known frames are the source's, exactly."""
+        s, k = self.t2a.sampler, len(etas)
+        eta = torch.tensor(etas, dtype=e_opt.dtype, device=e_opt.device)[:, None, None]
+        e = eta * e_target + (1 - eta) * e_opt  # (k, l, e)
+        null, null_mask = (x.to(e.device) for x in self.t2a.text_encoder([""] * k))
+        context = mask = None
+        if known is not None:
+            context, mask = z.expand(k, -1, -1), (~known).expand(k, -1)
+        velocity = guided_velocity(dit, text=e, text_mask=e_mask.expand(k, -1), neg_text=null, neg_mask=null_mask,
+                                   context=context, mask=mask, scale=s.cfg if cfg is None else cfg,
+                                   rescale=s.rescale if rescale is None else rescale)
+        noise = torch.randn((1, *z.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(z.device)
+        latents = integrate(velocity, noise.expand(k, -1, -1).clone(), 0.0, steps or s.steps, method or s.method)
+        if known is not None:
+            latents = torch.where(known[:, None, :], z.expand(k, -1, -1), latents)
+        return latents
+
+    # ---- the whole edit -------------------------------------------------------------------------------------
+    def edit(self, clip: audio.Audio, text: str, progress: bool = False, **sampling) -> ImagicResult:
+        cfg, t2a = self.cfg, self.t2a
+        if cfg.eta == "auto" and self.clap is None:
+            raise ValueError("eta 'auto' scores the sweep with CLAP: set clap_model, or give a fixed eta")
+        seconds = {}
+        start = time.perf_counter()
+        z = self.encode(clip)
+        inpaint = self.span(z.shape[-1])
+        known = None if inpaint is None else ~inpaint
+        e_target, e_mask = (x.to(t2a.device) for x in t2a.text_encoder([text]))
+        e_opt = self.optimise_embedding(z, e_target, e_mask, known, progress)
+        seconds["embed"] = time.perf_counter() - start
+        start = time.perf_counter()
+        dit, restore = self.tune(z, e_opt, e_mask, known, progress)
+        seconds["tune"] = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            etas = cfg.etas if cfg.eta == "auto" else [cfg.eta]
+            latents = self.sample(dit, z, e_target, e_opt, e_mask, etas, known, **{"seed": cfg.seed, **sampling})
+            if cfg.save_tuned:
+                self._save_tuned(dit)
+        finally:
+            restore()
+        waves = t2a.codec.decode(latents).float().cpu().numpy()  # (k, a, s)
+        candidates = [{"eta": eta, "audio": _to_input(w, t2a.codec.sample_rate, clip)} for eta, w in zip(etas, waves)]
+        if self.clap is not None:
+            for c in candidates:
+                c["text_clap"] = self.clap.score(c["audio"], text)
+                c["audio_clap"] = _cosine(self.clap, c["audio"], clip)
+                c["sum"] = c["text_clap"] + c["audio_clap"]
+        best = max(candidates, key=lambda c: c.get("sum", 0.0)) if cfg.eta == "auto" else candidates[0]
+        seconds["sample"] = time.perf_counter() - start
+        return ImagicResult(best["audio"], best["eta"], candidates, e_opt, seconds)
+
+    def _save_tuned(self, dit) -> None:
+        tuned = copy.deepcopy(dit.merge_and_unload() if hasattr(dit, "merge_and_unload") else dit)
+        TextToAudio(tuned, self.t2a.codec, None, self.t2a.text_ref, self.t2a.sampler, "imagic-tuned").save_pretrained(
+            self.cfg.save_tuned)
+
+
+def _to_input(wave: np.ndarray, rate: int, like: audio.Audio) -> audio.Audio:
+    out = audio.resample(audio.Audio(wave, rate), like.sample_rate).samples
+    out = audio.fit_length(out, like.samples.shape[-1])
+    if out.shape[0] != like.channels:
+        out = np.repeat(out.mean(0, keepdims=True), like.channels, axis=0)
+    return audio.Audio(out.astype(np.float32), like.sample_rate)
+
+
+def _cosine(clap, a: audio.Audio, b: audio.Audio) -> float:
+    """Audio-CLAP: the cosine of two clips' (normalised) CLAP embeddings."""
+    emb = clap([clap.prepare(a), clap.prepare(b)])["embedding"]
+    return float(np.dot(emb[0], emb[1]))
+
+
+def imagic_edit_file(checkpoint: str, source: str, text: str, out: str, cfg: ImagicConfig, device: str = "cpu",
+                     **sampling) -> dict:
+    """Edit one file; writes the edit, and beside it OUT_STEM.candidates/ with every η's audio and scores."""
+    editor = ImagicEditor(TextToAudio.from_pretrained(checkpoint, device=device), cfg)
+    result = editor.edit(audio.decode(source), text, progress=True, **sampling)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    audio.write(out, result.audio)
+    rows = []
+    if len(result.candidates) > 1:
+        folder = out.with_name(out.stem + ".candidates")
+        folder.mkdir(exist_ok=True)
+        for c in result.candidates:
+            audio.write(folder / f"eta_{c['eta']:.2f}.wav", c["audio"])
+            rows.append({k: v for k, v in c.items() if k != "audio"})
+        (folder / "scores.json").write_text(json.dumps({"text": text, "chosen_eta": result.eta, "candidates": rows},
+                                                      indent=2) + "\n")
+    return {"eta": result.eta, "candidates": rows, "seconds": result.seconds}

@@ -1,0 +1,235 @@
+"""Stage `edit` on pretrain's one training loop: the T2A model becomes the instruction editor.
+
+`EditTrainer` brings only what differs: the module (DiT with zero-initialised source channels + Flan-T5 with
+LoRA), the triplet stream, the objective, the validation (edit held-out groups, CLAP to the target caption)
+and the export (an editor bundle). Objective: flow matching on the target latent given the source latent and
+the instruction; the instruction and the source are dropped with small independent probabilities so that
+both guidances exist at inference.
+Shape legend: b batch, c latent channels, n latent frames.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pretrain.checkpoint import STATE_NAME, _hub_id
+from pretrain.codec import AudioCodec
+from pretrain.data import LatentBatches
+from pretrain.dit import EzAudioDiT
+from pretrain.flow import flow_loss, interpolate, sample_timesteps, target_velocity
+from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, _resolve
+from pretrain.text import TextEncoder
+from pretrain.train import Trainer
+from shards import audio
+from shards import format as fmt
+from shards.config import config_dict
+from shards.reader import iter_tar_samples, shard_urls
+
+from .config import FinetuneConfig
+from .editor import (
+    DIT_DIR,
+    EDITOR_FORMAT,
+    LORA_DIR,
+    EditorModule,
+    InstructionEditor,
+    add_lora,
+    write_editor_bundle,
+)
+from .triplets import TripletDecoder, draw
+
+log = logging.getLogger("capflow.finetune")
+
+
+class EditBatches(LatentBatches):
+    """The endless resumable stream (pretrain's segments) over edit groups: one drawn triplet per sample."""
+
+    def decoder(self, seed: int):
+        e = self.cfg.edit
+        return TripletDecoder(min_clap=e.min_clap, operations=e.operations, seed=seed, latents=True)
+
+    def select(self):
+        splits = set(self.cfg.edit.train_splits)
+        return lambda s: s["triplet"] is not None and s["split"] in splits
+
+    def to_batch(self, batch: dict) -> dict:
+        target = batch["target"].float()  # (b, c, n)
+        n = target.shape[-1]
+        valid = torch.arange(n)[None, :] < torch.as_tensor(batch["valid_frames"])[:, None]  # (b, n)
+        return {"latent": target, "source": batch["source"].float(), "valid": valid, "key": list(batch["key"]),
+                "instruction": [t["instruction"] for t in batch["triplet"]], "op": [t["op"] for t in batch["triplet"]]}
+
+
+def edit_loss(model, batch: dict, cfg: FinetuneConfig, device) -> torch.Tensor:
+    """Flow matching toward the target latent, conditioned on the source latent and the instruction."""
+    x1, source = batch["latent"].to(device), batch["source"].to(device)  # (b, c, n)
+    b = x1.shape[0]
+    e = cfg.edit
+    drop_text = (torch.rand(b) < e.instruction_dropout).tolist()
+    drop_source = (torch.rand(b) < e.source_dropout).to(device)
+    instructions = ["" if d else text for d, text in zip(drop_text, batch["instruction"])]
+    source = torch.where(drop_source[:, None, None], torch.zeros_like(source), source)
+    noise = torch.randn_like(x1)
+    t = sample_timesteps(b, cfg.flow.timesteps, cfg.flow.logit_mean, cfg.flow.logit_std, device=device)
+    v = model(interpolate(x1, noise, t), t, source, instructions)
+    return flow_loss(v, target_velocity(x1, noise), batch["valid"].to(device))
+
+
+def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRef, dict]:
+    """The trainable editor from `init_from`: a T2A bundle (source channels added with zero weights, fresh
+    LoRA adapters: the editor equals the T2A model at step 0) or an editor bundle (training continues)."""
+    from peft import PeftModel
+
+    root = Path(cfg.init_from)
+    if not (root / BUNDLE_NAME).is_file():
+        raise FileNotFoundError(f"init_from: {root} is not a capflow bundle (no {BUNDLE_NAME})")
+    index = json.loads((root / BUNDLE_NAME).read_text())
+    if not index.get("text_encoder"):
+        raise ValueError(f"init_from: {root} has no text encoder (a stage-mask model); start from an align/sft export")
+    ref = TextEncoderRef(**index["text_encoder"])
+    ref.pretrained = _resolve(ref.pretrained, root)
+    text = TextEncoder(ref.pretrained, ref.max_length, ref.dtype)
+    lora = cfg.edit.lora
+    if index.get("format") == EDITOR_FORMAT:
+        dit = EzAudioDiT.from_pretrained(root / DIT_DIR)
+        text.model = PeftModel.from_pretrained(text.model, root / LORA_DIR, is_trainable=True)
+        text.frozen = False
+    else:
+        dit = EzAudioDiT.from_pretrained(root / "dit")
+        if not dit.has_text:
+            raise ValueError(f"init_from: {root} is a model without text modules")
+        dit.add_source_input()
+        add_lora(text, lora.rank, lora.alpha, lora.dropout, lora.targets)
+    dit.config.gradient_checkpointing = cfg.model.gradient_checkpointing
+    return EditorModule(dit, text), ref, index
+
+
+class EditValidator:
+    """Edits the first `validation_groups` held-out groups (split other than train) and scores each edit's
+    CLAP against its target caption with the evaluation package's CLAP backbone."""
+
+    def __init__(self, cfg: FinetuneConfig, codec_cfg):
+        self.cfg, self.codec = cfg, AudioCodec(codec_cfg)
+        self.groups = []
+        rng = random.Random(cfg.validation.seed)
+        for url in (u for s in cfg.data.shards for u in shard_urls(s)):
+            for key, sample in iter_tar_samples(Path(url)):
+                meta = json.loads(sample[fmt.META])
+                if meta.get("split") in cfg.edit.train_splits or len(self.groups) >= cfg.edit.validation_groups:
+                    continue
+                triplet = draw(meta, rng, None, cfg.edit.operations)
+                latent = np.load(io.BytesIO(sample[f"{triplet['source']}.{fmt.LATENT}"]), allow_pickle=False)
+                self.groups.append((key, triplet, torch.from_numpy(latent.astype(np.float32))))
+            if len(self.groups) >= cfg.edit.validation_groups:
+                break
+        if not self.groups:
+            log.warning("no held-out edit group in data.shards: validation edits nothing")
+        self.clap = None
+        if cfg.validation.clap_model:
+            from evaluation.backbones import load_backbone
+
+            self.clap = load_backbone("clap", cfg.validation.clap_model, "cuda" if torch.cuda.is_available() else "cpu")
+
+    @torch.no_grad()
+    def run(self, model: EditorModule, step: int, directory: Path) -> float | None:
+        if not self.groups:
+            return None
+        device = next(model.parameters()).device
+        self.codec.to(device)
+        was_training = model.training
+        model.eval()
+        editor = InstructionEditor(model.dit, self.codec, model.text, self.cfg.edit.sampler)
+        sources = torch.stack([z for _, _, z in self.groups])
+        latents = editor.edit_latents(sources, [t["instruction"] for _, t, _ in self.groups], seed=self.cfg.validation.seed)
+        waves = self.codec.decode(latents).float().cpu().numpy()
+        model.train(was_training)
+        out = directory / f"step-{step:06d}"
+        out.mkdir(parents=True, exist_ok=True)
+        scores = []
+        for (key, triplet, _), wave in zip(self.groups, waves):
+            name = f"{key}_{re.sub(r'[^a-z0-9]+', '_', triplet['instruction'].lower())[:40]}"
+            clip = audio.Audio(wave, self.codec.sample_rate)
+            audio.write(out / f"{name}.wav", clip)
+            if self.clap is not None and triplet["caption"]:
+                scores.append(self.clap.score(clip, triplet["caption"]))
+        score = float(np.mean(scores)) if scores else None
+        log.info("validation at step %d: edit CLAP to target captions %s (%s)", step,
+                 "n/a" if score is None else f"{score:.3f}", out)
+        return score
+
+
+def editor_card(cfg: FinetuneConfig, info: dict) -> str:
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(license=cfg.license, library_name="capflow", datasets=cfg.datasets or None,
+                         base_model=_hub_id(cfg.init_from), tags=["audio", "audio-editing", "flow-matching", "ezaudio-dit"])
+    header = {k: v for k, v in data.to_dict().items() if v is not None}
+    return "\n".join([
+        "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
+        "# capflow instruction editor", "",
+        "An EzAudio-DiT text-to-audio model fine-tuned by capflow into an instruction editor (RFM-Editing): the "
+        "source latent enters through extra input channels, the instruction through Flan-T5 with a LoRA adapter.", "",
+        "| | |", "|---|---|",
+        f"| steps | {info.get('step')} ({info.get('samples', 0):,} triplets) |",
+        f"| weights | {'EMA' if info.get('ema') else 'raw'} |",
+        f"| operations | {', '.join(cfg.edit.operations)} |",
+        f"| LoRA | rank {cfg.edit.lora.rank}, alpha {cfg.edit.lora.alpha:g}, on {', '.join(cfg.edit.lora.targets)} |",
+        f"| validation CLAP (edits to target captions) | {info.get('validation_clap', 'n/a')} |", "",
+        "## Use", "", "```", 'capflow edit --checkpoint THIS_DIR in.wav "Remove the siren" -o out.wav', "```", "",
+        "The training config is in `training_config.yaml` beside this card.", ""])
+
+
+class EditTrainer(Trainer):
+    def make_text_encoder(self):
+        return None  # the instruction encoder is part of the trained module
+
+    def build_model(self, latent_info: dict) -> EditorModule:
+        module, self.text_ref, index = load_editor_module(self.cfg)
+        t2a_codec = index.get("codec") or {}
+        if t2a_codec.get("latent_mean") != self.codec_cfg.latent_mean:
+            raise ValueError(f"data.shards are normalised differently from {self.cfg.init_from}'s latents: encode the "
+                             f"edit groups with `normalization_from: {self.cfg.init_from}`")
+        return module
+
+    def make_stream(self):
+        return EditBatches(self.cfg, self.acc.process_index, start=self.state.micro)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return edit_loss(self.model, batch, self.cfg, self.acc.device)
+
+    def make_validator(self):
+        return EditValidator(self.cfg, self.codec_cfg)
+
+    def export(self, use_ema: bool = True) -> Path:
+        from pretrain.checkpoint import list_checkpoints
+
+        checkpoint = list_checkpoints(self.out)[-1]
+        weights = checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
+        info = {**json.loads((checkpoint / STATE_NAME).read_text()), "ema": weights.name == "dit_ema",
+                "data_hashes": self.data_hashes}
+        if self.last_val_clap is not None:
+            info["validation_clap"] = round(self.last_val_clap, 4)
+        out = self.out / "export"
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info)
+        (tmp / "README.md").write_text(editor_card(self.cfg, info))
+        (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(self.cfg), sort_keys=False))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        log.info("exported %s", out)
+        return out
+
+
+def run_finetune(cfg: FinetuneConfig, resume: str | None = None) -> Path:
+    """Train the editor; returns the exported editor bundle."""
+    return EditTrainer(cfg, resume=resume).train()
