@@ -64,8 +64,8 @@ def run(name: str, device: str, dtype: torch.dtype, steps: int) -> None:
         print(f"{name} on {device} ({str(dtype).split('.')[-1]}), 10-s clip = {n} frames, {steps} steps at t_start 0:")
         print(f"  generate                      {gen:7.3f} s")
         for t_start in (0.01, 0.5):
-            only = best_of(lambda: edit(t_start, None))
-            two = best_of(lambda: edit(t_start, 1.5))
+            only = best_of(lambda t=t_start: edit(t, None))
+            two = best_of(lambda t=t_start: edit(t, 1.5))
             print(f"  edit t_start {t_start:<4} instruction {only:7.3f} s (edit/generate {only / gen:.2f}, 1 - t_start "
                   f"{1 - t_start:.2f}); two-scale {two:7.3f} s (two-scale/instruction-only {two / only:.2f})")
 
