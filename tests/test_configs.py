@@ -22,3 +22,11 @@ def test_edit_data_configs_validate(path):
 
     cfg = load_config(EditDataConfig, path)
     assert cfg.unit_size >= 1 and cfg.inputs
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "finetune").glob("*.yaml")), ids=lambda p: p.name)
+def test_finetune_configs_validate(path):
+    from finetune.config import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, path)
+    assert cfg.stage == "edit" and cfg.init_from
