@@ -10,6 +10,7 @@ from captioner import cli as captioner_cli
 from evaluation import cli as evaluation_cli
 from finetune import cli as finetune_cli
 from pretrain import cli as pretrain_cli
+from separation import cli as separation_cli
 from shards import cli as shards_cli
 from shards.cli import run_command
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cli.add_commands(sub)
     evaluation_cli.add_commands(sub)
     finetune_cli.add_commands(sub)
+    separation_cli.add_commands(sub)
+    separation_cli.extend_model_info(sub.choices["model-info"])
     p = sub.add_parser("demo", help="the whole pipeline, offline, on tiny models and a synthetic corpus")
     p.add_argument("--workdir", default="demo", help="where everything is written (default ./demo)")
     p.set_defaults(func=_demo)

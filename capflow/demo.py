@@ -3,7 +3,8 @@
 synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> validate -> stats -> release
 -> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate
 -> edit groups from the captioned shards -> encode them -> fine-tune the instruction editor -> edit a clip
-and the held-out groups -> evaluate the edits per operation -> Imagic edits (toward a text; inpainting).
+and the held-out groups -> evaluate the edits per operation -> Imagic edits (toward a text; inpainting) -> separation: query model,
+separator (ACT), separate held-out mixtures and evaluate them against the no-processing row.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from pretrain.config import PretrainConfig
 from pretrain.encode import EncodeConfig, run_encode
 from pretrain.pipeline import TextToAudio
 from pretrain.train import run_pretrain
+from separation.config import SeparationConfig
+from separation.eval_set import separation_test_set
+from separation.pipeline import LanguageSeparator
+from separation.train import run_separation
 from shards import audio
 from shards.config import load_config
 from shards.release import release
@@ -74,6 +79,15 @@ def demo_finetune_config(workdir: Path) -> FinetuneConfig:
         f"data.shards=[{workdir / 'shards' / 'edit-latent'}]", f"validation.clap_model={workdir / 'models' / 'clap'}"])
 
 
+def demo_separation_config(workdir: Path, stage: str) -> SeparationConfig:
+    overrides = [f"output_dir={workdir / 'runs' / f'sep-{stage}'}", f"data.shards=[{workdir / 'shards' / 'audio'}]",
+                 f"separation.clap_model={workdir / 'models' / 'clap'}"]
+    if stage == "separator":
+        overrides += [f"separation.ssl={workdir / 'models' / 'ssl'}",
+                      f"separation.query_from={workdir / 'runs' / 'sep-query' / 'export'}"]
+    return load_config(SeparationConfig, _packaged(f"separation_tiny_{stage}.yaml"), overrides)
+
+
 def _decodes(path: Path) -> bool:
     try:
         audio.decode(path)
@@ -92,7 +106,7 @@ def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
 
 
 MARKER = ".capflow-demo"  # written into a demo folder: capflow may clear what it wrote there, nothing else
-DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval", "edits")
+DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval", "edits", "separation")
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -200,5 +214,23 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     imagic.cfg = ImagicConfig(eta=0.7, embed_steps=10, tune_steps=10, lora_rank=4, inpaint=(1.0, 2.0), clap_model=None)
     filled = imagic.edit(clip, "Sound of a hum", steps=4)
     audio.write(workdir / "edits" / "imagic_inpaint_1-2s.wav", filled.audio)
+
+    _step(18, "language-queried separation: train the query model, then the separator with ACT")
+    query_export = run_separation(demo_separation_config(workdir, "query"))
+    separator_export = run_separation(demo_separation_config(workdir, "separator"))
+    _step(19, f"separate held-out mixtures and one file -> {workdir / 'separation'}")
+    separator = LanguageSeparator.from_pretrained(separator_export)
+    target, rest = separator.separate(clip, "clicking")
+    (workdir / "separation").mkdir(exist_ok=True)
+    audio.write(workdir / "separation" / "clicking.wav", target)
+    audio.write(workdir / "separation" / "without_clicking.wav", rest)
+    manifest = separation_test_set(separator, workdir / "shards" / "audio", workdir / "separation" / "test", mixtures=4)
+    for name in ("separations", "no_processing"):
+        report = evaluate(EvalConfig(generated=str(manifest.with_name(f"{name}.jsonl")), models=str(workdir / "models"),
+                                     metrics=["sdr", "sdri", "si_sdr", "clap", "clap_a"],
+                                     out=str(workdir / "separation" / f"eval_{name}")))
+        log.info("%s: %s", name.replace("_", " "), ", ".join(f"{k} {v['value']:.2f}" for k, v in report["metrics"].items()
+                                                            if v.get("value") is not None))
+    log.info("query model %s, separator %s", query_export, separator_export)
     log.info("demo finished: everything is under %s", workdir)
     return workdir

@@ -116,7 +116,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("model-info", help="parameter counts of a DiT preset by group (no weights allocated)")
-    p.add_argument("--preset", default="dit-l", help="tiny | small | dit-l | dit-xl (default dit-l)")
+    p.add_argument("--preset", default="dit-l", help="tiny | small | dit-l | dit-xl (default dit-l); with `capflow`: "
+                   "also sep-tiny | sep-paper (the Hybrid-Sep query model and separator)")
     p.add_argument("--adaln", choices=["sola", "full", "single"], default=None, help="AdaLN variant (default: preset's)")
     p.add_argument("--no-text", action="store_true", help="without text modules (a stage-mask model)")
     p.add_argument("--no-long-skip", action="store_true", help="without U-ViT long skips (ablation)")

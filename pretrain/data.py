@@ -48,7 +48,7 @@ class LatentBatches:
         self.urls = [u for source in cfg.data.shards for u in shard_urls(source)]
         self._skipped: dict[tuple[int, int], int] = {}  # (segment, worker) -> bad samples skipped there
 
-    # a stream of other samples (the editor's triplets) overrides these three
+    # a stream of other samples (the editor's triplets, separation mixtures) overrides these
     def decoder(self, seed: int):
         d = self.cfg.data
         return LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed)
@@ -59,10 +59,13 @@ class LatentBatches:
     def to_batch(self, batch: dict) -> dict:
         return to_training_batch(batch)
 
+    def samples_per_batch(self) -> int:
+        return self.cfg.data.micro_batch_size
+
     def _segment(self, k: int) -> Iterator[dict]:
         d = self.cfg.data
         seed = zlib.crc32(f"{self.cfg.seed}/{self.rank}/{k}".encode())
-        pipeline = make_pipeline(self.urls, batch_size=d.micro_batch_size, resampled=True, seed=seed,
+        pipeline = make_pipeline(self.urls, batch_size=self.samples_per_batch(), resampled=True, seed=seed,
                                  shuffle=d.shuffle, strict=d.strict, decoder=self.decoder(seed), select=self.select(),
                                  partial=False)
         errors = pipeline.errors

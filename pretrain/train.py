@@ -1,4 +1,5 @@
-"""One training loop for every stage (mask | align | sft), on accelerate: single process, DDP or DeepSpeed.
+"""One training loop for every stage (mask | align | sft here; finetune's edit, separation's query and
+separator stages through the hooks of `Trainer`), on accelerate: single process, DDP or DeepSpeed.
 
     capflow pretrain --config C [--resume latest]          one process
     accelerate launch -m pretrain --config C               many (configs/accelerate/*.yaml)
@@ -143,7 +144,7 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.codec_cfg, latent_info, self.data_hashes = data_provenance(cfg)
+        self.codec_cfg, latent_info, self.data_hashes = self.provenance()
         if cfg.mixed_precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "no"
         else:
@@ -180,11 +181,19 @@ class Trainer:
 
         self.text_encoder = self.make_text_encoder()
         model = self.build_model(latent_info)
-        self.span = max(1, round(cfg.masking.span_seconds * float(latent_info["frame_rate"])))
+        self.span = max(1, round(cfg.masking.span_seconds * float(latent_info.get("frame_rate", 1.0))))
         o = cfg.optim
         optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        # an adversarial objective's discriminator and its own optimizer (saved and resumed with the rest)
+        self.discriminator = self.opt_d = None
+        self.last_d_loss = float("nan")
+        if (adversary := self.make_discriminator()) is not None:
+            if plugin is not None:
+                raise ValueError("a discriminator (adversarial training) runs under DDP or on one device, not DeepSpeed; "
+                                 "drop `deepspeed` from the config")
+            self.discriminator, self.opt_d = self.acc.prepare(*adversary)
         self.state = TrainState()
         self.ema = None
         if cfg.ema.enabled:
@@ -205,6 +214,17 @@ class Trainer:
         self.last_val_clap = None
 
     # ---- what a stage brings (a subclass overrides these; the loop below is the one loop) --------------
+    def provenance(self) -> tuple[CodecConfig | None, dict, list[str]]:
+        """(codec config, facts of the training data, the data sets' config hashes)."""
+        return data_provenance(self.cfg)
+
+    def make_discriminator(self) -> tuple[torch.nn.Module, torch.optim.Optimizer] | None:
+        """An adversarial stage's discriminator and its optimizer (None: no discriminator step)."""
+        return None
+
+    def discriminator_loss(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
     def make_text_encoder(self) -> TextEncoder | None:
         """The frozen Flan-T5 of stages align/sft (None for mask)."""
         if self.cfg.stage == "mask":
@@ -272,6 +292,13 @@ class Trainer:
                 batch = next(self.batches)
                 st.micro += 1
                 with self._micro_batch(last=done == self.accumulation - 1):
+                    if self.discriminator is not None:  # the discriminator steps first, on this micro-batch
+                        with self.acc.autocast():
+                            d_loss = self.discriminator_loss(batch)
+                        self.acc.backward(d_loss)
+                        self.opt_d.step()  # accelerate steps it at the window's end, like the main optimizer
+                        self.opt_d.zero_grad(set_to_none=True)
+                        self.last_d_loss = d_loss.item()
                     with self.acc.autocast():
                         loss = self.loss(batch)
                     finite = self._all_finite(loss)
@@ -313,6 +340,8 @@ class Trainer:
                            "bad_samples": self.stream.skipped}
                 if grad_norm is not None:
                     metrics["grad_norm"] = grad_norm
+                if self.discriminator is not None:
+                    metrics["d_loss"] = self.last_d_loss
                 self.acc.log(metrics, step=st.step)
                 if self.acc.is_main_process:
                     log.info("step %d/%d | loss %.4f | grad %s | lr %.2e | %.1f samples/s | %.0f frames/s | eta %s%s",

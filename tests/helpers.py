@@ -19,3 +19,31 @@ def rewrite_tar(path: Path, replace: dict[str, bytes | None]) -> None:
                 info.size = len(data)
             dst.addfile(info, io.BytesIO(data))
     Path(path).write_bytes(buf.getvalue())
+
+
+def two_class_set(directory, clips: int = 32, seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> Path:
+    """A shard set of single-source clips of two procedural classes (sine tones, noise), labels and captions."""
+    import numpy as np
+
+    from shards import audio
+    from shards import format as fmt
+    from shards.manifest import open_shard_set, write_manifest
+    from shards.writer import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    open_shard_set(directory, {"two_class_set": {"clips": clips, "seed": seed}})
+    with ShardWriter(directory, "audio", 0) as w:
+        for i in range(clips):
+            n = int(seconds * rate)
+            t = np.arange(n) / rate
+            if i % 2:
+                wave, label = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 1200) * t), "Sine tone"
+            else:
+                wave, label = 0.1 * rng.standard_normal(n), "Noise burst"
+            key = f"two-clip{seed}x{i:04d}"
+            meta = {"key": key, "source": "two", "id": key, "duration": seconds, "sample_rate": rate, "channels": 1,
+                    "labels": [label], "captions": [f"A {label.lower()}."], "candidates": []}
+            w.write(key, {fmt.META: meta, fmt.AUDIO: audio.encode_flac(audio.Audio(wave[None].astype(np.float32), rate))})
+    write_manifest(directory)
+    return directory

@@ -30,3 +30,11 @@ def test_finetune_configs_validate(path):
 
     cfg = load_config(FinetuneConfig, path)
     assert cfg.stage == "edit" and cfg.init_from
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "separation").glob("*.yaml")), ids=lambda p: p.name)
+def test_separation_configs_validate(path):
+    from separation.config import SeparationConfig
+
+    cfg = load_config(SeparationConfig, path)
+    assert cfg.stage in ("query", "separator") and cfg.data.shards

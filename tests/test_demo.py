@@ -23,6 +23,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert json.loads((work / "runs" / "edit" / "export" / "capflow.json").read_text())["format"] == "capflow-editor"
     for name in ("remove_the_hum", "imagic_knocking", "imagic_inpaint_1-2s"):
         assert (work / "edits" / f"{name}.wav").stat().st_size > 1000
+    separated = json.loads((work / "separation" / "eval_separations" / "report.json").read_text())
+    assert {"sdr", "sdri", "si_sdr", "clap", "clap_a"} <= set(separated["metrics"])
+    assert (work / "separation" / "without_clicking.wav").stat().st_size > 1000
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):

@@ -1,0 +1,126 @@
+"""Separation commands: `capflow train-separator | separate` (also `python -m separation ...`; `python -m
+separation --config C` alone trains, for `accelerate launch -m separation --config C`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from shards.cli import run_command
+
+
+def _train(args) -> int:
+    from shards.config import load_config
+
+    from .config import SeparationConfig
+    from .train import run_separation
+
+    print(f"exported {run_separation(load_config(SeparationConfig, args.config, args.set), resume=args.resume)}")
+    return 0
+
+
+def _separate(args) -> int:
+    import torch
+
+    from shards import audio
+
+    from .pipeline import LanguageSeparator
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    separator = LanguageSeparator.from_pretrained(args.checkpoint, device=device)
+    if args.test_set:
+        from .eval_set import separation_test_set
+
+        manifest = separation_test_set(separator, args.test_set, args.output, mixtures=args.mixtures, seed=args.seed)
+        print(f"{manifest}\nevaluate: capflow evaluate {manifest} --metrics sdr,sdri,si_sdr,clap,clap_a,fad "
+              f"(and {manifest.with_name('no_processing.jsonl')} for the no-processing row)")
+        return 0
+    if args.batch:
+        root = Path(args.batch).parent
+        jobs = [json.loads(line) for line in Path(args.batch).read_text().splitlines() if line.strip()]
+        for n, job in enumerate(jobs):
+            if not {"input", "query", "output"} <= set(job):
+                raise ValueError(f"{args.batch}: line {n + 1} needs input, query, output (and optionally residual)")
+        jobs = [{k: (str(root / v) if k in ("input", "output", "residual") else v) for k, v in job.items()} for job in jobs]
+    elif len(args.args) == 2:
+        jobs = [{"input": args.args[0], "query": args.args[1], "output": args.output, "residual": args.residual}]
+    else:
+        raise ValueError('give MIXTURE and QUERY (e.g. mix.wav "dog barking" -o dog.wav), --batch F or --test-set D')
+    for job in jobs:
+        target, residual = separator.separate(audio.decode(job["input"]), job["query"])
+        for key, clip in (("output", target), ("residual", residual)):
+            if job.get(key):
+                Path(job[key]).parent.mkdir(parents=True, exist_ok=True)
+                audio.write(job[key], clip)
+        print(f"{job['output']}  <- {job['input']} + {job['query']!r}" + (f" (rest: {job['residual']})" if job.get("residual") else ""))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-separator", help="train Hybrid-Sep: stage query (query model) or separator (ACT)")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/separation/tiny-separator.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory: continue the same run exactly")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("separate", help="extract what a text describes from a mixture (and the rest: 'remove X')")
+    p.add_argument("--checkpoint", required=True, help="a separation bundle (the export of stage separator)")
+    p.add_argument("args", nargs="*", metavar="MIXTURE QUERY", help="input audio (any format, rate, channels, length) "
+                                                                   "and the text query")
+    p.add_argument("-o", "--output", default="target.wav", help="the extracted sound (--test-set: a directory)")
+    p.add_argument("--residual", default=None, help="also write the mixture minus the target (removing the query)")
+    p.add_argument("--batch", default=None, help="JSONL with input, query, output[, residual] per line")
+    p.add_argument("--test-set", default=None, metavar="SHARDS",
+                   help="separate synthetic mixtures (SNR -15..15 dB) of this shard set, for `capflow evaluate`")
+    p.add_argument("--mixtures", type=int, default=100, help="with --test-set: how many mixtures")
+    p.add_argument("--seed", type=int, default=0, help="with --test-set: the mixing seed")
+    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
+    p.set_defaults(func=_separate)
+
+
+def model_info(preset: str) -> str:
+    """Parameter counts of a separation preset (`capflow model-info --preset sep-paper`)."""
+    import torch
+
+    from .model import Separator
+    from .model import preset as separator_preset
+    from .query import parameter_counts
+
+    name = preset.removeprefix("sep-")
+    query = parameter_counts(name)
+    with torch.device("meta"):
+        asm = Separator(separator_preset(name))
+        cd = Separator(separator_preset(name), denoiser=True)
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    return (f"Hybrid-Sep preset {name!r} (millions of parameters)\n"
+            f"  FE  (STFT + 3 transformer layers)   {query['fe']:9.2f}   (paper: 40)\n"
+            f"  AET (deep transformer)              {query['aet']:9.2f}   (paper: 415)\n"
+            f"  ASM (separator)                     {count(asm):9.2f}   (paper: 25)\n"
+            f"  CD  (conditional denoiser, training only) {count(cd):6.2f}")
+
+
+def extend_model_info(parser: argparse.ArgumentParser) -> None:
+    """`capflow model-info --preset sep-tiny|sep-paper`: the DiT's command also counts the separation presets."""
+    dit_info = parser.get_default("func")
+
+    def info(args) -> int:
+        if not args.preset.startswith("sep-"):
+            return dit_info(args)
+        print(model_info(args.preset))
+        return 0
+
+    parser.set_defaults(func=info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m separation")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-"):
+        argv = ["train-separator", *argv]
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return run_command(args, f"python -m separation {args.command}")

@@ -1,0 +1,88 @@
+"""Training mixtures made on the fly from captioned audio shards (Hybrid-Sep §3.1), on pretrain's resumable
+stream: each batch draws a pool of decoded chunks and mixes them with a generator seeded by their keys.
+
+A mixture is either a keyword mixture (2–4 sources with labels; the target's labels are disjoint from every
+other source's; query: its labels, "guitar, bird and speech") or a caption mixture (2 sources with captions;
+query: one of the target's captions); the two kinds never share a mixture. The target-to-rest energy ratio is
+uniform in `ratio_db` (loudness over active samples, shards/mix.py); one gain keeps mixture and target under
+full scale. Shape legend: b batch, s samples.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import numpy as np
+import torch
+
+from pretrain.data import LatentBatches
+from shards.mix import group_gain, loudness_db
+from shards.reader import SampleDecoder
+
+
+def keyword_query(labels: list[str]) -> str:
+    names = [label.lower() for label in labels]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def make_mixture(target: dict, others: list[dict], ratio_db: float, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, target) mono float32 with 10·log10(E_target / E_rest) = ratio_db over active samples."""
+    t = target["audio"][0]
+    rest = np.sum([o["audio"][0] for o in others], axis=0)
+    lt, lr = loudness_db(t[None], rate), loudness_db(rest[None], rate)
+    gain = 10 ** ((lt - lr - ratio_db) / 20) if np.isfinite(lt) and np.isfinite(lr) else 1.0
+    mixture = t + gain * rest
+    g = group_gain(mixture, t)
+    return (g * mixture).astype(np.float32), (g * t).astype(np.float32)
+
+
+def draw_mixtures(pool: list[dict], count: int, rng: random.Random, cfg) -> list[dict]:
+    """`count` mixtures from a pool of decoded samples ({key, audio (1, s), captions, meta})."""
+    labeled = [s for s in pool if s["meta"].get("labels")]
+    captioned = [s for s in pool if s["captions"]]
+    out = []
+    for _ in range(count):
+        kind = "caption" if (rng.random() < cfg.caption_prob and len(captioned) > 1) or len(labeled) < 2 else "keyword"
+        if kind == "caption" and len(captioned) < 2:
+            raise ValueError("too few usable clips in the pool to mix (need labels or captions); "
+                             "check data.shards or raise separation.pool")
+        candidates = captioned if kind == "caption" else labeled
+        target = rng.choice(candidates)
+        labels = {x.lower() for x in target["meta"].get("labels") or []}
+        disjoint = [s for s in candidates if s["key"] != target["key"]
+                    and not labels & {x.lower() for x in s["meta"].get("labels") or []}]
+        others_pool = disjoint or [s for s in candidates if s["key"] != target["key"]]
+        n = 1 if kind == "caption" else rng.randint(cfg.sources[0] - 1, cfg.sources[1] - 1)
+        others = rng.sample(others_pool, min(n, len(others_pool)))
+        ratio = rng.uniform(*cfg.ratio_db)
+        mixture, tgt = make_mixture(target, others, ratio, cfg.sample_rate)
+        query = rng.choice(target["captions"]) if kind == "caption" else keyword_query(target["meta"]["labels"])
+        out.append({"mixture": mixture, "target": tgt, "query": query, "kind": kind, "ratio_db": ratio,
+                    "key": target["key"]})
+    return out
+
+
+class MixtureBatches(LatentBatches):
+    """Batches of {mixture (b, s), target (b, s), query, kind, key}; `separation.pool` chunks per mixture."""
+
+    def decoder(self, seed: int):
+        s = self.cfg.separation
+        return SampleDecoder(sample_rate=s.sample_rate, mono=True, duration=s.chunk, decode_audio=True)
+
+    def select(self):
+        return None
+
+    def samples_per_batch(self) -> int:
+        return self.cfg.data.micro_batch_size * self.cfg.separation.pool
+
+    def to_batch(self, batch: dict) -> dict:
+        pool = [{"key": k, "audio": a.numpy() if hasattr(a, "numpy") else a, "captions": c, "meta": m}
+                for k, a, c, m in zip(batch["key"], batch["audio"], batch["captions"], batch["meta"])]
+        rng = random.Random(zlib.crc32(("/".join(batch["key"]) + f"/{self.cfg.seed}").encode()))
+        mixtures = draw_mixtures(pool, self.cfg.data.micro_batch_size, rng, self.cfg.separation)
+        target = torch.from_numpy(np.stack([m["target"] for m in mixtures]))
+        return {"mixture": torch.from_numpy(np.stack([m["mixture"] for m in mixtures])), "target": target,
+                "latent": target, "valid": torch.ones(target.shape[0], 1, dtype=torch.bool),
+                "query": [m["query"] for m in mixtures], "kind": [m["kind"] for m in mixtures],
+                "key": [m["key"] for m in mixtures]}

@@ -1,0 +1,118 @@
+"""A language-queried separator as one loadable bundle, and `separate`.
+
+    capflow.json   {"format": "capflow-separator", "sample_rate", "chunk", "clap", "ssl", "one_stage", "info"}
+    separator/     the ASM (config.json, model.safetensors): no discriminator, no denoiser
+    query/         the stage-1 query model (two-stage bundles)
+
+Text query -> CLAP text embedding -> (two-stage) the query model's predicted target audio embedding from
+the text embedding and the mixture -> the separator. Any decodable input, rate and channel count (each channel
+separated, the result returned at the input's rate); inputs longer than the training chunk are cut into
+windows that overlap by `overlap` seconds and are crossfaded. The residual (mixture − target) is "remove X".
+Shape legend: b batch, s samples.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shards import audio
+
+from .model import Separator
+from .query import QueryModel
+from .ssl import load_ssl
+
+BUNDLE_NAME, FORMAT, SEPARATOR_DIR, QUERY_DIR = "capflow.json", "capflow-separator", "separator", "query"
+
+
+def write_separation_bundle(directory: Path, asm: Separator, query_dir: Path | None, section, info: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    asm.save_pretrained(directory / SEPARATOR_DIR)
+    if query_dir is not None:
+        shutil.copytree(query_dir, directory / QUERY_DIR, dirs_exist_ok=True)
+    index = {"format": FORMAT, "version": 1, "sample_rate": section.sample_rate, "chunk": section.chunk,
+             "clap": section.clap_model, "ssl": None if section.ssl == "none" else section.ssl,
+             "one_stage": section.one_stage, "info": info}
+    (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
+class LanguageSeparator:
+    def __init__(self, asm: Separator, query: QueryModel | None, clap, ssl, sample_rate: int, chunk: float,
+                 one_stage: bool):
+        self.asm, self.query, self.clap, self.ssl = asm, query, clap, ssl
+        self.sample_rate, self.chunk, self.one_stage = sample_rate, chunk, one_stage
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.asm.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> LanguageSeparator:
+        from captioner.clap import ClapConfig, ClapScorer
+
+        root = Path(directory)
+        if not (root / BUNDLE_NAME).is_file():
+            raise FileNotFoundError(f"{root} is not a capflow separation bundle (no {BUNDLE_NAME}); train one with "
+                                    "`capflow train-separator`")
+        index = json.loads((root / BUNDLE_NAME).read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(f"{root}: format {index.get('format')!r} is not {FORMAT!r}")
+        if not index["one_stage"] and not (root / QUERY_DIR).is_dir():
+            raise ValueError(f"{root}: a two-stage bundle without its query model (train stage query and set "
+                             "separation.query_from)")
+        asm = Separator.from_pretrained(root / SEPARATOR_DIR).to(device).eval()
+        query = QueryModel.from_pretrained(root / QUERY_DIR).to(device).eval() if not index["one_stage"] else None
+        clap = ClapScorer(ClapConfig(model=index["clap"], device=device))
+        return cls(asm, query, clap, load_ssl(index.get("ssl"), device), index["sample_rate"], index["chunk"],
+                   index["one_stage"])
+
+    @torch.no_grad()
+    def separate_waves(self, mixtures: torch.Tensor, queries: list[str]) -> torch.Tensor:
+        """(b, s) mono mixtures at self.sample_rate -> (b, s) targets."""
+        device = self.device
+        mixtures = mixtures.to(device)
+        text = self.clap.embed_texts(queries).to(device)
+        emb = text if self.one_stage else self.query(text, mixtures)
+        ssl = self.ssl(mixtures, self.sample_rate) if self.ssl is not None else None
+        return self.asm(mixtures, emb, ssl)[0]
+
+    def _windows(self, n: int, overlap: int) -> list[tuple[int, int]]:
+        window = round(self.chunk * self.sample_rate)
+        if n <= window:
+            return [(0, n)]
+        hop = window - overlap
+        return [(a, a + window) for a in range(0, n - window, hop)] + [(n - window, n)]
+
+    @torch.no_grad()
+    def separate(self, clip: audio.Audio, query: str, overlap: float = 0.5) -> tuple[audio.Audio, audio.Audio]:
+        """(target, residual) of a clip at its own rate and channel count."""
+        x = audio.resample(clip, self.sample_rate).samples  # (channels, s)
+        n, fade = x.shape[-1], min(round(overlap * self.sample_rate), round(self.chunk * self.sample_rate) // 4)
+        windows = self._windows(n, fade)
+        pieces = torch.from_numpy(np.stack([x[c, a:b] for c in range(x.shape[0]) for a, b in windows]))
+        est = self.separate_waves(pieces, [query] * len(pieces)).float().cpu().numpy()
+        out = np.zeros_like(x)
+        weight = np.zeros(n, dtype=np.float32)
+        ramp = np.ones(windows[0][1] - windows[0][0], dtype=np.float32)
+        if len(windows) > 1 and fade:
+            edge = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
+            ramp[:fade], ramp[-fade:] = edge, edge[::-1]
+        for c in range(x.shape[0]):
+            for k, (a, b) in enumerate(windows):
+                r = ramp.copy()
+                if k == 0:
+                    r[:fade] = 1.0
+                if k == len(windows) - 1 and len(windows) > 1:
+                    r[-fade:] = 1.0
+                out[c, a:b] += est[c * len(windows) + k] * r
+                if c == 0:
+                    weight[a:b] += r
+        out /= np.maximum(weight, 1e-6)
+        target = audio.resample(audio.Audio(out.astype(np.float32), self.sample_rate), clip.sample_rate)
+        samples = audio.fit_length(target.samples, clip.samples.shape[-1])
+        return audio.Audio(samples, clip.sample_rate), audio.Audio(clip.samples - samples, clip.sample_rate)
