@@ -1,0 +1,126 @@
+"""Separation speed, in one run: the real-time factor (seconds of compute per second of audio, batch 1, 10-s
+input) of the Hybrid-Sep separator (tiny and paper presets; the paper's query model too), side by side with
+AudioSep's ResUNet30 built from its public source with random weights (`--audiosep-src PATH`: a checkout of
+github.com/Audio-AGI/AudioSep, plus `pip install torchlibrosa librosa`; nothing is vendored); and training
+mixtures/s of the on-the-fly loader alone against loader + ACT step (the loader's headroom).
+
+The paper reports RTF 0.003 on a V100 for Hybrid-Sep; on a GPU the same presets run where CUDA exists.
+
+    python benchmarks/separate_speed.py [--audiosep-src PATH] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from separation.model import Separator, preset  # noqa: E402
+from separation.query import QueryModel  # noqa: E402
+from separation.query import preset as query_preset  # noqa: E402
+
+
+def rtf(fn, seconds: float, repeats: int = 2) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best / seconds
+
+
+@torch.no_grad()
+def separator_rtfs(device: str, audiosep_src: str | None) -> None:
+    seconds = 10.0
+    for name in ("tiny", "paper"):
+        cfg = preset(name, ssl_dim=0)
+        asm = Separator(cfg).to(device).eval()
+        x, e = torch.randn(1, int(seconds * cfg.sample_rate), device=device), torch.randn(1, cfg.embed_dim, device=device)
+        r = rtf(lambda: asm(x, e), seconds)
+        query = QueryModel(query_preset(name, sample_rate=cfg.sample_rate)).to(device).eval()
+        q = rtf(lambda: query(e, x), seconds)
+        print(f"  Hybrid-Sep {name:<5} separator RTF {r:.4f}  (+ query model {q:.4f} = {r + q:.4f}) "
+              f"at {cfg.sample_rate} Hz, {sum(p.numel() for p in asm.parameters()) / 1e6:.1f} M separator parameters")
+    if not audiosep_src:
+        print("  AudioSep ResUNet30: not measured (give --audiosep-src PATH to a checkout of Audio-AGI/AudioSep)")
+        return
+    sys.path.insert(0, str(Path(audiosep_src).resolve()))
+    try:
+        from models.resunet import ResUNet30
+    except ImportError as e:
+        print(f"  AudioSep ResUNet30: not measured ({e}; pip install torchlibrosa librosa)")
+        return
+    model = ResUNet30(input_channels=1, output_channels=1, condition_size=512).to(device).eval()
+    x, c = torch.randn(1, 1, int(seconds * 32000), device=device), torch.randn(1, 512, device=device)
+    r = rtf(lambda: model({"mixture": x, "condition": c}), seconds)
+    print(f"  AudioSep ResUNet30           RTF {r:.4f}  at 32000 Hz, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters (random weights, its own code)")
+
+
+def loader_headroom(steps: int) -> None:
+    from capflow.tiny import write_all_tiny_models
+    from separation.config import SeparationConfig
+    from separation.train import SeparatorTrainer
+    from tests.helpers import two_class_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = write_all_tiny_models(tmp / "models")
+        shards = two_class_set(tmp / "data", clips=64, seconds=4.0)
+        cfg = SeparationConfig.model_validate({
+            "output_dir": str(tmp / "run"), "tensorboard": False, "steps": steps, "batch_size": 8, "save_every": 10**6,
+            "log_every": 10**6, "data": {"shards": [str(shards)], "micro_batch_size": 8, "num_workers": 0, "shuffle": 16},
+            "validation": {"every": 0}, "separation": {"clap_model": str(models["clap"]), "chunk": 2.0}})
+        trainer = SeparatorTrainer(cfg)
+        batches = iter(trainer.make_stream())
+        next(batches)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(batches)
+        loader = steps * 8 / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(steps):
+            batch = next(trainer.batches)
+            d = trainer.discriminator_loss(batch)
+            trainer.acc.backward(d)
+            trainer.opt_d.step()
+            trainer.opt_d.zero_grad()
+            trainer.acc.backward(trainer.loss(batch))
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad()
+        train = steps * 8 / (time.perf_counter() - start)
+        print(f"  training, tiny preset, 2-s mixtures, batch 8: loader alone {loader:.1f} mixtures/s, loader + ACT step "
+              f"{train:.1f} mixtures/s (headroom {loader / train:.1f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--audiosep-src", default=None)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    print(f"CPU ({os.cpu_count()} cores), 10-s inputs, batch 1, random weights:")
+    separator_rtfs("cpu", args.audiosep_src)
+    if torch.cuda.is_available():
+        print("GPU:")
+        separator_rtfs("cuda", args.audiosep_src)
+    else:
+        print("GPU: not measured (no CUDA device)")
+    loader_headroom(args.steps)
+
+
+if __name__ == "__main__":
+    main()
