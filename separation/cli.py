@@ -18,7 +18,8 @@ def _train(args) -> int:
     from .config import SeparationConfig
     from .train import run_separation
 
-    print(f"exported {run_separation(load_config(SeparationConfig, args.config, args.set), resume=args.resume)}")
+    overrides = args.set + (["separation.one_stage=true"] if args.one_stage else [])
+    print(f"exported {run_separation(load_config(SeparationConfig, args.config, overrides), resume=args.resume)}")
     return 0
 
 
@@ -64,6 +65,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/separation/tiny-separator.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory: continue the same run exactly")
+    p.add_argument("--one-stage", action="store_true",
+                   help="ablation: condition the separator on the CLAP text embedding (no query model)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("separate", help="extract what a text describes from a mixture (and the rest: 'remove X')")

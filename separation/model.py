@@ -12,15 +12,14 @@ Shape legend: b batch, c channels, t frames, f frequency bins, s samples, e embe
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .pqmf import PQMF
+from .weights import Pretrained
 
 
 @dataclass
@@ -163,8 +162,10 @@ class Stack(nn.Module):
         return x, feats
 
 
-class Separator(nn.Module):
+class Separator(Pretrained, nn.Module):
     """The ASM (and, with `denoiser=True`, the CD: no TEACA, input = noisy target + condition maps)."""
+
+    config_class = SeparatorConfig
 
     def __init__(self, cfg: SeparatorConfig, denoiser: bool = False):
         super().__init__()
@@ -219,24 +220,6 @@ class Separator(nn.Module):
     def denoise(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """CD: a noisy target spectrum (b, 8, t, f) and the ASM's condition maps -> the clean spectrum."""
         return self.stack(torch.cat([noisy, cond], dim=1))[0]
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Separator:
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        model = cls(SeparatorConfig(**json.loads((directory / "config.json").read_text())))
-        model.load_state_dict(load_file(directory / "model.safetensors"))
-        return model
 
 
 def _complex_mul(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,13 @@ states. The `paper` preset keeps the stated sizes (FE ≈ 40 M, AET ≈ 415 M), 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .weights import Pretrained
 
 
 @dataclass
@@ -52,7 +52,11 @@ def _encoder(dim: int, heads: int, layers: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-class QueryModel(nn.Module):
+class QueryModel(Pretrained, nn.Module):
+    """Stage 1: (text embedding, mixture) -> the target's CLAP audio embedding."""
+
+    config_class = QueryConfig
+
     def __init__(self, cfg: QueryConfig):
         super().__init__()
         self.config = cfg
@@ -76,24 +80,6 @@ class QueryModel(nn.Module):
         tokens = torch.cat([self.text_in(text_emb)[:, None], self.frames_in(self.features(mixture))], dim=1)
         h = self.aet(tokens)[:, 0]
         return F.normalize(self.out(self.norm(h)), dim=-1)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> QueryModel:
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        model = cls(QueryConfig(**json.loads((directory / "config.json").read_text())))
-        model.load_state_dict(load_file(directory / "model.safetensors"))
-        return model
 
 
 def parameter_counts(name: str) -> dict[str, float]:
