@@ -13,32 +13,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import best_of  # noqa: E402
 from finetune.editor import editor_velocity  # noqa: E402
 from pretrain.dit import EzAudioDiT, preset  # noqa: E402
 from pretrain.flow import start_point  # noqa: E402
 from pretrain.sampler import guided_velocity, integrate  # noqa: E402
 
 FRAME_RATE = 44100 / 2048  # Stable Audio Open's Oobleck: 21.5 latent frames per second
-
-
-def best_of(fn, repeats: int = 2) -> float:
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run(name: str, device: str, dtype: torch.dtype, steps: int) -> None:

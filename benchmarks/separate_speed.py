@@ -24,23 +24,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.timing import best_of  # noqa: E402
 from separation.model import Separator, preset  # noqa: E402
 from separation.query import QueryModel  # noqa: E402
 from separation.query import preset as query_preset  # noqa: E402
 
 
-def rtf(fn, seconds: float, repeats: int = 2) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best / seconds
+def rtf(fn, seconds: float) -> float:
+    return best_of(fn, warmup=True) / seconds
 
 
 @torch.no_grad()
