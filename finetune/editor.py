@@ -31,7 +31,7 @@ from torch import nn
 from pretrain.codec import AudioCodec, CodecConfig
 from pretrain.dit import EzAudioDiT
 from pretrain.flow import start_point
-from pretrain.pipeline import PRECISIONS, TextEncoderRef, _download, _resolve
+from pretrain.pipeline import PRECISIONS, TextEncoderRef, download_bundle, resolve_ref
 from pretrain.sampler import integrate, rescale_cfg
 from pretrain.text import TextEncoder
 from shards import audio
@@ -140,15 +140,15 @@ class InstructionEditor:
             if root.exists():
                 raise FileNotFoundError(f"{root} is not a capflow editor bundle (no {BUNDLE_NAME}); train one with "
                                         "`capflow finetune`")
-            root = _download(str(directory))
+            root = download_bundle(str(directory))
         index = json.loads((root / BUNDLE_NAME).read_text())
         if index.get("format") != EDITOR_FORMAT:
             hint = " (a text-to-audio bundle: edit it with --method imagic)" if index.get("format") == "capflow-t2a" else ""
             raise ValueError(f"{root}: format {index.get('format')!r} is not {EDITOR_FORMAT!r}{hint}")
         codec_cfg = CodecConfig(**index["codec"])
-        codec_cfg.pretrained = _resolve(codec_cfg.pretrained, root)
+        codec_cfg.pretrained = resolve_ref(codec_cfg.pretrained, root)
         ref = TextEncoderRef(**index["text_encoder"])
-        text = TextEncoder(_resolve(ref.pretrained, root), ref.max_length, "bfloat16" if dtype == "bf16" else ref.dtype)
+        text = TextEncoder(resolve_ref(ref.pretrained, root), ref.max_length, "bfloat16" if dtype == "bf16" else ref.dtype)
         text.model = PeftModel.from_pretrained(text.model, root / LORA_DIR)
         if merge:
             text.model = text.model.merge_and_unload()

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import yaml
 
-from pretrain.checkpoint import STATE_NAME, _hub_id
+from pretrain.checkpoint import STATE_NAME, hub_id
 from pretrain.codec import AudioCodec
 from pretrain.data import LatentBatches
 from pretrain.dit import EzAudioDiT
 from pretrain.flow import flow_loss, interpolate, sample_timesteps, target_velocity
-from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, _resolve
+from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, resolve_ref
 from pretrain.text import TextEncoder
 from pretrain.train import Trainer
 from shards import audio
@@ -96,7 +96,7 @@ def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRe
     if not index.get("text_encoder"):
         raise ValueError(f"init_from: {root} has no text encoder (a stage-mask model); start from an align/sft export")
     ref = TextEncoderRef(**index["text_encoder"])
-    ref.pretrained = _resolve(ref.pretrained, root)
+    ref.pretrained = resolve_ref(ref.pretrained, root)
     text = TextEncoder(ref.pretrained, ref.max_length, ref.dtype)
     lora = cfg.edit.lora
     if index.get("format") == EDITOR_FORMAT:
@@ -171,7 +171,7 @@ def editor_card(cfg: FinetuneConfig, info: dict) -> str:
     from huggingface_hub import ModelCardData
 
     data = ModelCardData(license=cfg.license, library_name="capflow", datasets=cfg.datasets or None,
-                         base_model=_hub_id(cfg.init_from), tags=["audio", "audio-editing", "flow-matching", "ezaudio-dit"])
+                         base_model=hub_id(cfg.init_from), tags=["audio", "audio-editing", "flow-matching", "ezaudio-dit"])
     header = {k: v for k, v in data.to_dict().items() if v is not None}
     return "\n".join([
         "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",

@@ -96,7 +96,7 @@ def rotate(output_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _hub_id(ref: str | None) -> str | None:
+def hub_id(ref: str | None) -> str | None:
     """A reference fit for a public card: hub ids only (a local path says nothing to a reader and leaks)."""
     return ref if ref and not Path(ref).is_absolute() and not Path(ref).exists() and ref.count("/") == 1 else None
 
@@ -109,7 +109,7 @@ def model_card(cfg, info: dict) -> str:
     text = cfg.stage != "mask"
     data = ModelCardData(
         license=cfg.license, library_name="capflow", datasets=cfg.datasets or None,
-        base_model=_hub_id(cfg.init_from), pipeline_tag="text-to-audio" if text else None,
+        base_model=hub_id(cfg.init_from), pipeline_tag="text-to-audio" if text else None,
         tags=["audio", "flow-matching", "ezaudio-dit", f"stage-{cfg.stage}"] + (["text-to-audio"] if text else []))
     header = {k: v for k, v in data.to_dict().items() if v is not None}
     use = (["## Use", "", "```", "capflow generate --checkpoint THIS_DIR \"a dog barks twice\" -o out.wav", "```", ""]

@@ -58,7 +58,7 @@ def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, tex
     return directory
 
 
-def _download(repo: str) -> Path:
+def download_bundle(repo: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
@@ -69,7 +69,7 @@ def _download(repo: str) -> Path:
                                 f"be fetched ({type(e).__name__}); export one with `capflow pretrain`") from None
 
 
-def _resolve(ref: str, root: Path) -> str:
+def resolve_ref(ref: str, root: Path) -> str:
     candidate = root / ref
     return str(candidate) if not Path(ref).is_absolute() and candidate.exists() else ref
 
@@ -109,17 +109,17 @@ class TextToAudio:
             if root.exists():
                 raise FileNotFoundError(f"{root} is not a capflow text-to-audio bundle (no {BUNDLE_NAME}); "
                                         "export one with `capflow pretrain ... export`")
-            root = _download(str(directory))
+            root = download_bundle(str(directory))
         index = json.loads((root / BUNDLE_NAME).read_text())
         if index.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{root / BUNDLE_NAME}: format {index.get('format')!r} is not {BUNDLE_FORMAT!r}")
         codec_cfg = CodecConfig(**index["codec"])
-        codec_cfg.pretrained = _resolve(codec_cfg.pretrained, root)
+        codec_cfg.pretrained = resolve_ref(codec_cfg.pretrained, root)
         dit = EzAudioDiT.from_pretrained(root / "dit")
         text_ref = TextEncoderRef(**index["text_encoder"]) if index.get("text_encoder") else None
         text_encoder = None
         if text_ref is not None:  # resolved, so a bundle saved from this model elsewhere still finds it
-            text_ref.pretrained = _resolve(text_ref.pretrained, root)
+            text_ref.pretrained = resolve_ref(text_ref.pretrained, root)
         if text_ref is not None and dit.has_text:
             text_dtype = "bfloat16" if dtype == "bf16" else text_ref.dtype
             text_encoder = TextEncoder(text_ref.pretrained, text_ref.max_length, text_dtype)
