@@ -140,7 +140,7 @@ class InstructionEditor:
             if root.exists():
                 raise FileNotFoundError(f"{root} is not a capflow editor bundle (no {BUNDLE_NAME}); train one with "
                                         "`capflow finetune`")
-            root = download_bundle(str(directory))
+            root = download_bundle(str(directory), "train one with `capflow finetune`")
         index = json.loads((root / BUNDLE_NAME).read_text())
         if index.get("format") != EDITOR_FORMAT:
             hint = " (a text-to-audio bundle: edit it with --method imagic)" if index.get("format") == "capflow-t2a" else ""

@@ -58,7 +58,7 @@ def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, tex
     return directory
 
 
-def download_bundle(repo: str) -> Path:
+def download_bundle(repo: str, hint: str = "export one with `capflow pretrain`") -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
@@ -66,7 +66,7 @@ def download_bundle(repo: str) -> Path:
         return Path(snapshot_download(repo))
     except (HFValidationError, LocalEntryNotFoundError, OSError) as e:
         raise FileNotFoundError(f"no capflow bundle at {repo}: not a local directory, and not a hub repo that can "
-                                f"be fetched ({type(e).__name__}); export one with `capflow pretrain`") from None
+                                f"be fetched ({type(e).__name__}); {hint}") from None
 
 
 def resolve_ref(ref: str, root: Path) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrain.pipeline import download_bundle
 from shards import audio
 
 from .model import Separator
@@ -57,8 +58,10 @@ class LanguageSeparator:
 
         root = Path(directory)
         if not (root / BUNDLE_NAME).is_file():
-            raise FileNotFoundError(f"{root} is not a capflow separation bundle (no {BUNDLE_NAME}); train one with "
-                                    "`capflow train-separator`")
+            if root.exists():
+                raise FileNotFoundError(f"{root} is not a capflow separation bundle (no {BUNDLE_NAME}); train one "
+                                        "with `capflow train-separator`")
+            root = download_bundle(str(directory), "train one with `capflow train-separator`")  # a hub repo
         index = json.loads((root / BUNDLE_NAME).read_text())
         if index.get("format") != FORMAT:
             raise ValueError(f"{root}: format {index.get('format')!r} is not {FORMAT!r}")
