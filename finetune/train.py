@@ -119,18 +119,7 @@ class EditValidator:
 
     def __init__(self, cfg: FinetuneConfig, codec_cfg):
         self.cfg, self.codec = cfg, AudioCodec(codec_cfg)
-        self.groups = []
-        rng = random.Random(cfg.validation.seed)
-        for url in (u for s in cfg.data.shards for u in shard_urls(s)):
-            for key, sample in iter_tar_samples(Path(url)):
-                meta = json.loads(sample[fmt.META])
-                if meta.get("split") in cfg.edit.train_splits or len(self.groups) >= cfg.edit.validation_groups:
-                    continue
-                triplet = draw(meta, rng, None, cfg.edit.operations)
-                latent = np.load(io.BytesIO(sample[f"{triplet['source']}.{fmt.LATENT}"]), allow_pickle=False)
-                self.groups.append((key, triplet, torch.from_numpy(latent.astype(np.float32))))
-            if len(self.groups) >= cfg.edit.validation_groups:
-                break
+        self.groups = list(self._held_out(cfg))
         if not self.groups:
             log.warning("no held-out edit group in data.shards: validation edits nothing")
         self.clap = None
@@ -138,6 +127,23 @@ class EditValidator:
             from evaluation.backbones import load_backbone
 
             self.clap = load_backbone("clap", cfg.validation.clap_model, "cuda" if torch.cuda.is_available() else "cpu")
+
+    @staticmethod
+    def _held_out(cfg: FinetuneConfig):
+        """(key, triplet, source latent) of the first `validation_groups` groups outside the training splits;
+        reading stops as soon as there are enough."""
+        rng, found = random.Random(cfg.validation.seed), 0
+        for url in (u for s in cfg.data.shards for u in shard_urls(s)):
+            for key, sample in iter_tar_samples(Path(url)):
+                if found >= cfg.edit.validation_groups:
+                    return
+                meta = json.loads(sample[fmt.META])
+                if meta.get("split") in cfg.edit.train_splits:
+                    continue
+                triplet = draw(meta, rng, None, cfg.edit.operations)
+                latent = np.load(io.BytesIO(sample[f"{triplet['source']}.{fmt.LATENT}"]), allow_pickle=False)
+                found += 1
+                yield key, triplet, torch.from_numpy(latent.astype(np.float32))
 
     @torch.no_grad()
     def run(self, model: EditorModule, step: int, directory: Path) -> float | None:
