@@ -3,22 +3,28 @@
 `torch.load(weights_only=True)`), or a hub id (a repo holding config.json + model.safetensors).
 
 - `panns-cnn14`: PANNs CNN14 (panns_inference's model class) at audioldm_eval's 16 kHz settings (window 512,
-  hop 160, 64 mel, 50–8000 Hz, 527 classes; checkpoint Cnn14_16k_mAP=0.438.pth): 2048-d embeddings and
-  clip-wise class probabilities, for FD, KL and IS.
+  hop 160, 64 mel, 50–8000 Hz, 527 classes; checkpoint Cnn14_16k_mAP=0.438.pth): 2048-d embeddings and the
+  527 logits of fc_audioset *before* its sigmoid (audioldm_eval's "logits"), for FD, KL and IS.
 - `vggish`: VGGish (torchvggish's model class) at 16 kHz without PCA and without the final ReLU, as fadtk and
   audioldm_eval use it, one 128-d embedding per 0.96-s example, for FAD.
+The default references of both are the official checkpoints (`OFFICIAL`), downloaded once from where their
+authors publish them into ~/.cache/capflow/backbones (CAPFLOW_CACHE) and checked against the checksum the
+publisher gives; offline, one line names the file, its address and `--models`.
 - `clap`: the captioner's CLAP scorer (transformers ClapModel, deterministic windows), for CLAP scores.
 - `passt`: needs torchaudio (hear21passt), which cannot be installed here: the slot says so.
-Every backbone reports `describe()`: name, checkpoint, its sha256, sample rate and crop policy, for reports.
+Every backbone reports `describe()`: name, checkpoint, its sha256, sample rate, crop and the audio preparation
+protocol (evaluation/protocols.py) it was fed with, for reports.
 Shape legend: n clips, t samples, d embedding width, k classes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import itertools
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -27,6 +33,8 @@ import numpy as np
 import torch
 
 from shards import audio
+
+from .protocols import Protocol, get_protocol
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 # audioldm_eval's PANNs settings (16 kHz)
@@ -49,10 +57,54 @@ def _panns_models():
     return importlib.import_module(f"{name}.models")
 
 
+# The published checkpoints: PANNs on Zenodo (record 3987831 lists the file's md5), torchvggish on its GitHub
+# release (torch.hub's convention: the file name carries the first hex digits of its sha256).
+OFFICIAL = {
+    "Cnn14_16k_mAP=0.438.pth": {"url": "https://zenodo.org/records/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
+                                "md5": "362fc5ff18f1d6ad2f6d464b45893f2c"},
+    "vggish-10086976.pth": {"url": "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
+                            "sha256_prefix": "10086976"},
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAPFLOW_CACHE") or Path.home() / ".cache" / "capflow") / "backbones"
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def official_checkpoint(name: str) -> Path:
+    """The cached official checkpoint file, downloaded and checked on first use."""
+    spec, path = OFFICIAL[name], cache_dir() / name
+    if not path.is_file():
+        hint = (f"the {name} checkpoint is not in {path.parent} and cannot be downloaded from {spec['url']}"
+                " ({}); download it there, or pass --models DIR (a folder with panns-cnn14/, vggish/, clap/)")
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FileNotFoundError(hint.format("HF_HUB_OFFLINE=1"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(spec["url"], str(path), hash_prefix=spec.get("sha256_prefix"), progress=True)
+        except Exception as e:  # noqa: BLE001  (no network, HTTP error, hash mismatch: one line either way)
+            raise FileNotFoundError(hint.format(f"{type(e).__name__}: {e}".splitlines()[0])) from None
+    if "md5" in spec and _digest(path, "md5") != spec["md5"]:
+        raise ValueError(f"{path}: md5 differs from the published {spec['md5']} ({spec['url']}); delete it to re-download")
+    if "sha256_prefix" in spec and not _digest(path, "sha256").startswith(spec["sha256_prefix"]):
+        raise ValueError(f"{path}: sha256 does not start with the published {spec['sha256_prefix']}; delete it to re-download")
+    return path
+
+
 def _resolve(ref: str | Path, patterns: list[str] | None = (CONFIG_NAME, WEIGHTS_NAME)) -> Path:
     path = Path(ref)
     if path.exists():
         return path
+    if str(ref) in OFFICIAL:
+        return official_checkpoint(str(ref))
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(ref), allow_patterns=list(patterns) if patterns else None))
@@ -70,8 +122,15 @@ def _state_dict(path: Path) -> dict:
         path = found[0]
     if path.suffix == ".safetensors":
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("model", state)  # the official PANNs checkpoints nest the weights under "model"
+    # The official PANNs checkpoints nest the weights under "model" beside their training sampler's state (numpy
+    # arrays): numpy's array and scalar constructors are allowed, nothing that runs code (still weights_only).
+    from numpy._core import multiarray
+
+    numpy_data = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
+                  *(getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType"))]
+    with torch.serialization.safe_globals(numpy_data):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model", state)
 
 
 def _sha256(path: Path) -> str:
@@ -92,26 +151,35 @@ class Backbone:
     sample_rate: int
     crop: str
     files: tuple[str, ...] | None = (CONFIG_NAME, WEIGHTS_NAME)  # what a hub snapshot needs (None: all)
+    default_protocol: str | None = None
 
-    def __init__(self, ref: str | Path, device: str = "cpu"):
+    def __init__(self, ref: str | Path, device: str = "cpu", protocol: str | None = None):
         self.path = _resolve(ref, self.files)
         self.ref, self.device = str(ref), device
         self.sha256 = _sha256(self.path)
+        name = protocol or self.default_protocol
+        self.protocol: Protocol | None = get_protocol(name) if name else None
 
     def describe(self) -> dict:
-        return {"backbone": self.name, "checkpoint": self.ref, "sha256": self.sha256, "sample_rate": self.sample_rate,
-                "crop": self.crop}
+        out = {"backbone": self.name, "checkpoint": self.ref, "sha256": self.sha256, "sample_rate": self.sample_rate,
+               "crop": self.crop}
+        if self.protocol:
+            out |= {"protocol": self.protocol.name, "preparation": self.protocol.describe()}
+        return out
 
     def prepare(self, clip: audio.Audio) -> np.ndarray:
+        if self.protocol:
+            return self.protocol.prepare(clip, self.sample_rate)
         return audio.resample(audio.to_mono(clip), self.sample_rate).samples[0]
 
 
 class PannsCnn14(Backbone):
     name, sample_rate = "panns-cnn14", 16000
     crop = "whole clip (CNN14 pools over time), mono, 16 kHz"
+    default_protocol = "audioldm_eval"
 
-    def __init__(self, ref, device="cpu"):
-        super().__init__(ref, device)
+    def __init__(self, ref, device="cpu", protocol=None):
+        super().__init__(ref, device, protocol)
         config = json.loads((self.path / CONFIG_NAME).read_text()) if (self.path / CONFIG_NAME).is_file() else CNN14_16K
         self.model = build_cnn14(config)
         self.model.load_state_dict(_state_dict(self.path))
@@ -119,18 +187,21 @@ class PannsCnn14(Backbone):
 
     @torch.no_grad()
     def __call__(self, waves: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """{"embedding": (n, 2048), "probs": (n, 527)} in input order; clips of one length run as one batch
+        """{"embedding": (n, 2048), "logits": (n, 527)} in input order. The logits are fc_audioset's output
+        before the sigmoid (panns_inference returns only the sigmoid; in eval mode its dropout is the identity,
+        so fc_audioset of the embedding is the layer's own output). Clips of one length run as one batch
         (eval mode: a clip's output does not depend on its batch)."""
-        embedding, probs = [None] * len(waves), [None] * len(waves)
+        embedding, logits = [None] * len(waves), [None] * len(waves)
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
         for _, group in itertools.groupby(order, key=lambda i: len(waves[i])):
             idx = list(group)
             x = torch.as_tensor(np.stack([waves[i] for i in idx]), dtype=torch.float32, device=self.device)  # (b, t)
-            result = self.model(x)
+            emb = self.model(x)["embedding"]
+            out = self.model.fc_audioset(emb)
             for j, i in enumerate(idx):
-                embedding[i] = result["embedding"][j].cpu().numpy()
-                probs[i] = result["clipwise_output"][j].cpu().numpy()
-        return {"embedding": np.stack(embedding), "probs": np.stack(probs)}
+                embedding[i] = emb[j].cpu().numpy()
+                logits[i] = out[j].cpu().numpy()
+        return {"embedding": np.stack(embedding), "logits": np.stack(logits)}
 
 
 def build_cnn14(config: dict) -> torch.nn.Module:
@@ -140,24 +211,28 @@ def build_cnn14(config: dict) -> torch.nn.Module:
 class VGGish(Backbone):
     name, sample_rate = "vggish", 16000
     crop = "0.96-s examples (VGGish framing), one embedding each; no PCA, no final ReLU; mono, 16 kHz"
+    default_protocol = "fadtk"
 
-    def __init__(self, ref, device="cpu"):
-        super().__init__(ref, device)
+    def __init__(self, ref, device="cpu", protocol=None):
+        super().__init__(ref, device, protocol)
         self.model = build_vggish()
         self.model.load_state_dict(_state_dict(self.path))
         self.model.to(device).eval()
 
     @torch.no_grad()
     def __call__(self, waves: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """{"embedding": (examples, 128)}: FAD pools every 0.96-s example of every clip, as fadtk does."""
+        """{"embedding": (examples, 128), "clip": (examples,) the index of each example's clip}: FAD pools every
+        0.96-s example of every clip, as fadtk does; embeddings rounded as the protocol stores them."""
         from torchvggish import vggish_input
 
         frames = [vggish_input.waveform_to_examples(w, self.sample_rate, return_tensor=True) for w in waves]
+        clip = np.concatenate([np.full(len(f), i) for i, f in enumerate(frames)]).astype(np.int64)
         frames = [f for f in frames if len(f)]
         if not frames:
-            return {"embedding": np.zeros((0, 128), np.float32)}
+            return {"embedding": np.zeros((0, 128), np.float32), "clip": clip}
         x = torch.cat(frames).to(self.device)  # (examples, 1, 96, 64)
-        return {"embedding": self.model(x).cpu().numpy()}
+        embedding = self.model(x).cpu().numpy()
+        return {"embedding": self.protocol.embeddings(embedding) if self.protocol else embedding, "clip": clip}
 
 
 def build_vggish() -> torch.nn.Module:
@@ -176,7 +251,7 @@ class Clap(Backbone):
     crop = "48 kHz mono; 10-s windows: repeat-padded when short, start/middle/end averaged when long"
     files = None  # a transformers checkpoint: weights, config, tokenizer and feature extractor
 
-    def __init__(self, ref, device="cpu"):
+    def __init__(self, ref, device="cpu", protocol=None):
         from captioner.clap import ClapConfig, ClapScorer
 
         super().__init__(ref, device)
@@ -197,7 +272,7 @@ class Clap(Backbone):
 class PaSST(Backbone):
     name = "passt"
 
-    def __init__(self, ref, device="cpu"):
+    def __init__(self, ref, device="cpu", protocol=None):
         raise ImportError("the passt backbone needs hear21passt, which needs torchaudio: install torch with a "
                           "matching torchaudio, then pip install hear21passt")
 
@@ -205,10 +280,11 @@ class PaSST(Backbone):
 BACKBONES = {"panns-cnn14": PannsCnn14, "vggish": VGGish, "clap": Clap, "passt": PaSST}
 
 
-def load_backbone(name: str, ref: str | Path, device: str = "cpu") -> Backbone:
+def load_backbone(name: str, ref: str | Path, device: str = "cpu", protocol: str | None = None) -> Backbone:
+    """A backbone by name from `ref`, fed with the named preparation protocol (None: the backbone's default)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
-    return BACKBONES[name](ref, device)
+    return BACKBONES[name](ref, device, protocol)
 
 
 def write_tiny_backbones(directory: str | Path, seed: int = 0) -> dict[str, Path]:

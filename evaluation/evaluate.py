@@ -2,9 +2,12 @@
 
 Inputs (generated and reference alike): a folder of audio files (id = path without suffix), a JSONL/CSV
 manifest (`id, path, caption, reference, source`; paths relative to the manifest), or a shard set (id = key,
-caption = first kept caption). Generated and reference clips are matched by id. Reference statistics (PANNs
-and VGGish Gaussians, PANNs class outputs per id) are cached in a file keyed by backbone, checkpoint sha256
-and the reference clip list, so a test set such as AudioCaps' 4,875 clips is embedded once.
+caption = first kept caption). Generated and reference clips are matched by id. Each number matches a
+reference toolkit on the same files: FD/KL/IS audioldm_eval's (its audio preparation, CNN14 logits for KL/IS),
+FAD/FAD∞ fadtk's; the report names the toolkit, the preparation, the checkpoint and its sha256. Every clip
+is embedded once per backbone (groups reuse it), and the reference outputs are cached in a file keyed by
+backbone, checkpoint sha256, protocol and the reference clip list, so a test set such as AudioCaps' 4,875
+clips is embedded once.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ from shards.writer import write_json_atomic
 
 from . import metrics as M
 from .backbones import load_backbone
+from .protocols import get_protocol
 
 METRICS = {"fd": "panns-cnn14", "kl": "panns-cnn14", "is": "panns-cnn14", "fad": "vggish", "fad_inf": "vggish",
            "clap": "clap", "clap_a": "clap", "clap_src": "clap", "lsd": None, "mel": None, "sdr": None, "sdri": None, "si_sdr": None}
+# the official checkpoints (downloaded once from their publishers, checked: backbones.OFFICIAL) and CLAP's hub id
 DEFAULT_BACKBONES = {"panns-cnn14": "Cnn14_16k_mAP=0.438.pth", "vggish": "vggish-10086976.pth",
                      "clap": "laion/larger_clap_general"}
+# FD/KL/IS as audioldm_eval computes them, FAD/FAD∞ as fadtk does
+DEFAULT_PROTOCOLS = {"panns-cnn14": "audioldm_eval", "vggish": "fadtk"}
 
 
 class EvalConfig(Strict):
@@ -40,6 +47,9 @@ class EvalConfig(Strict):
     metrics: list[str] = ["fd", "kl", "is", "fad", "clap"]
     models: str | None = None  # a folder laid out like `capflow tiny-models` output: panns-cnn14/, vggish/, clap/
     backbones: dict[str, str] = DEFAULT_BACKBONES  # name -> hub id, directory or checkpoint file
+    # the reference toolkit whose audio preparation each backbone is fed with (evaluation/protocols.py)
+    protocols: dict[str, str] = DEFAULT_PROTOCOLS
+    fad_inf_seed: int | None = 0  # fadtk draws unseeded; a seed makes FAD∞ repeatable (null: unseeded, as fadtk)
     out: str = "eval"
     cache_dir: str | None = None  # default: OUT/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -113,48 +123,73 @@ def _backbone_ref(cfg: EvalConfig, name: str) -> str:
     return cfg.backbones.get(name) or DEFAULT_BACKBONES[name]
 
 
-def _embed(backbone, clips: list[Clip], desc: str, batch: int = 16) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Backbone outputs over the clips that decode, `batch` clips per call (rows in clip order; VGGish: every
-    0.96-s example of every clip); skipped ids with their reasons."""
-    outputs: dict[str, list] = {}
-    skipped, pending = {}, []
+class Embedded:
+    """One backbone's outputs per clip, by role ("generated", "reference", "source") and id: each clip is
+    embedded once however many groups or metrics use it. Every output is 2-D per clip: CNN14 and CLAP one row,
+    VGGish one row per 0.96-s example."""
 
-    def flush():
-        if pending:
-            for k, v in backbone(pending).items():
-                outputs.setdefault(k, []).append(v)
+    def __init__(self, backbone, batch: int = 16):
+        self.backbone, self.batch = backbone, batch
+        self.outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        self.skipped: dict[str, dict[str, str]] = {}
+        self.cached = False  # the reference outputs came from the cache file
+
+    def add(self, role: str, clips: list[Clip]) -> list[str]:
+        """Embeds the clips not yet embedded; returns the ids of `clips` that have outputs, in order."""
+        outputs, skipped = self.outputs.setdefault(role, {}), self.skipped.setdefault(role, {})
+        todo = [c for c in clips if c.id not in outputs and c.id not in skipped]
+        pending: list[tuple[str, np.ndarray]] = []
+
+        def flush():
+            if not pending:
+                return
+            out = self.backbone([w for _, w in pending])
+            for j, (clip_id, _) in enumerate(pending):
+                rows = out["clip"] == j if "clip" in out else slice(j, j + 1)
+                outputs[clip_id] = {k: v[rows] for k, v in out.items() if k != "clip"}
             pending.clear()
 
-    for clip in tqdm(clips, desc=desc, unit="clip", leave=False):
-        try:
-            pending.append(backbone.prepare(clip.load()))
-        except audio.AudioError as e:
-            skipped[clip.id] = str(e)
-        if len(pending) == batch:
-            flush()
-    flush()
-    return {k: np.concatenate(v) for k, v in outputs.items()}, skipped
+        for clip in tqdm(todo, desc=f"{role} {self.backbone.name}", unit="clip", leave=False):
+            try:
+                pending.append((clip.id, self.backbone.prepare(clip.load())))
+            except audio.AudioError as e:
+                skipped[clip.id] = str(e)
+            if len(pending) == self.batch:
+                flush()
+        flush()
+        return [c.id for c in clips if c.id in outputs]
+
+    def stack(self, role: str, ids: list[str], key: str = "embedding") -> np.ndarray:
+        return np.concatenate([self.outputs[role][i][key] for i in ids])
 
 
-def _reference_stats(cfg: EvalConfig, backbone, clips: list[Clip]) -> dict:
-    """mu/sigma of the reference embeddings (+ PANNs class outputs by id), from the cache when it has them."""
+def _reference(cfg: EvalConfig, embedded: Embedded, clips: list[Clip]) -> list[str]:
+    """The reference clips' outputs into `embedded`, from the cache file when an earlier run wrote them (keyed by
+    backbone, checkpoint sha256, preparation protocol and the clip list); returns the ids that decoded."""
+    backbone = embedded.backbone
     cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
-    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, sorted(c.id for c in clips)]).encode())
+    protocol = backbone.protocol.name if backbone.protocol else None
+    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, protocol, sorted(c.id for c in clips)]).encode())
     path = cache / f"{backbone.name}-{key.hexdigest()[:16]}.npz"
-    if path.is_file():
+    if path.is_file() and "reference" not in embedded.outputs:
         data = np.load(path, allow_pickle=False)
-        return {"mu": data["mu"], "sigma": data["sigma"], "ids": list(data["ids"]),
-                "probs": data["probs"] if "probs" in data else None, "cached": True, "skipped": {}}
-    out, skipped = _embed(backbone, clips, f"reference {backbone.name}")
-    ids = [c.id for c in clips if c.id not in skipped]
-    mu, sigma = M.gaussian_stats(out["embedding"])
-    cache.mkdir(parents=True, exist_ok=True)
-    arrays = {"mu": mu, "sigma": sigma, "ids": np.array(ids)}
-    if "probs" in out:
-        arrays["probs"] = out["probs"]
-    np.savez(path.with_suffix(".tmp.npz"), **arrays)
-    path.with_suffix(".tmp.npz").replace(path)
-    return {**arrays, "ids": ids, "probs": out.get("probs"), "cached": False, "skipped": skipped}
+        ids, bounds = [str(i) for i in data["ids"]], np.concatenate([[0], np.cumsum(data["rows"])])
+        embedded.outputs["reference"] = {
+            clip_id: {k: data[k][bounds[n]:bounds[n + 1]] if k == "embedding" else data[k][n:n + 1]
+                      for k in data.files if k not in ("ids", "rows", "skipped")} for n, clip_id in enumerate(ids)}
+        embedded.skipped["reference"] = {str(i): "skipped when the cache was written" for i in data["skipped"]}
+        embedded.cached = True
+        return [c.id for c in clips if c.id in embedded.outputs["reference"]]
+    ids = embedded.add("reference", clips)
+    if ids and not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        outputs = embedded.outputs["reference"]
+        arrays = {k: embedded.stack("reference", ids, k) for k in outputs[ids[0]]}
+        arrays |= {"ids": np.array(ids), "rows": np.array([len(outputs[i]["embedding"]) for i in ids]),
+                   "skipped": np.array([c.id for c in clips if c.id in embedded.skipped["reference"]], dtype=str)}
+        np.savez(path.with_suffix(".tmp.npz"), **arrays)
+        path.with_suffix(".tmp.npz").replace(path)
+    return ids
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -162,6 +197,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     unknown = sorted(set(cfg.metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; valid: {sorted(METRICS)}")
+    for name in cfg.protocols.values():
+        get_protocol(name)
     device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     generated = collect(cfg.generated)
     for clip_id, caption in _captions(cfg.captions).items():
@@ -171,20 +208,23 @@ def evaluate(cfg: EvalConfig) -> dict:
     needs_reference = {"fd", "kl", "fad", "fad_inf", "clap_a", "lsd", "mel"} & set(cfg.metrics)
     if needs_reference and not reference and not any(c.reference for c in generated.values()):
         raise ValueError(f"metrics {sorted(needs_reference)} need --reference (or a manifest with a reference column)")
+    if "clap" in cfg.metrics and not any(c.caption for c in generated.values()):
+        raise ValueError("text-CLAP needs captions (the target caption of each clip): a manifest with a caption column, "
+                         "a shard set, or --captions")
     if not reference and any(c.reference for c in generated.values()):  # paired ground truths are the reference set
         reference = {i: Clip(i, c.reference) for i, c in generated.items() if c.reference}
     report = {"generated": cfg.generated, "reference": cfg.reference, "n_generated": len(generated),
               "n_reference": len(reference), "config": config_dict(cfg)}
     start = time.perf_counter()
-    backbones: dict = {}
-    report["metrics"] = _metrics(cfg, generated, reference, backbones, device)
+    embedded: dict[str, Embedded] = {}
+    report["metrics"] = _metrics(cfg, generated, reference, embedded, device)
     groups = sorted({c.group for c in generated.values() if c.group})
-    if groups:  # e.g. edit operations: every metric per group too, against that group's references
+    if groups:  # e.g. edit operations: every metric per group too, against that group's references (no clip embedded twice)
         report["groups"] = {}
         for g in groups:
             ids = [i for i, c in generated.items() if c.group == g]
             report["groups"][g] = _metrics(cfg, {i: generated[i] for i in ids},
-                                           {i: reference[i] for i in ids if i in reference}, backbones, device)
+                                           {i: reference[i] for i in ids if i in reference}, embedded, device)
     made = [c.seconds for c in generated.values() if c.seconds is not None]
     if made:
         report["making_seconds_per_clip"] = round(float(np.mean(made)), 4)
@@ -194,9 +234,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     return report
 
 
-def _metrics(cfg: EvalConfig, generated: dict[str, Clip], reference: dict[str, Clip], backbones: dict,
+def _metrics(cfg: EvalConfig, generated: dict[str, Clip], reference: dict[str, Clip], embedded: dict[str, Embedded],
              device: str) -> dict:
-    """The requested metrics over one set of generated clips (backbones loaded once into `backbones`)."""
+    """The requested metrics over one set of generated clips (backbones loaded and clips embedded once, in `embedded`)."""
     metrics = {}
     per_backbone: dict[str, list[str]] = {}
     for m in cfg.metrics:
@@ -205,19 +245,20 @@ def _metrics(cfg: EvalConfig, generated: dict[str, Clip], reference: dict[str, C
         if name is None:
             metrics.update(_signal_metrics(generated, reference, wanted))
             continue
-        if name not in backbones:
-            backbones[name] = load_backbone(name, _backbone_ref(cfg, name), device)
-        backbone = backbones[name]
-        protocol = backbone.describe()
-        gen_out, gen_skipped = _embed(backbone, list(generated.values()), f"generated {name}")
-        gen_ids = [i for i in generated if i not in gen_skipped]
-        ref = _reference_stats(cfg, backbone, list(reference.values())) if reference and name != "clap" else None
-        skipped = {"generated": gen_skipped, **({"reference": ref["skipped"]} if ref else {})}
-        common = {**protocol, "n_clips": len(gen_ids), "n_skipped": len(gen_skipped), "skipped": skipped}
-        if ref:
-            common |= {"n_reference": len(ref["ids"]), "reference_cached": ref["cached"]}
+        if name not in embedded:
+            embedded[name] = Embedded(load_backbone(name, _backbone_ref(cfg, name), device, cfg.protocols.get(name)))
+        emb = embedded[name]
+        gen_ids = emb.add("generated", list(generated.values()))
+        gen_skipped = {i: emb.skipped["generated"][i] for i in generated if i in emb.skipped["generated"]}
+        ref_ids = _reference(cfg, emb, list(reference.values())) if reference and name != "clap" else None
+        skipped = {"generated": gen_skipped}
+        common = {**emb.backbone.describe(), "n_clips": len(gen_ids), "n_skipped": len(gen_skipped)}
+        if ref_ids is not None:
+            skipped["reference"] = {i: emb.skipped["reference"][i] for i in reference if i in emb.skipped["reference"]}
+            common |= {"n_reference": len(ref_ids), "reference_cached": emb.cached}
         for m in wanted:
-            metrics[m] = {**_model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref), **common}
+            metrics[m] = {**_model_metric(m, cfg, emb, gen_ids, ref_ids, generated, reference), **common,
+                          "skipped": skipped}
     if "clap" in metrics and "clap_src" in metrics:  # Paissan et al.'s editing trade-off: text + audio CLAP
         metrics["clap_sum"] = {"value": metrics["clap"]["value"] + metrics["clap_src"]["value"],
                                "of": "clap + clap_src", "backbone": "clap", "sample_rate": metrics["clap"].get("sample_rate"),
@@ -225,39 +266,57 @@ def _metrics(cfg: EvalConfig, generated: dict[str, Clip], reference: dict[str, C
     return metrics
 
 
-def _model_metric(m, backbone, gen_out, gen_ids, generated, reference, ref) -> dict:
+def _stats(emb: Embedded, role: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a set's embeddings: fadtk's per-file online statistics under its protocol,
+    audioldm_eval's np.mean/np.cov of all rows otherwise."""
+    if emb.backbone.protocol and emb.backbone.protocol.name == "fadtk":
+        return M.online_stats([emb.outputs[role][i]["embedding"] for i in ids])
+    return M.gaussian_stats(emb.stack(role, ids))
+
+
+def _model_metric(m: str, cfg: EvalConfig, emb: Embedded, gen_ids: list[str], ref_ids: list[str] | None,
+                  generated: dict[str, Clip], reference: dict[str, Clip]) -> dict:
+    protocol = emb.backbone.protocol.name if emb.backbone.protocol else None
     if m in ("fd", "fad"):
-        return {"value": M.frechet_distance(*M.gaussian_stats(gen_out["embedding"]), ref["mu"], ref["sigma"])}
+        toolkit = {"audioldm_eval": "audioldm_eval calculate_fid", "fadtk": "fadtk FrechetAudioDistance.score"}
+        gen, ref = _stats(emb, "generated", gen_ids), _stats(emb, "reference", ref_ids)
+        return {"value": M.frechet_distance(*gen, *ref), "matches": toolkit.get(protocol)}
     if m == "fad_inf":
-        return {"value": M.frechet_distance_inf(gen_out["embedding"], ref["mu"], ref["sigma"])["score"]}
+        ref = _stats(emb, "reference", ref_ids)
+        result = M.fad_inf(emb.stack("generated", gen_ids), *ref, seed=cfg.fad_inf_seed)
+        return {"value": result["score"], "slope": result["slope"], "r2": result["r2"], "min_n": result["min_n"],
+                "steps": result["steps"], "seed": result["seed"], "matches": "fadtk FrechetAudioDistance.score_inf"}
     if m == "is":
-        score = M.inception_score(gen_out["probs"])
-        return {"value": score["is_mean"], "std": score["is_std"], "input": "CNN14 clipwise_output"}
+        score = M.inception_score(emb.stack("generated", gen_ids, "logits"))
+        return {"value": score["is_mean"], "std": score["is_std"], "splits": 10, "shuffle_seed": 2020,
+                "input": "CNN14 logits (fc_audioset before the sigmoid)", "matches": "audioldm_eval calculate_isc"}
     if m == "kl":
-        ref_probs = dict(zip(ref["ids"], ref["probs"]))
-        pairs = [(i, k) for k, i in enumerate(gen_ids) if i in ref_probs]
-        if not pairs:
+        shared = set(ref_ids)
+        paired = [i for i in gen_ids if i in shared]
+        if not paired:
             raise ValueError("KL pairs generated and reference clips by id, and no id is shared")
-        result = M.kl_divergence(gen_out["probs"][[k for _, k in pairs]], np.stack([ref_probs[i] for i, _ in pairs]))
-        return {"value": result["kl_sigmoid"], "kl_softmax": result["kl_softmax"], "kl_sigmoid": result["kl_sigmoid"],
-                "n_pairs": len(pairs), "input": "CNN14 clipwise_output, paired by id"}
+        result = M.kl_divergence(emb.stack("generated", paired, "logits"), emb.stack("reference", paired, "logits"))
+        return {"value": result["kl_softmax"], "kl_sigmoid": result["kl_sigmoid"], "n_pairs": len(paired),
+                "input": "CNN14 logits (fc_audioset before the sigmoid), paired by id; value = KL (softmax), "
+                         "kl_sigmoid = KL_Sigmoid", "matches": "audioldm_eval calculate_kl"}
     if m == "clap":
-        scored = [(k, generated[i].caption) for k, i in enumerate(gen_ids) if generated[i].caption]
+        scored = [i for i in gen_ids if generated[i].caption]
         if not scored:
             raise ValueError("text-CLAP needs captions: a manifest with a caption column, a shard set, or --captions")
-        texts = backbone.texts([c for _, c in scored])
-        per_clip = (texts * gen_out["embedding"][[k for k, _ in scored]]).sum(axis=1)
-        return {"value": float(per_clip.mean()), "per_clip": {gen_ids[k]: float(s) for (k, _), s in zip(scored, per_clip)},
-                "n_pairs": len(scored)}
+        texts = emb.backbone.texts([generated[i].caption for i in scored])
+        per_clip = (texts * emb.stack("generated", scored)).sum(axis=1)
+        return {"value": float(per_clip.mean()), "per_clip": dict(zip(scored, map(float, per_clip))),
+                "n_pairs": len(scored), "n_without_caption": len(gen_ids) - len(scored)}
     if m in ("clap_a", "clap_src"):  # audio-to-audio: to the paired reference, or to the input that was edited
-        pairs = [(k, i) for k, i in enumerate(gen_ids) if (i in reference if m == "clap_a" else generated[i].mixture)]
+        role = "reference" if m == "clap_a" else "source"
+        pairs = [i for i in gen_ids if (i in reference if m == "clap_a" else generated[i].mixture)]
         if not pairs:
             raise ValueError(f"{m} needs " + ("references paired by id" if m == "clap_a" else "a manifest `source` column"))
-        others = [reference[i] if m == "clap_a" else Clip(i, generated[i].mixture) for _, i in pairs]
-        ref_out, _ = _embed(backbone, others, f"{'reference' if m == 'clap_a' else 'source'} clap")
-        per_clip = (ref_out["embedding"] * gen_out["embedding"][[k for k, _ in pairs]]).sum(axis=1)
-        return {"value": float(per_clip.mean()), "per_clip": {i: float(s) for (_, i), s in zip(pairs, per_clip)},
-                "n_pairs": len(pairs)}
+        others = [reference[i] if m == "clap_a" else Clip(i, generated[i].mixture) for i in pairs]
+        done = set(emb.add(role, others))
+        pairs = [i for i in pairs if i in done]
+        per_clip = (emb.stack(role, pairs) * emb.stack("generated", pairs)).sum(axis=1)
+        return {"value": float(per_clip.mean()), "per_clip": dict(zip(pairs, map(float, per_clip))), "n_pairs": len(pairs)}
     raise AssertionError(m)
 
 
@@ -292,12 +351,12 @@ def _signal_metrics(generated: dict[str, Clip], reference: dict[str, Clip], want
 def _write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
-    lines = ["| metric | value | backbone | checkpoint sha256 | sample rate | clips | skipped (generated / reference) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| metric | value | matches | backbone | checkpoint sha256 | sample rate | clips | skipped (generated / reference) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in report["metrics"].items():
         value = "n/a" if r.get("value") is None else f"{r['value']:.5g}"
         skipped = r.get("skipped", {})
-        lines.append(f"| {name} | {value} | {r.get('backbone') or '-'} | {(r.get('sha256') or '-')[:12]} | "
+        lines.append(f"| {name} | {value} | {r.get('matches') or '-'} | {r.get('backbone') or '-'} | {(r.get('sha256') or '-')[:12]} | "
                      f"{r.get('sample_rate')} | {r.get('n_clips')} | {len(skipped.get('generated', {}))} / "
                      f"{len(skipped.get('reference', {}))} |")
     groups = report.get("groups") or {}
@@ -309,6 +368,8 @@ def _write(out: Path, report: dict) -> None:
             lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.5g}" for v in [r.get("value"), *cells])
                          + " |")
     made = f" Making each clip took {report['making_seconds_per_clip']} s." if "making_seconds_per_clip" in report else ""
+    preparations = {r["protocol"]: r["preparation"] for r in report["metrics"].values() if r.get("protocol")}
+    lines += [""] + [f"- audio preparation `{k}`: {v}" for k, v in sorted(preparations.items())]
     lines += ["", f"{report['n_generated']} generated clips, {report['n_reference']} reference clips, "
               f"{report['seconds_per_clip']} s per clip to evaluate.{made}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")

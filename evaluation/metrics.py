@@ -4,14 +4,18 @@ Distribution metrics (float64 throughout):
 - Fréchet distance of two Gaussians (FD on PANNs, FAD on VGGish): ‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1^½ Σ2 Σ1^½)^½.
   The trace of the matrix square root is taken from the eigenvalues of the symmetric PSD matrix Σ1^½ Σ2 Σ1^½
   (negative round-off clamped to 0): no complex parts to drop, unlike sqrtm(Σ1 Σ2).
-- FAD∞ (fadtk): FD of random subsets of growing size N, extrapolated linearly in 1/N to N = ∞.
-- KL (audioldm_eval): paired by id; softmax and sigmoid variants of KL(ref ‖ gen), summed over classes and
-  averaged over pairs, with audioldm_eval's 1e-6 inside the log.
-- IS (audioldm_eval): exp E_x KL(p(y|x) ‖ p(y)) over 10 splits of the softmax of the class outputs.
+- FAD∞ (fadtk's `score_inf`): FD of N embeddings drawn with replacement, N from 500 to n in 25 steps,
+  extrapolated linearly in 1/N to N = ∞.
+- KL (audioldm_eval): paired by id, on the classifier's logits; "KL" applies softmax, "KL_Sigmoid" the
+  sigmoid; KL(ref ‖ gen) summed over classes and averaged over pairs, with audioldm_eval's 1e-6 in the log.
+- IS (audioldm_eval): exp E_x KL(p(y|x) ‖ p(y)) of the softmax of the logits, over 10 splits after a
+  seed-2020 permutation.
 Waveform metrics (per clip):
 - SDR as LASS/DCASE and AudioSep report it: 10 log10(‖s‖² / ‖s − ŝ‖²) (the SNR, not BSS-eval's SDR); SDRi =
   SDR(estimate) − SDR(mixture); SI-SDR with the scale-invariant projection (zero-mean, as torchmetrics).
-- LSD: RMS over frequency of the log10 power-spectrum difference, averaged over frames (AudioLDM's definition).
+- LSD: RMS over frequency of the log10 power-spectrum difference (Hann STFT 2048/512), averaged over frames.
+  Not audioldm_eval's LSD: that path shifts the generated clip by 7 HiFi-GAN frames, removes DC, peak-normalises
+  both and calls ssr_eval; capflow compares the files as they are.
 - mel distance: mean |log mel(a) − log mel(b)|.
 Shape legend: n clips, d embedding width, k classes, t samples.
 """
@@ -32,6 +36,24 @@ def gaussian_stats(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
+def online_stats(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """fadtk's `calculate_embd_statistics_online`: per-file mean (in the file's dtype: float16 for fadtk's stored
+    embeddings) and scatter, merged in float64 (Chan et al.'s pairwise update). A one-row file adds no scatter of
+    its own (fadtk's np.cov makes it NaN and the set's FAD NaN; 0 is what the formula means)."""
+    d = arrays[0].shape[1]
+    mu, scatter, n = np.zeros(d), np.zeros((d, d)), 0
+    for e in arrays:
+        m, k = np.mean(e, axis=0), len(e)
+        own = np.cov(e, rowvar=False) * (k - 1) if k > 1 else 0.0
+        delta = m - mu
+        mu = mu + k / (n + k) * delta
+        scatter = scatter + own + np.outer(delta, delta) * n * k / (n + k)
+        n += k
+    if n < 2:
+        raise ValueError(f"need at least two embeddings, got {n}")
+    return mu, scatter / (n - 1)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
@@ -47,31 +69,34 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
-def frechet_distance_inf(embeddings: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, min_n: int = 500,
-                         steps: int = 25, seed: int = 0) -> dict:
-    """fadtk's FAD∞: FD of random subsets of sizes min_n … n against the reference, fitted as
-    FD(N) = intercept + slope / N; the intercept is the score. Returns score, slope, r2 and the points."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    n = x.shape[0]
-    min_n = min(min_n, max(2, n // 4))
-    sizes = sorted({int(s) for s in np.linspace(min_n, n, steps)})
-    if len(sizes) < 2:
-        raise ValueError(f"FAD-inf needs clips for at least two subset sizes; got {n} clips")
-    rng = np.random.default_rng(seed)
-    points = [(size, frechet_distance(*gaussian_stats(x[rng.choice(n, size, replace=False)]), mu_ref, sigma_ref))
-              for size in sizes]
-    inv, scores = np.array([1 / p[0] for p in points]), np.array([p[1] for p in points])
+def fad_inf(embeddings: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, min_n: int = 500, steps: int = 25,
+            seed: int | None = 0) -> dict:
+    """fadtk's FAD∞ (`FrechetAudioDistance.score_inf`): for each of `steps` sizes N = int(linspace(min_n, n))
+    the FD of N embeddings drawn *with replacement* against the reference, fitted as FD(N) = intercept +
+    slope / N; the intercept is the score. fadtk draws from numpy's global generator unseeded; the draws here
+    are `np.random.RandomState(seed)`'s, i.e. fadtk's after `np.random.seed(seed)` (None: unseeded, as fadtk)."""
+    x = np.asarray(embeddings)  # in its own dtype: fadtk's means of float16 embeddings are float16
+    if len(x) < 2:
+        raise ValueError(f"FAD-inf needs at least two embeddings; got {len(x)}")
+    rng = np.random.RandomState(seed)
+    sizes = [int(s) for s in np.linspace(min_n, len(x), steps)]
+    points = []
+    for size in sizes:
+        sub = x[rng.choice(len(x), size=size, replace=True)]
+        points.append([size, frechet_distance(mu_ref, sigma_ref, np.mean(sub, axis=0), np.cov(sub, rowvar=False))])
+    inv, scores = 1 / np.array(sizes, dtype=np.float64), np.array([p[1] for p in points])
     slope, intercept = np.polyfit(inv, scores, 1)
-    fitted = intercept + slope * inv
-    ss_res, ss_tot = ((scores - fitted) ** 2).sum(), ((scores - scores.mean()) ** 2).sum()
+    ss_res, ss_tot = ((scores - (slope * inv + intercept)) ** 2).sum(), ((scores - scores.mean()) ** 2).sum()
     return {"score": float(intercept), "slope": float(slope), "r2": float(1 - ss_res / ss_tot) if ss_tot else 1.0,
-            "points": [[int(s), float(f)] for s, f in points]}
+            "points": [[int(s), float(f)] for s, f in points], "min_n": min_n, "steps": steps, "seed": seed}
 
 
 def kl_divergence(generated: np.ndarray, reference: np.ndarray) -> dict:
-    """audioldm_eval's paired KL over class outputs (n, k), rows already matched by id."""
-    gen = torch.as_tensor(np.asarray(generated), dtype=torch.float64)
-    ref = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+    """audioldm_eval's paired KL(ref ‖ gen) over classifier *logits* (n, k) (CNN14's fc_audioset before its
+    sigmoid), rows already matched by id: "KL" is the softmax one, "KL_Sigmoid" the per-class sigmoid one."""
+    # in the logits' own dtype (float32 from CNN14), as audioldm_eval sums them: near-identical sets give KL
+    # near 0, where float32 and float64 sums differ in the leading digits
+    gen, ref = torch.as_tensor(np.asarray(generated)), torch.as_tensor(np.asarray(reference))
     if gen.shape != ref.shape or gen.dim() != 2:
         raise ValueError(f"KL needs paired class outputs of one shape (n, k); got {tuple(gen.shape)} and {tuple(ref.shape)}")
     n = len(gen)
@@ -81,9 +106,10 @@ def kl_divergence(generated: np.ndarray, reference: np.ndarray) -> dict:
     return {"kl_softmax": float(softmax), "kl_sigmoid": float(sigmoid)}
 
 
-def inception_score(outputs: np.ndarray, splits: int = 10, shuffle: bool = False, seed: int = 2020) -> dict:
-    """audioldm_eval's IS over class outputs (n, k): mean and std over `splits` splits."""
-    x = torch.as_tensor(np.asarray(outputs), dtype=torch.float64)
+def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> dict:
+    """audioldm_eval's IS over classifier logits (n, k): rows permuted by `np.random.RandomState(2020)`
+    (`samples_shuffle=True`), then mean and std over `splits` splits of exp E KL(p(y|x) ‖ p(y))."""
+    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     n = len(x)
     if shuffle:
         x = x[np.random.RandomState(seed).permutation(n)]

@@ -52,26 +52,34 @@ def _jobs(args) -> list[dict]:
             missing = {"input", "instruction", "output"} - set(row)
             if missing:
                 raise ValueError(f"{args.batch}: line {n + 1} lacks {sorted(missing)} (each line: input, instruction, "
-                                 "output, optionally type)")
+                                 "output, optionally type and caption, the target's caption)")
             jobs.append({"input": str(root / row["input"]), "instruction": row["instruction"],
-                         "output": str(root / row["output"]), "type": row.get("type")})
+                         "output": str(root / row["output"]), "type": row.get("type"), "caption": row.get("caption")})
         return jobs
     if len(args.args) != 2:
         raise ValueError("give INPUT and INSTRUCTION (e.g. in.wav \"Remove the siren\" -o out.wav), --batch F or --test-set D")
-    return [{"input": args.args[0], "instruction": args.args[1], "output": args.output, "type": None}]
+    return [{"input": args.args[0], "instruction": args.args[1], "output": args.output, "type": None, "caption": None}]
 
 
-def _write_manifest(args, rows: list[dict]) -> None:
-    """A --batch run's outputs as a `capflow evaluate` manifest beside the batch file (BATCH.edits.jsonl)."""
+def _write_manifest(args, rows: list[dict], text_is_caption: bool) -> None:
+    """A --batch run's outputs as a `capflow evaluate` manifest beside the batch file (BATCH.edits.jsonl).
+    CLAP scores an edit against the caption of what it should sound like: Imagic's text is that caption; an
+    instruction ("Remove the bell") is not, so instruction edits carry the batch line's `caption` or none."""
     if not args.batch:
         return
     path = Path(args.batch).with_suffix(".edits.jsonl")
     root = path.parent.resolve()
-    lines = [json.dumps({"id": Path(r["output"]).stem, "path": os.path.relpath(Path(r["output"]).resolve(), root),
-                         "caption": r["instruction"], "source": os.path.relpath(Path(r["input"]).resolve(), root),
-                         "group": r["type"], "seconds": round(r["seconds"], 4)}) for r in rows]
+    lines = []
+    for r in rows:
+        row = {"id": Path(r["output"]).stem, "path": os.path.relpath(Path(r["output"]).resolve(), root),
+               "source": os.path.relpath(Path(r["input"]).resolve(), root), "group": r["type"],
+               "instruction": r["instruction"], "seconds": round(r["seconds"], 4)}
+        caption = r["instruction"] if text_is_caption else r.get("caption")
+        lines.append(json.dumps(row | ({"caption": caption} if caption else {})))
     path.write_text("\n".join(lines) + "\n")
-    print(f"{path}: the edits as a manifest for `capflow evaluate {path} --metrics clap,clap_src`")
+    with_caption = text_is_caption or all(r.get("caption") for r in rows)
+    metrics = "clap,clap_src" if with_caption else "clap_src (text-CLAP needs each line's target `caption`)"
+    print(f"{path}: the edits as a manifest for `capflow evaluate {path} --metrics {metrics}`")
 
 
 def _edit(args) -> int:
@@ -101,7 +109,7 @@ def _edit(args) -> int:
                                       device=device, **sampling)
             job["seconds"] = time.perf_counter() - start
             print(f"{job['output']}  <- {job['input']} + {job['instruction']!r} (eta {result['eta']:g})")
-        _write_manifest(args, jobs)
+        _write_manifest(args, jobs, text_is_caption=True)
         return 0
     from .editor import InstructionEditor
 
@@ -118,7 +126,7 @@ def _edit(args) -> int:
         Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
         audio.write(job["output"], edited)
         print(f"{job['output']}  <- {job['input']} + {job['instruction']!r}")
-    _write_manifest(args, jobs)
+    _write_manifest(args, jobs, text_is_caption=False)
     return 0
 
 
@@ -148,7 +156,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="edited.wav", help="output audio file (--test-set: a directory)")
     p.add_argument("--method", choices=["instruction", "imagic"], default="instruction",
                    help="instruction: the trained editor (default); imagic: non-rigid editing on a T2A model")
-    p.add_argument("--batch", default=None, help="JSONL with input, instruction, output per line")
+    p.add_argument("--batch", default=None, help="JSONL with input, instruction, output (optionally type, and caption: the target's caption, which text-CLAP scores) per line")
     p.add_argument("--test-set", default=None, metavar="EDIT_SET",
                    help="edit one triplet per operation of each group of --split in this audio edit-group set, "
                         "writing OUTPUT/edits.jsonl for `capflow evaluate`")
