@@ -9,10 +9,12 @@ Shape legend: b batch, c latent channels, n latent frames.
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import webdataset as wds
 
@@ -22,36 +24,58 @@ from .config import PretrainConfig
 
 
 class LatentDecoder(SampleDecoder):
-    """Latent sample -> {key, latent (c, n), valid_frames, caption}; the caption is drawn deterministically."""
+    """Latent sample -> {key, latent (c, n), valid_frames, caption}; the caption is drawn deterministically.
+    A latent of another shape than the set's (`shape`, (c, n)) or with a non-finite value is a bad sample: it
+    raises, so the pipeline counts and names it and the batch is filled with the next sample (strict: the
+    error stops the run). Letting it through would break collation or drop its whole micro-batch every time
+    it is drawn."""
 
-    def __init__(self, min_clap, top_k, caption_dropout: float, seed: int):
+    def __init__(self, min_clap, top_k, caption_dropout: float, seed: int, shape: tuple[int, int] | None = None):
         super().__init__(decode_audio=False, min_clap=min_clap, top_k=top_k)
-        self.caption_dropout, self.seed = caption_dropout, seed
+        self.caption_dropout, self.seed, self.shape = caption_dropout, seed, shape
 
     def __call__(self, sample: dict) -> dict:
         out = super().__call__(sample)
         if "latent" not in out:
             raise ValueError(f"{sample.get('__url__')}: sample {out['key']} has no latent (npy) member; "
                              "train on shards written by `capflow encode`")
+        latent = out["latent"]
+        check_latent(out["key"], latent, self.shape)
         rng = random.Random(zlib.crc32(f"{self.seed}/{out['key']}".encode()))
         captions = out["captions"]
         caption = "" if not captions or rng.random() < self.caption_dropout else rng.choice(captions)
-        latent = out["latent"]
         valid = int(out["meta"].get("latent", {}).get("valid_frames", latent.shape[-1]))
         return {"key": out["key"], "latent": latent, "valid_frames": valid, "caption": caption,
                 "captioned": bool(captions)}
 
 
+def check_latent(key: str, latent: np.ndarray, shape: tuple[int, ...] | None) -> None:
+    """Raise ValueError naming the sample when a latent has another shape than its set's or a non-finite value."""
+    if shape is not None and tuple(latent.shape) != tuple(shape):
+        raise ValueError(f"sample {key}: latent of shape {tuple(latent.shape)}, the set's latents are {tuple(shape)}")
+    if not np.isfinite(latent).all():
+        raise ValueError(f"sample {key}: non-finite values in its latent")
+
+
+def set_latent_shape(latent_info: dict) -> tuple[int, int] | None:
+    """(channels, frames) of a latent set's samples from its manifest facts (frames: ceil(duration · frame rate),
+    as `capflow encode` pads every clip to the duration); None when the facts do not say."""
+    if not {"latent_channels", "duration", "frame_rate"} <= set(latent_info):
+        return None
+    return int(latent_info["latent_channels"]), math.ceil(float(latent_info["duration"]) * float(latent_info["frame_rate"]))
+
+
 class LatentBatches:
-    def __init__(self, cfg: PretrainConfig, rank: int = 0, start: int = 0):
-        self.cfg, self.rank, self.position = cfg, rank, start
+    def __init__(self, cfg: PretrainConfig, rank: int = 0, start: int = 0, latent_shape: tuple[int, int] | None = None):
+        self.cfg, self.rank, self.position, self.latent_shape = cfg, rank, start, latent_shape
         self.urls = [u for source in cfg.data.shards for u in shard_urls(source)]
         self._skipped: dict[tuple[int, int], int] = {}  # (segment, worker) -> bad samples skipped there
 
     # a stream of other samples (the editor's triplets, separation mixtures) overrides these
     def decoder(self, seed: int):
         d = self.cfg.data
-        return LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed)
+        return LatentDecoder(d.min_clap, d.top_k, d.caption_dropout if self.cfg.stage != "mask" else 1.0, seed,
+                             self.latent_shape)
 
     def select(self):
         return (lambda s: s["captioned"]) if self.cfg.stage != "mask" else None

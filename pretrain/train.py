@@ -6,7 +6,9 @@ separator stages through the hooks of `Trainer`), on accelerate: single process,
 
 Per optimizer step: `accumulation` micro-batches; each draws a mask (span masking, or a full mask with
 probability full_mask_prob), noise and times, and regresses the flow-matching velocity on masked, valid
-frames. A non-finite loss skips its micro-batch on every rank and is counted; too many in a row stop the run.
+frames. A non-finite loss skips its micro-batch on every rank, a non-finite gradient norm its optimizer step
+(the discriminator's alike); both are counted, too many in a row stop the run, and non-finite weights are never
+saved. The logged loss is the mean over every rank's micro-batches; the logged LR is the one the step ran at.
 Shape legend: b batch, c latent channels, n latent frames, l text tokens.
 """
 
@@ -39,7 +41,7 @@ from .checkpoint import (
 )
 from .codec import CodecConfig
 from .config import PretrainConfig
-from .data import LatentBatches
+from .data import LatentBatches, set_latent_shape
 from .dit import EzAudioDiT, preset
 from .flow import flow_loss, interpolate, sample_timesteps, span_mask, target_velocity
 from .text import TextEncoder
@@ -145,6 +147,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.codec_cfg, latent_info, self.data_hashes = self.provenance()
+        self.latent_info = latent_info
         if cfg.mixed_precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "no"
         else:
@@ -201,6 +204,10 @@ class Trainer:
             self.ema = EMAModel(self.trainable(), decay=e.decay, use_ema_warmup=e.warmup == "power",
                                 inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step)
             self.ema.to(self.acc.device, dtype=torch.float32)
+            master = self.master_weights()  # DeepSpeed bf16/fp16: start the EMA from fp32, not the rounded copy
+            for shadow, name in zip(self.ema.shadow_params, self._trainable_names()):
+                if name in master:
+                    shadow.copy_(master[name])
         if resume:
             # accelerate restores model, optimizer, scheduler and RNG; the loop's own state (counters, data
             # position, EMA) is JSON + safetensors, loaded in place so the EMA stays on the model's device.
@@ -242,7 +249,8 @@ class Trainer:
 
     def make_stream(self):
         """The endless, resumable batch stream of this rank (it has `skipped`)."""
-        return LatentBatches(self.cfg, self.acc.process_index, start=self.state.micro)
+        return LatentBatches(self.cfg, self.acc.process_index, start=self.state.micro,
+                             latent_shape=set_latent_shape(self.latent_info))
 
     def loss(self, batch: dict) -> torch.Tensor:
         return compute_loss(self.model, batch, self.cfg, self.span, self.text_encoder, self.acc.device)
@@ -260,8 +268,10 @@ class Trainer:
         """The parameters the optimizer and the EMA follow (a frozen base model's are left out)."""
         return [p for p in self.unwrapped.parameters() if p.requires_grad]
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([float(torch.isfinite(loss).all())], device=self.acc.device)
+    def _all_finite(self, value: torch.Tensor | float) -> bool:
+        """True when the value is finite on every rank (every rank then takes the same branch)."""
+        value = torch.as_tensor(value, device=self.acc.device)
+        flag = torch.tensor([float(torch.isfinite(value).all())], device=self.acc.device)
         return bool(self.acc.reduce(flag, "sum").item() == self.acc.num_processes)
 
     def _clip_grad_norm(self) -> float | None:
@@ -270,6 +280,77 @@ class Trainer:
             norm = self.model.get_global_grad_norm()
             return None if norm is None else float(norm)
         return float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+
+    def _skip(self, what: str, batch: dict) -> None:
+        """Count a skipped micro-batch or optimizer step; too many in a row stop the run."""
+        st = self.state
+        st.nan_skipped += 1
+        st.nan_in_row += 1
+        if self.acc.is_main_process:
+            log.warning("%s at step %d (micro-batch %d, keys %s): skipped (%d so far)", what, st.step, st.micro,
+                        batch["key"][:4], st.nan_skipped)
+        if st.nan_in_row >= self.cfg.max_nan_in_row:
+            raise RuntimeError(f"{st.nan_in_row} non-finite losses or gradients in a row at step {st.step} (micro-batch "
+                               f"{st.micro}); last keys {batch['key']}. Lower the learning rate or check the data.")
+
+    def _discriminator_step(self, batch: dict) -> None:
+        """The adversarial objective's step on this micro-batch, before the generator's: a non-finite loss is
+        not back-propagated and non-finite gradients are not applied (on every rank alike)."""
+        with self.acc.autocast():
+            d_loss = self.discriminator_loss(batch)
+        self.last_d_loss = d_loss.item()
+        if not self._all_finite(d_loss):
+            self._skip("non-finite discriminator loss", batch)
+            return
+        self.acc.backward(d_loss)
+        if self.acc.sync_gradients:  # the window's end: accelerate steps opt_d only here
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.discriminator.parameters() if p.grad is not None])
+            if not self._all_finite(norm):
+                self.opt_d.zero_grad(set_to_none=True)
+                self._skip("non-finite discriminator gradients", batch)
+                return
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in self.unwrapped.named_parameters() if p.requires_grad]
+
+    def master_weights(self) -> dict[str, torch.Tensor]:
+        """float32 values of the trainable parameters that the module holds in lower precision: DeepSpeed
+        bf16/fp16 keeps the fp32 master weights in its optimizer partitions, gathered here (a collective: every
+        rank calls it). Empty when the module itself is float32 (DDP, one device, autocast mixed precision)."""
+        if not self.is_deepspeed:
+            return {}
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, p in self.unwrapped.named_parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                full = safe_get_full_fp32_param(p)
+                if full is not None:
+                    out[name] = full.detach()
+        return out
+
+    @contextlib.contextmanager
+    def _weights(self, values: dict[str, torch.Tensor]):
+        """The module's parameters temporarily set to `values` (by name, any dtype), so that its own
+        save_pretrained writes them as they are."""
+        params = dict(self.unwrapped.named_parameters())
+        originals = {n: params[n].data for n in values}
+        try:
+            for n, v in values.items():
+                params[n].data = v
+            yield
+        finally:
+            for n, d in originals.items():
+                params[n].data = d
+
+    def weights_finite(self) -> bool:
+        """Every trained weight (and the EMA) is finite, on every rank."""
+        finite = all(torch.isfinite(p).all() for p in self.trainable())
+        if self.ema is not None:
+            finite = finite and all(torch.isfinite(p).all() for p in self.ema.shadow_params)
+        return self._all_finite(torch.tensor(0.0 if finite else float("nan")))
 
     @contextlib.contextmanager
     def _micro_batch(self, last: bool):
@@ -293,34 +374,29 @@ class Trainer:
                 st.micro += 1
                 with self._micro_batch(last=done == self.accumulation - 1):
                     if self.discriminator is not None:  # the discriminator steps first, on this micro-batch
-                        with self.acc.autocast():
-                            d_loss = self.discriminator_loss(batch)
-                        self.acc.backward(d_loss)
-                        self.opt_d.step()  # accelerate steps it at the window's end, like the main optimizer
-                        self.opt_d.zero_grad(set_to_none=True)
-                        self.last_d_loss = d_loss.item()
+                        self._discriminator_step(batch)
                     with self.acc.autocast():
                         loss = self.loss(batch)
                     finite = self._all_finite(loss)
                     if finite:
                         self.acc.backward(loss)
                 if not finite:
-                    st.nan_skipped += 1
-                    st.nan_in_row += 1
-                    if self.acc.is_main_process:
-                        log.warning("non-finite loss at step %d (micro-batch %d, keys %s): skipped (%d so far)",
-                                    st.step, st.micro, batch["key"][:4], st.nan_skipped)
-                    if st.nan_in_row >= cfg.max_nan_in_row:
-                        raise RuntimeError(f"{st.nan_in_row} non-finite losses in a row at step {st.step} (micro-batch "
-                                           f"{st.micro}); last keys {batch['key']}. Lower the learning rate or check the data.")
+                    self._skip("non-finite loss", batch)
                     continue
-                st.nan_in_row = 0
                 done += 1
                 window_loss += loss.item()
                 window_micro += 1
                 step_samples += batch["latent"].shape[0]
                 frames += int(batch["valid"].sum())
             grad_norm = self._clip_grad_norm()
+            if grad_norm is not None and not self._all_finite(grad_norm):
+                # a finite loss with a non-finite gradient would make the weights, the EMA and every later
+                # checkpoint NaN: the step is skipped on every rank and counted like a non-finite loss
+                self.optimizer.zero_grad(set_to_none=True)
+                self._skip(f"non-finite gradient norm ({grad_norm})", batch)
+                continue
+            st.nan_in_row = 0
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at
             self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -334,8 +410,10 @@ class Trainer:
                 elapsed = time.time() - last_log
                 rate = window_samples * self.acc.num_processes / max(elapsed, 1e-9)
                 eta = (cfg.steps - st.step) * (time.time() - start) / max(1, st.step - start_step)
-                avg = window_loss / max(1, window_micro)
-                metrics = {"loss": avg, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
+                # the mean over every rank's micro-batches of the window, not rank 0's alone
+                sums = self.acc.reduce(torch.tensor([window_loss, float(window_micro)], device=self.acc.device), "sum")
+                avg = float(sums[0] / sums[1].clamp(min=1))
+                metrics = {"loss": avg, "lr": lr, "samples_per_s": rate,
                            "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
                            "bad_samples": self.stream.skipped}
                 if grad_norm is not None:
@@ -362,20 +440,23 @@ class Trainer:
 
     # ---- checkpoints, export, validation ------------------------------------------------------------
     def save(self) -> Path:
+        if not self.weights_finite():  # never a checkpoint that `--resume latest` would pick up poisoned
+            raise RuntimeError(f"non-finite weights at step {self.state.step}: not saved. Resume from the last "
+                               f"checkpoint under {checkpoint_dir(self.out)} with a lower learning rate.")
         final = checkpoint_dir(self.out) / f"step-{self.state.step:06d}"
         tmp = final.with_name(final.name + ".tmp")
         if self.acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp))
+        master = self.master_weights()  # a collective under DeepSpeed: every rank takes part
         self.acc.wait_for_everyone()  # every rank's shard of the state is on disk before the rename
         if self.acc.is_main_process:
-            self.unwrapped.save_pretrained(tmp / "dit_raw")
+            with self._weights(master):  # float32 from the master copy, never the bf16 module's rounding
+                self.unwrapped.save_pretrained(tmp / "dit_raw")
             if self.ema is not None:
-                self.ema.store(self.trainable())
-                self.ema.copy_to(self.trainable())
-                self.unwrapped.save_pretrained(tmp / "dit_ema")
-                self.ema.restore(self.trainable())
+                with self._weights(dict(zip(self._trainable_names(), self.ema.shadow_params))):
+                    self.unwrapped.save_pretrained(tmp / "dit_ema")
             save_loop_state(tmp, self.state, self.ema)
             save_config(self.cfg, tmp)
             shutil.rmtree(final, ignore_errors=True)
