@@ -1,11 +1,16 @@
-"""Training-input headroom: samples/s of the latent data loader alone and of loader + training step, for
-the tiny preset on 10-s EzAudio-shaped latents (128 channels x 500 frames), as a ratio from one run.
-Target (issue #5): the loader at least 5x faster than the step it feeds.
-With CUDA: also dit-l in bf16 (samples/s and model FLOPs utilisation).
-Needs the project's environment (webdataset, pydantic, accelerate, diffusers): unlike dit_step.py, which
-needs torch alone, it measures the real loader and training loop.
+"""The training loop's speed against the bare model step it wraps, in one run (ratios; this machine is noisy).
 
-    python benchmarks/train_throughput.py [--steps 30 --micro-batch 8 --workers 1]
+- loader headroom (tiny preset, 10-s EzAudio-shaped latents, 128 x 500): the latent loader alone against loader
+  + training step; target (issue #5) >= 5.
+- loop / raw step: `Trainer.step()` (loader, accumulation, finiteness checks, clipping, AdamW, schedule, EMA)
+  against forward + backward + AdamW on one batch already on the device, timed over optimizer steps only
+  (after warm-up); a checkpoint's save and the export are timed apart, as seconds per checkpoint. Target
+  (issue #22) loop >= 0.9x the raw step.
+- CPU: the small preset; with CUDA: dit-l, bf16, batch 32 x 10 s, eager and torch.compile, with MFU (of the
+  H100's 989 TFLOP/s dense bf16). Without CUDA the GPU lines say "not measured".
+Needs the project's environment (webdataset, pydantic, accelerate, diffusers).
+
+    python benchmarks/train_throughput.py [--steps 20 --micro-batch 8 --workers 1]
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from shards.manifest import open_shard_set, write_manifest  # noqa: E402
 from shards.writer import ShardSetWriter  # noqa: E402
 
 CHANNELS, FRAMES = 128, 500  # 10 s at 50 latent frames/s (EzAudio's VAE)
-H200_BF16_DENSE_FLOPS = 989e12
+H100_BF16_DENSE_FLOPS = 989e12
 
 
 def write_latents(directory: Path, clips: int) -> Path:
@@ -42,21 +47,81 @@ def write_latents(directory: Path, clips: int) -> Path:
             w.write(f"b-{i}", {"npy": rng.standard_normal((CHANNELS, FRAMES)).astype(np.float16), "json": meta})
     codec = {"pretrained": "unused", "subfolder": None, "sample_posterior": False,
              "latent_mean": [0.0] * CHANNELS, "latent_std": [1.0] * CHANNELS}
-    write_manifest(directory, extra={"codec": codec, "frame_rate": 50.0, "latent_channels": CHANNELS})
+    write_manifest(directory, extra={"codec": codec, "frame_rate": 50.0, "latent_channels": CHANNELS, "duration": 10.0})
     return directory
 
 
-def config(out: Path, shards: Path, preset: str, micro: int, workers: int, steps: int) -> PretrainConfig:
+def config(out: Path, shards: Path, preset: str, micro: int, workers: int, steps: int, **extra) -> PretrainConfig:
     return PretrainConfig.model_validate({
-        "stage": "mask", "output_dir": str(out), "model": {"preset": preset},
+        "stage": "mask", "output_dir": str(out), "model": {"preset": preset, "compile": extra.pop("compile", False)},
         "data": {"shards": [str(shards)], "micro_batch_size": micro, "num_workers": workers, "shuffle": 64},
         "optim": {"lr": 1e-4, "warmup_steps": 1}, "ema": {"enabled": True}, "validation": {"every": 0},
-        "steps": steps, "batch_size": micro, "log_every": 10**9, "save_every": 10**9, "tensorboard": False})
+        "steps": steps, "batch_size": micro, "log_every": 10**9, "save_every": 10**9, "tensorboard": False, **extra})
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_raw_step(trainer: Trainer, steps: int) -> float:
+    """Seconds per forward + backward + AdamW step on one batch already on the device (no loader, no checks,
+    no clipping, no EMA): the model step the loop wraps."""
+    batch = {k: v.to(trainer.acc.device) if torch.is_tensor(v) else v for k, v in next(trainer.batches).items()}
+    model, optimizer, device = trainer.model, trainer.optimizer, trainer.acc.device
+
+    def one():
+        with trainer.acc.autocast():
+            loss = trainer.loss(batch)
+        trainer.acc.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        one()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync(device)
+    del model
+    return (time.perf_counter() - start) / steps
+
+
+def time_loop(trainer: Trainer, steps: int) -> tuple[float, float, float]:
+    """(seconds per optimizer step of Trainer.step after 2 warm-up steps, seconds to save a checkpoint,
+    seconds to export)."""
+    for _ in range(2):
+        trainer.step()
+    sync(trainer.acc.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step()
+    sync(trainer.acc.device)
+    loop = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    trainer.save()
+    save = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.export()
+    return loop, save, time.perf_counter() - start
+
+
+def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, flops=None) -> None:
+    raw = time_raw_step(Trainer(cfg), steps)
+    loop, save, export = time_loop(Trainer(cfg.model_copy(update={"output_dir": cfg.output_dir + "-loop"})), steps)
+    b = cfg.data.micro_batch_size
+    line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
+            f"({b / loop:6.1f} samples/s), loop/raw speed {raw / loop:.2f} (target >= 0.9)")
+    if flops is not None:
+        line += f", MFU raw {flops / raw / H100_BF16_DENSE_FLOPS:.1%}, loop {flops / loop / H100_BF16_DENSE_FLOPS:.1%}"
+    print(line)
+    print(f"{' ' * len(label)}  checkpoint save {save:.2f} s, export {export:.2f} s (not in the step times)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
@@ -64,7 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = write_latents(tmp / "latents", 256)
-        cfg = config(tmp / "run", shards, "tiny", args.micro_batch, args.workers, args.steps)
+        cfg = config(tmp / "run", shards, "tiny", args.micro_batch, args.workers, 10**6)
 
         stream = iter(LatentBatches(cfg))
         next(stream)  # start-up (workers, first shard) is not throughput
@@ -72,26 +137,25 @@ def main() -> None:
         for _ in range(args.steps):
             next(stream)
         loader = args.steps * args.micro_batch / (time.perf_counter() - start)
-
         trainer = Trainer(cfg)
-        batch = next(trainer.batches)
-        trainer.loss(batch).backward()  # warm-up
-        trainer.optimizer.zero_grad()
-        trainer.cfg = cfg.model_copy(update={"steps": args.steps + 1})
-        trainer.state.step = 1
+        for _ in range(2):
+            trainer.step()
         start = time.perf_counter()
-        trainer.train()
+        for _ in range(args.steps):
+            trainer.step()
         train = args.steps * args.micro_batch / (time.perf_counter() - start)
+        print(f"tiny preset, micro-batch {args.micro_batch}, latents {CHANNELS}x{FRAMES} float16, "
+              f"{args.workers} loader worker(s), CPU")
+        print(f"data loader alone:       {loader:8.1f} samples/s")
+        print(f"loader + training step:  {train:8.1f} samples/s")
+        print(f"loader headroom:         {loader / train:8.1f}x (target >= 5)")
 
-    print(f"tiny preset, micro-batch {args.micro_batch}, latents {CHANNELS}x{FRAMES} float16, "
-          f"{args.workers} loader worker(s), CPU")
-    print(f"data loader alone:       {loader:8.1f} samples/s")
-    print(f"loader + training step:  {train:8.1f} samples/s")
-    print(f"loader headroom:         {loader / train:8.1f}x (target >= 5)")
+        small = config(tmp / "small", shards, "small", 4, args.workers, 10**6)
+        loop_vs_raw("CPU small preset, batch 4 x 10 s, fp32", small, max(3, args.steps // 4))
     if torch.cuda.is_available():
         gpu(args)
     else:
-        print("no GPU here: the dit-l bf16 samples/s and MFU part runs where CUDA is available")
+        print("GPU dit-l bf16 batch 32 x 10 s (eager, compiled): not measured (no CUDA on this machine)")
 
 
 def gpu(args) -> None:
@@ -100,20 +164,16 @@ def gpu(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = write_latents(tmp / "latents", 512)
-        cfg = config(tmp / "run", shards, "dit-l", 32, 8, 20).model_copy(update={"mixed_precision": "bf16"})
-        trainer = Trainer(cfg)
-        trainer.cfg = cfg.model_copy(update={"steps": 5})
-        trainer.train()  # warm-up steps
-        torch.cuda.synchronize()
-        trainer.cfg = cfg.model_copy(update={"steps": 25})
-        start = time.perf_counter()
-        trainer.train()
-        torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / 20
-        params = sum(p.numel() for p in trainer.unwrapped.parameters())
-        mfu = model_flops(trainer.unwrapped.config, params, 32, FRAMES, text_len=0) / seconds / H200_BF16_DENSE_FLOPS
-        print(f"GPU {torch.cuda.get_device_name()}: dit-l mask stage, bf16, batch 32 x 10 s: "
-              f"{32 / seconds:.1f} samples/s, MFU {mfu:.1%} (of 989 TFLOP/s)")
+        for compiled in (False, True):
+            cfg = config(tmp / f"run-{compiled}", shards, "dit-l", 32, 8, 10**6, mixed_precision="bf16", compile=compiled)
+            probe = Trainer(cfg)
+            params = sum(p.numel() for p in probe.unwrapped.parameters())
+            flops = model_flops(probe.unwrapped.config, params, 32, FRAMES, text_len=0)
+            del probe
+            torch.cuda.empty_cache()
+            loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, "
+                        f"{'compiled' if compiled else 'eager'}", cfg, 10, flops)
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -256,7 +256,7 @@ def _cosine(clap, a: audio.Audio, b: audio.Audio) -> float:
 def imagic_edit_file(checkpoint: str, source: str, text: str, out: str, cfg: ImagicConfig, device: str = "cpu",
                      **sampling) -> dict:
     """Edit one file; writes the edit, and beside it OUT_STEM.candidates/ with every η's audio and scores."""
-    editor = ImagicEditor(TextToAudio.from_pretrained(checkpoint, device=device), cfg)
+    editor = ImagicEditor(TextToAudio.from_pretrained(checkpoint, device=device, dtype="fp32", compile=False), cfg)
     result = editor.edit(audio.decode(source), text, progress=True, **sampling)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -138,9 +138,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (prompt i of a file uses seed + i)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="DiT precision (bf16 on GPUs: ~2x faster; sampling integrates in fp32 either way)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the DiT (pays off from a few clips on)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="DiT precision; auto: bf16 on GPUs, fp32 on CPUs (sampling integrates in fp32 either way)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the DiT; default: on with CUDA (the fast path: a 10-s clip at 50 steps in "
+                        "~0.6 s on an H100, against ~1.7 s eager bf16; the first clip pays the compile), off on CPUs")
     p.set_defaults(func=_generate)
 
 

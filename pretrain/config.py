@@ -16,6 +16,9 @@ class ModelConfig(Strict):
     adaln: Literal["sola", "full", "single"] | None = None  # None: the preset's
     long_skip: bool | None = None
     gradient_checkpointing: bool = False
+    # torch.compile the trained module (1.54x the eager dit-l step on an H100, issue #22); the first steps
+    # then compile (minutes at dit-l). Off by default: CPUs gain little and pay the compile time.
+    compile: bool = False
 
 
 class TextEncoderSpec(Strict):
@@ -57,6 +60,9 @@ class OptimConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    # AdamW's implementation: "fused" (one kernel per step, CUDA only), "foreach" (multi-tensor), or "auto"
+    # (fused on CUDA, foreach elsewhere)
+    implementation: Literal["auto", "fused", "foreach"] = "auto"
 
 
 class EMAConfig(Strict):

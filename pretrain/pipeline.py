@@ -29,6 +29,18 @@ BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION = "capflow.json", "capflow-t2a", 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def fast_path(device: str | torch.device, dtype: str = "auto", compile: bool | None = None) -> tuple[str, bool]:
+    """The DiT's precision and whether to compile it. "auto"/None: bf16 and torch.compile on CUDA (a 10-s clip
+    at 50 steps: 0.59 s on an H100 against 1.69 s bf16 eager, issue #22; batch-1 sampling is launch-bound, so
+    compiling is what pays), fp32 eager elsewhere (CPUs gain little and would pay the compile time)."""
+    cuda = torch.device(device).type == "cuda"
+    if dtype == "auto":
+        dtype = "bf16" if cuda else "fp32"
+    if dtype not in PRECISIONS:
+        raise ValueError(f"dtype must be auto or one of {sorted(PRECISIONS)}, got {dtype!r}")
+    return dtype, cuda if compile is None else compile
+
+
 @dataclass
 class SamplerDefaults:
     steps: int = 50
@@ -97,13 +109,13 @@ class TextToAudio:
         return write_bundle(directory, self.dit, self.codec.config, self.text_ref, self.sampler, self.stage, self.info)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32",
-                        compile: bool = False) -> TextToAudio:
-        """Load a bundle. dtype (fp32 | bf16 | fp16) is the DiT's precision; the sampler integrates in fp32
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
+                        compile: bool | None = None) -> TextToAudio:
+        """Load a bundle. dtype (auto | fp32 | bf16 | fp16) is the DiT's precision; the sampler integrates in fp32
         whatever it is. Flan-T5 runs in bf16 with a bf16 DiT and in fp32 otherwise (T5 overflows in fp16);
-        the VAE decodes in fp32 (once per clip, a small share of the time). compile: torch.compile the DiT."""
-        if dtype not in PRECISIONS:
-            raise ValueError(f"dtype must be one of {sorted(PRECISIONS)}, got {dtype!r}")
+        the VAE decodes in fp32 (once per clip, a small share of the time). compile: torch.compile the DiT.
+        The defaults are the fast path of the device (`fast_path`): bf16 + compile on CUDA, fp32 eager on CPUs."""
+        dtype, compile = fast_path(device, dtype, compile)
         root = Path(directory)
         if not (root / BUNDLE_NAME).is_file():
             if root.exists():

@@ -186,7 +186,11 @@ class Trainer:
         model = self.build_model(latent_info)
         self.span = max(1, round(cfg.masking.span_seconds * float(latent_info.get("frame_rate", 1.0))))
         o = cfg.optim
-        optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+        fused = o.implementation == "fused" or (o.implementation == "auto" and self.acc.device.type == "cuda")
+        optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
+                                      **({"fused": True} if fused else {"foreach": True}))
+        if cfg.model.compile:
+            model.compile()  # in place: parameter names, state dicts and checkpoints stay the module's own
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         # an adversarial objective's discriminator and its own optimizer (saved and resumed with the rest)
@@ -202,7 +206,8 @@ class Trainer:
         if cfg.ema.enabled:
             e = cfg.ema
             self.ema = EMAModel(self.trainable(), decay=e.decay, use_ema_warmup=e.warmup == "power",
-                                inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step)
+                                inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step,
+                                foreach=True)  # one multi-tensor lerp per step, not one kernel per tensor
             self.ema.to(self.acc.device, dtype=torch.float32)
             master = self.master_weights()  # DeepSpeed bf16/fp16: start the EMA from fp32, not the rounded copy
             for shadow, name in zip(self.ema.shadow_params, self._trainable_names()):
@@ -363,48 +368,63 @@ class Trainer:
             yield
 
     # ---- the loop -----------------------------------------------------------------------------------
+    def step(self) -> dict | None:
+        """One optimizer step: `accumulation` finite micro-batches, clipping, AdamW, schedule, EMA. Returns the
+        step's numbers, or None when its gradient was not finite (skipped on every rank and counted)."""
+        st = self.state
+        done = samples = frames = 0
+        loss_sum = 0.0
+        while done < self.accumulation:
+            batch = next(self.batches)
+            st.micro += 1
+            with self._micro_batch(last=done == self.accumulation - 1):
+                if self.discriminator is not None:  # the discriminator steps first, on this micro-batch
+                    self._discriminator_step(batch)
+                with self.acc.autocast():
+                    loss = self.loss(batch)
+                finite = self._all_finite(loss)
+                if finite:
+                    self.acc.backward(loss)
+            if not finite:
+                self._skip("non-finite loss", batch)
+                continue
+            done += 1
+            loss_sum += loss.item()
+            samples += batch["latent"].shape[0]
+            frames += int(batch["valid"].sum())
+        grad_norm = self._clip_grad_norm()
+        if grad_norm is not None and not self._all_finite(grad_norm):
+            # a finite loss with a non-finite gradient would make the weights, the EMA and every later checkpoint
+            # NaN: the step is skipped on every rank and counted like a non-finite loss (DeepSpeed skips its own
+            # step on such gradients and reports an infinite norm)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip(f"non-finite gradient norm ({grad_norm})", batch)
+            return None
+        st.nan_in_row = 0
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at
+        self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.trainable())
+        st.step += 1
+        st.samples += samples * self.acc.num_processes
+        return {"loss_sum": loss_sum, "micro_batches": done, "samples": samples, "frames": frames,
+                "grad_norm": grad_norm, "lr": lr}
+
     def train(self) -> Path:
         cfg, st = self.cfg, self.state
         start, start_step, last_log = time.time(), st.step, time.time()
         window_loss, window_micro, window_samples, frames = 0.0, 0, 0, 0
         while st.step < cfg.steps:
-            done = step_samples = 0
-            while done < self.accumulation:
-                batch = next(self.batches)
-                st.micro += 1
-                with self._micro_batch(last=done == self.accumulation - 1):
-                    if self.discriminator is not None:  # the discriminator steps first, on this micro-batch
-                        self._discriminator_step(batch)
-                    with self.acc.autocast():
-                        loss = self.loss(batch)
-                    finite = self._all_finite(loss)
-                    if finite:
-                        self.acc.backward(loss)
-                if not finite:
-                    self._skip("non-finite loss", batch)
-                    continue
-                done += 1
-                window_loss += loss.item()
-                window_micro += 1
-                step_samples += batch["latent"].shape[0]
-                frames += int(batch["valid"].sum())
-            grad_norm = self._clip_grad_norm()
-            if grad_norm is not None and not self._all_finite(grad_norm):
-                # a finite loss with a non-finite gradient would make the weights, the EMA and every later
-                # checkpoint NaN: the step is skipped on every rank and counted like a non-finite loss
-                self.optimizer.zero_grad(set_to_none=True)
-                self._skip(f"non-finite gradient norm ({grad_norm})", batch)
+            stats = self.step()
+            if stats is None:  # a non-finite gradient: the step was skipped
                 continue
-            st.nan_in_row = 0
-            lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at
-            self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.step(self.trainable())
-            st.step += 1
-            st.samples += step_samples * self.acc.num_processes
-            window_samples += step_samples
+            grad_norm, lr = stats["grad_norm"], stats["lr"]
+            window_loss += stats["loss_sum"]
+            window_micro += stats["micro_batches"]
+            window_samples += stats["samples"]
+            frames += stats["frames"]
 
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                 elapsed = time.time() - last_log
