@@ -38,10 +38,27 @@ class RayConfig(Strict):
     alm: PoolConfig = PoolConfig()
     llm: PoolConfig = PoolConfig()
     clap: PoolConfig = PoolConfig()
-    max_retries: int = 2  # a failed unit is retried this often, then reported
+    max_retries: int = 2  # a failed unit is retried this often, then written as failed rows and reported
+    max_restarts: int = 2  # Ray restarts a crashed engine/CLAP actor this often (where the cluster has room)
+    # seconds an engine or CLAP call may take before its actor counts as dead (and is restarted); None: sized
+    # from batch_clips (`call_deadline`). A unit's deadline is derived from it.
+    call_timeout: float | None = None
+    start_timeout: float = 1800.0  # seconds an actor may take to load its model (its first call)
     # environment variables handed to every worker (runtime_env), when set on the driver
     env_vars: list[str] = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN",
                            "HF_ENDPOINT", "TOKENIZERS_PARALLELISM", "VLLM_USE_V1"]
+
+
+def call_deadline(ray: RayConfig, batch_clips: int) -> float:
+    """Seconds one engine/CLAP call on `batch_clips` clips may take: 2 min + 30 s per clip unless set (a 7B ALM
+    writing 20 samples decodes about a clip per second on one GPU, so this leaves an order of magnitude)."""
+    return ray.call_timeout if ray.call_timeout is not None else 120.0 + 30.0 * batch_clips
+
+
+def unit_deadline(ray: RayConfig, unit_size: int, batch_clips: int) -> float:
+    """Seconds a whole unit may take: model loading, then three calls (ALM, LLM, CLAP) per chunk."""
+    chunks = -(-unit_size // max(1, batch_clips))
+    return ray.start_timeout + 3 * chunks * call_deadline(ray, batch_clips)
 
 
 class CaptionConfig(Strict):

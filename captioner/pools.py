@@ -12,12 +12,10 @@ holding ALM + LLM + CLAP leaves the LLM idle on most GPUs. The pools are sized f
 
 from __future__ import annotations
 
-import itertools
 import math
-import threading
-import time
-from collections import defaultdict
 from dataclasses import dataclass
+
+from shards.units import ActorPool
 
 from .config import CaptionConfig, PoolConfig
 
@@ -89,8 +87,9 @@ def actor_options(role: str, plan: PoolPlan, cfg: CaptionConfig) -> dict:
     pool = {"alm": cfg.ray.alm, "llm": cfg.ray.llm, "clap": cfg.ray.clap}[role]
     gpus = {"alm": plan.alm_gpus, "llm": plan.llm_gpus, "clap": plan.clap_gpus}[role]
     tp = {"alm": plan.alm_tp, "llm": plan.llm_tp, "clap": 1}[role]
-    # an engine that dies (OOM, a lost node) is restarted and its in-flight call retried by Ray
-    options = {"num_cpus": pool.num_cpus, "max_restarts": 2, "max_task_retries": 2}
+    # an engine that dies (OOM, a lost node) is restarted by Ray where the cluster has room (max_restarts); its
+    # callers retry elsewhere (shards.units.ActorPool), so Ray does not retry the call itself
+    options = {"num_cpus": pool.num_cpus, "max_restarts": cfg.ray.max_restarts, "max_task_retries": 0}
     if tp > 1:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -134,51 +133,27 @@ class ClapActor:
         return self.scorer.score_many(jobs)
 
 
-class _Routed:
-    """Round-robin over a pool's actors; Ray queues calls at a busy actor, so callers never wait for a
-    free one. The offset spreads writers that start together."""
+class RemoteEngine(ActorPool):
+    """An engine pool seen as one engine (`generate`, `name`, `sample_rate`), for CaptionWorker: requests go to
+    the least-loaded live actor, with a deadline; dead or hung actors leave the routing (shards.units)."""
 
-    def __init__(self, handles: list, offset: int = 0):
-        import ray
-
-        if not handles:
-            raise ValueError("an empty actor pool")
-        self._ray, self.handles = ray, handles
-        self._next = itertools.cycle(range(len(handles)))
-        for _ in range(offset % len(handles)):
-            next(self._next)
-        self._lock = threading.Lock()
-        self.timings: dict[str, float] = defaultdict(float)
-
-    def _pick(self):
-        with self._lock:
-            return self.handles[next(self._next)]
-
-    def _call(self, method: str, stage: str, *args):
-        start = time.perf_counter()
-        result = self._ray.get(getattr(self._pick(), method).remote(*args))
-        self.timings[stage] += time.perf_counter() - start
-        return result
-
-
-class RemoteEngine(_Routed):
-    """An engine pool seen as one engine (`generate`, `name`, `sample_rate`), for CaptionWorker."""
-
-    def __init__(self, handles: list, info: dict, offset: int = 0):
-        super().__init__(handles, offset)
+    def __init__(self, handles: list, timeout: float | None, start_timeout: float | None = None, offset: int = 0,
+                 name: str = "engine"):
+        super().__init__(handles, timeout, offset, name)
+        info = self.call("info", timeout=start_timeout)  # any live actor: the first may be the dead one
         self.name, self.sample_rate = info["name"], info["sample_rate"]
 
     def generate(self, requests):
-        return self._call("generate", "generate", requests)
+        return self.call("generate", requests, stage="generate")
 
 
-class RemoteClap(_Routed):
-    def __init__(self, handles: list, info: dict, offset: int = 0):
-        super().__init__(handles, offset)
-        self.sample_rate = info["sample_rate"]
+class RemoteClap(ActorPool):
+    def __init__(self, handles: list, timeout: float | None, start_timeout: float | None = None, offset: int = 0):
+        super().__init__(handles, timeout, offset, "clap")
+        self.sample_rate = self.call("info", timeout=start_timeout)["sample_rate"]
 
     def score_many(self, jobs):
-        return self._call("score_many", "clap", jobs)
+        return self.call("score_many", jobs, stage="clap")
 
 
 def start_pools(cfg: CaptionConfig, plan: PoolPlan) -> tuple[list, list, list]:
@@ -199,17 +174,15 @@ class UnitWriter:
     """A CPU actor that writes whole units with a CaptionWorker whose engines are the pools."""
 
     def __init__(self, cfg: dict, alm: list, llm: list, clap: list, offset: int = 0):
-        import ray
-
+        from .config import CaptionConfig, call_deadline
         from .worker import CaptionWorker
 
-        def first_info(handles):
-            return ray.get(handles[0].info.remote()) if handles else None
-
+        c = CaptionConfig.model_validate(cfg)
+        timeout, start = call_deadline(c.ray, c.batch_clips), c.ray.start_timeout
         self.worker = CaptionWorker(
-            cfg, alm=RemoteEngine(alm, first_info(alm), offset) if alm else None,
-            llm=RemoteEngine(llm, first_info(llm), offset) if llm else None,
-            clap=RemoteClap(clap, first_info(clap), offset))
+            cfg, alm=RemoteEngine(alm, timeout, start, offset, "alm") if alm else None,
+            llm=RemoteEngine(llm, timeout, start, offset, "llm") if llm else None,
+            clap=RemoteClap(clap, timeout, start, offset))
 
     def process_unit(self, index: int, items, directory: str, extra_stats: dict | None = None) -> dict:
         return self.worker.process_unit(index, items, directory, extra_stats)

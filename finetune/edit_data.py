@@ -23,12 +23,20 @@ from tqdm.auto import tqdm
 
 from captioner.clap import ClapScorer
 from captioner.engines import make_engine
-from captioner.job import check_done_units, dispatch_units, init_ray, run_units_in_process
 from shards import audio
 from shards import format as fmt
 from shards.config import JobFailed, config_hash, save_config
-from shards.manifest import done_shards, manifest_path, open_shard_set, write_manifest
+from shards.manifest import manifest_path, open_shard_set, write_manifest
 from shards.mix import active_span, conform, group_gain, place, seeded_rng
+from shards.units import (
+    check_done_units,
+    dispatch_units,
+    init_ray,
+    pending_units,
+    run_units_in_process,
+    worker_count,
+    write_failed_unit,
+)
 from shards.writer import ShardWriter, sweep_stale_tmp, write_json_atomic
 
 from .clips import index_clips
@@ -207,6 +215,10 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
     units = [groups[i: i + cfg.unit_size] for i in range(0, len(groups), cfg.unit_size)]
     hashes = [group_unit_hash(u) for u in units]
     out, identity = Path(cfg.output), cfg.identity()
+    address = ray_address or cfg.ray.address
+    in_process = cfg.ray.workers == 0 and not address
+    if not in_process:  # a cluster that cannot be joined is one line, before anything is written
+        init_ray(cfg.ray.env_vars, address)
     job_hash = config_hash(identity)
     splits = Counter(g.split for g in groups)
     partitioning = {"clips": len(clips), "groups": len(groups), "unit_size": cfg.unit_size, "units": len(units),
@@ -217,8 +229,7 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
     open_shard_set(out, identity, partitioning=partitioning, kind="edit")
     save_config(cfg, out)
     sweep_stale_tmp(out)
-    done = {s["index"] for s in done_shards(out).values()}
-    todo = [i for i in range(len(units)) if i not in done]
+    todo = pending_units(out, cfg.prefix, len(units))
     extras = {i: {"job_hash": job_hash, "unit_hash": hashes[i]} for i in todo}
     log.info("%d clips -> %d groups (%s) in %d units; %d done, %d to do", len(clips), len(groups),
              ", ".join(f"{k} {v}" for k, v in sorted(splits.items())), len(units), len(units) - len(todo), len(todo))
@@ -230,22 +241,23 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
         bar.update(result["rows"])
         timings.update(result.get("timings", {}))
 
+    def on_failed(i: int, error: str) -> None:  # every group of a unit that exhausted its retries: a failed row
+        on_done(write_failed_unit(out, cfg.prefix, i, [(g.key, {"split": g.split}) for g in units[i]], error, extras[i]))
+
     failed = {}
     if todo:
-        address = ray_address or cfg.ray.address
-        if cfg.ray.workers == 0 and not address:
+        if in_process:
             failed = run_units_in_process(EditDataWorker(cfg, clap=clap, llm=llm), units, todo, out, extras, on_done,
-                                          cfg.ray.max_retries)
+                                          cfg.ray.max_retries, on_failed)
         else:
             import ray
 
-            init_ray(cfg.ray, address)
             Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(EditDataWorker)
-            count = 2 if cfg.ray.workers == "auto" else max(1, int(cfg.ray.workers))
+            count = worker_count(cfg.ray.workers)  # "auto": one per GPU, as captioning
             cfg_dict = cfg.model_dump(mode="json")
             ray_units = [[asdict(g) for g in u] for u in units]
             failed = dispatch_units(lambda k: Worker.remote(cfg_dict), count, ray_units, todo, out, extras, on_done,
-                                    cfg.ray.max_retries)
+                                    cfg.ray.max_retries, on_failed)
     bar.close()
     manifest = write_manifest(out, partitioning=partitioning)
     summary = summarize(out, manifest, failed, time.perf_counter() - start, dict(timings))

@@ -68,7 +68,7 @@ def write_manifest(directory: str | Path, config: dict | None = None, partitioni
     config = config if config is not None else previous.get("config", {})
     shards = [
         {k: s[k] for k in ("shard", "index", "samples", "rows", "bytes", "sha256", "duration_s", "members")}
-        | {"tar": s["shard"] + fmt.TAR_SUFFIX}
+        | {k: s[k] for k in ("unit_hash", "failed_unit") if s.get(k)} | {"tar": s["shard"] + fmt.TAR_SUFFIX}
         for s in done_shards(directory).values()
     ]
     manifest = {

@@ -183,6 +183,11 @@ def release(directory: str | Path, out: str | Path, with_audio: bool = False, li
     shards = manifest["shards"]
     if not shards:
         raise ReleaseError(f"{directory}: no finished shards to release")
+    from .validate import check_partitioning
+
+    if lost := check_partitioning(manifest):  # a release must not count a set with lost or failed units as whole
+        raise ReleaseError(f"{directory}: {lost[0]}" + (f" (and {len(lost) - 1} more; `capflow shards validate`)"
+                                                        if len(lost) > 1 else ""))
     _open_out(out, _identity(manifest, with_audio), overwrite)
     parts = out / STATE / "parts"
     schema = release_features(with_audio).arrow_schema  # carries the HF feature metadata

@@ -76,6 +76,32 @@ def _check_tar(path: Path, name: str, members: list[str], clip_splits: dict[str,
     return list(samples), problems
 
 
+def check_partitioning(manifest: dict) -> list[Problem]:
+    """Every planned work unit is a finished shard and every planned input item a sidecar row: a unit that wrote
+    nothing (lost to a dead worker, deleted by hand) is a problem, not a smaller data set. A unit whose retries
+    were exhausted is a shard of `failed` rows (stats `failed_unit`): recorded failures, as a failed clip is."""
+    part, shards = manifest.get("partitioning") or {}, manifest.get("shards", [])
+    planned = part.get("units", part.get("shards"))
+    if planned is None:
+        return []
+    problems = []
+    indices = {e.get("index") for e in shards}
+    missing = [i for i in range(int(planned)) if i not in indices]
+    if missing:
+        problems.append(Problem(fmt.MANIFEST_NAME, f"{len(missing)} of {planned} planned units have no shard (units "
+                                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}): their items are lost; "
+                                "rerun the job that made this set to finish them"))
+    hashes = part.get("unit_hashes")
+    for e in shards:
+        if hashes and e.get("index") is not None and e["index"] < len(hashes) and e.get("unit_hash") not in (None, hashes[e["index"]]):
+            problems.append(Problem(e["shard"], "its clips are not the planned unit's (unit hash differs)"))
+    items = part.get("items", part.get("groups"))
+    rows = sum(e.get("rows", 0) for e in shards)
+    if items is not None and not missing and rows != items:
+        problems.append(Problem(fmt.MANIFEST_NAME, f"the shards hold {rows} rows for {items} planned items"))
+    return problems
+
+
 def validate(directory: str | Path, check_hashes: bool = True, progress: bool = False) -> list[Problem]:
     """All problems found in the shard set at `directory` (empty when it is valid)."""
     directory = Path(directory)
@@ -87,6 +113,7 @@ def validate(directory: str | Path, check_hashes: bool = True, progress: bool = 
     if manifest.get("schema_version") != fmt.SCHEMA_VERSION:
         problems.append(Problem(fmt.MANIFEST_NAME, f"schema_version {manifest.get('schema_version')} is not "
                                                    f"{fmt.SCHEMA_VERSION} (written by another capflow version)"))
+    problems += check_partitioning(manifest)
     listed, seen, clip_splits = set(), {}, {}
     for entry in tqdm(manifest.get("shards", []), desc="validating", unit="shard", disable=not progress):
         name = entry["shard"]

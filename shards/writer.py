@@ -108,7 +108,7 @@ def sweep_stale_tmp(directory: str | Path) -> int:
         return 0
     with commit_lock(directory):
         for path in directory.glob("*.tmp-*"):
-            with open(path, "rb") as f:
+            with open(path, "ab") as f:  # LOCK_EX needs a file open for writing on NFS (flock(2))
                 try:
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

@@ -4,9 +4,11 @@ scheduling knobs, AudioSet's label files, stale writers, and the pools placement
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +82,29 @@ def test_relative_paths_with_a_ray_head_started_elsewhere(corpus, tiny_models, t
     head_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     head_env["RAY_AUTH_MODE"] = "disabled"
     ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false",
-                    "--disable-usage-stats"], cwd=head_dir, env=head_env, check=True, capture_output=True, timeout=120)
+    # `--block` keeps the head in this process group, so the test stops the cluster it started and no other
+    # (`ray stop` would kill every Ray on a shared machine)
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], cwd=head_dir,
+                            env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        deadline = time.monotonic() + 120
+        while True:  # the head is up when its GCS port answers
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not start"
+                time.sleep(1)
         proc = subprocess.run([sys.executable, "-m", "captioner", "caption", "--config", "job.yaml",
                                "--ray-address", f"127.0.0.1:{port}"], cwd=job_dir, capture_output=True, text=True,
                               timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=60)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((job_dir / "out" / "caption_summary.json").read_text())
     assert summary["ok"] == 9 and summary["shards"] == 3
@@ -287,6 +303,76 @@ class FakeClapActor:
         return [[round(0.5 - 0.01 * i, 6) for i in range(len(texts))] for _, texts in jobs]
 
 
+FAULT_DIR: Path | None = None  # set by the fault test; the fake actors are pickled by value, with it
+
+
+class FaultyEngineActor(FakeEngineActor):
+    """The first ALM actor to start is the faulty one (its Ray actor id is stable across restarts): it serves one
+    request, then dies (`os._exit`) or hangs on every later call, in every incarnation Ray restarts."""
+
+    def __init__(self, spec: dict):
+        import ray
+
+        super().__init__(spec)
+        me = ray.get_runtime_context().get_actor_id()
+        claim = FAULT_DIR / f"faulty-{self.model}"
+        try:
+            with open(claim, "x") as f:
+                f.write(me)
+        except FileExistsError:
+            pass
+        self.faulty = self.model == "alm-model" and claim.read_text() == me
+
+    def generate(self, requests):
+        if self.faulty:
+            served = FAULT_DIR / "served"
+            if served.exists():
+                (FAULT_DIR / f"fault-{os.getpid()}").write_text("")
+                if (FAULT_DIR / "mode").read_text() == "dies":
+                    os._exit(1)
+                time.sleep(3600)
+            served.write_text("")
+        return super().generate(requests)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["dies", "hangs"])
+def test_an_engine_actor_lost_for_good_mid_job_leaves_the_routing(corpus, tmp_path, monkeypatch, mode):
+    """Two ALM actors; one serves a request, then dies on every call (even after Ray restarts it) or hangs past
+    the call deadline. The job finishes on the live one: every clip exactly once, no unit lost."""
+    global FAULT_DIR
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "mode").write_text(mode)
+    monkeypatch.setattr(sys.modules[__name__], "FAULT_DIR", tmp_path / "faults")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(pools, "EngineActor", FaultyEngineActor)
+    monkeypatch.setattr(pools, "ClapActor", FakeClapActor)
+    data = _data(corpus, {"alm": "alm-model", "llm": "llm-model", "clap": "clap-model"}, tmp_path / "out",
+                 workers=2, num_cpus=0.25, alm={"actors": 2, "num_cpus": 0.1}, llm={"num_cpus": 0.1},
+                 clap={"num_cpus": 0.1}, max_restarts=1, call_timeout=8.0, start_timeout=60.0, max_retries=1)
+    data["unit_size"], data["batch_clips"] = 2, 1
+    try:
+        summary = run_caption_job(CaptionConfig.model_validate(data), progress=False)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert list((tmp_path / "faults").glob("fault-*")), "the faulty actor was never called again"
+    plan = json.loads((tmp_path / "out" / "manifest.json").read_text())["partitioning"]
+    assert summary["ok"] == 9 and summary["failed_units"] == {} and summary["shards"] == plan["units"]
+    assert validate(tmp_path / "out") == []  # no key twice, every planned unit a shard, every item a row
+    rows = [r for p in sorted((tmp_path / "out").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == len({r["key"] for r in rows}) == plan["items"]
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_cluster_is_one_line_and_nothing_is_written(corpus, tiny_models, tmp_path):
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(_data(corpus, tiny_models, tmp_path / "out", workers=1)))
+    proc = subprocess.run([sys.executable, "-m", "captioner", "caption", "--config", str(tmp_path / "job.yaml"),
+                           "--ray-address", f"127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+    assert "cannot join the Ray cluster" in proc.stderr and "RAY_AUTH_MODE" not in proc.stderr.split(":")[0]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.timeout(240)
 def test_pools_route_requests_to_every_engine_actor(corpus, tmp_path, monkeypatch):
 
@@ -319,8 +405,8 @@ def test_pools_route_requests_to_every_engine_actor(corpus, tmp_path, monkeypatc
 def test_joining_ray_keeps_the_drivers_logging():
     """The driver's INFO lines (the demo's steps, training's step line) survive starting Ray."""
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-            "from captioner.config import CaptionConfig; from captioner.job import init_ray\n"
-            "init_ray(CaptionConfig().ray, None)\n"
+            "from captioner.config import CaptionConfig; from shards.units import init_ray\n"
+            "init_ray(CaptionConfig().ray.env_vars, None)\n"
             "print('LEVEL', logging.getLogger().getEffectiveLevel())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
     assert "LEVEL 20" in proc.stdout, proc.stdout + proc.stderr[-2000:]

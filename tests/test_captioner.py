@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,7 +253,7 @@ def test_killed_job_resumes_to_identical_shards(reference_run, corpus, tiny_mode
     assert summary["ok"] == 9 and validate(out) == []
     for tar in sorted(ref.glob("*.tar")):
         assert (out / tar.name).read_bytes() == tar.read_bytes()
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp-*"))  # temporaries are NAME.tmp-HOST-PID-RAND
 
 
 @pytest.mark.timeout(120)
@@ -289,6 +290,28 @@ def test_failed_unit_is_retried_then_reported(corpus, tiny_models, tmp_path, mon
     cfg = _config(corpus, tiny_models, tmp_path / "s", **{"ray.workers": 0, "ray.max_retries": 1})
     summary = run_caption_job(cfg, progress=False)
     assert calls == {0: 1, 1: 2, 2: 2}
-    assert summary["failed_units"] == {"2": "RuntimeError: simulated failure in unit 2"} and summary["shards"] == 2
-    monkeypatch.setattr(job.CaptionWorker, "process_unit", original)
-    assert run_caption_job(cfg, progress=False)["shards"] == 3  # a rerun does only the missing unit
+    assert summary["failed_units"] == {"2": "RuntimeError: simulated failure in unit 2"} and summary["shards"] == 3
+    # the exhausted unit is a shard of failed rows (FORMAT.md: one row per input item, failures included)
+    rows = pq.read_table(tmp_path / "s" / "audio-000002.parquet").to_pylist()
+    assert rows and all(r["status"] == "failed" and "simulated failure in unit 2" in r["error"] for r in rows)
+    assert summary["failures"]["failed"] >= len(rows) and validate(tmp_path / "s") == []
+    monkeypatch.setattr(job.CaptionWorker, "process_unit", original)  # a rerun redoes only the failed unit
+    rerun = run_caption_job(cfg, progress=False)
+    assert rerun["shards"] == 3 and rerun["failed_units"] == {} and "failed" not in rerun["failures"]
+
+
+def test_a_lost_unit_fails_validate_and_release(reference_run, tmp_path):
+    """A unit that wrote nothing (its shard deleted, the manifest rebuilt from what is on disk) is a problem
+    for validate and a refusal for release, not a smaller data set."""
+    from shards.manifest import write_manifest
+    from shards.release import ReleaseError, release
+
+    out = tmp_path / "set"
+    shutil.copytree(reference_run[0], out)
+    for path in out.glob("audio-000001*"):
+        path.unlink()
+    write_manifest(out)
+    problems = [str(p) for p in validate(out)]
+    assert any("1 of 3 planned units have no shard (units [1])" in p for p in problems), problems
+    with pytest.raises(ReleaseError, match="planned units have no shard"):
+        release(out, tmp_path / "release", progress=False)

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert set(report["metrics"]) == {"fd", "is", "fad", "clap"} and report["metrics"]["fd"]["n_clips"] == 4
     assert (work / "runs" / "align" / "export" / "README.md").is_file()
     assert list((work / "runs" / "align" / "validation").glob("step-*/*.png"))
-    assert not list((work / "shards" / "audio").glob("*.tmp"))
+    assert not list((work / "shards" / "audio").glob("*.tmp-*"))  # temporaries are NAME.tmp-HOST-PID-RAND
     edits = json.loads((work / "edits" / "eval" / "report.json").read_text())
     assert set(edits["groups"]) == {"add", "remove", "replace"} and edits["making_seconds_per_clip"] > 0
     assert json.loads((work / "runs" / "edit" / "export" / "capflow.json").read_text())["format"] == "capflow-editor"
