@@ -41,24 +41,18 @@ def _finetune(args) -> int:
 
 
 def _jobs(args) -> list[dict]:
-    """{input, instruction, output, type} of a single edit or of a --batch JSONL (paths relative to the file)."""
+    """{input, instruction, output, type, caption} of a single edit or of a --batch JSONL, checked (inputs readable,
+    texts not empty, outputs writable) before any model loads."""
+    from shards.cli import check_jobs, read_batch
+
     if args.batch:
-        root = Path(args.batch).parent
-        jobs = []
-        for n, line in enumerate(Path(args.batch).read_text().splitlines()):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = {"input", "instruction", "output"} - set(row)
-            if missing:
-                raise ValueError(f"{args.batch}: line {n + 1} lacks {sorted(missing)} (each line: input, instruction, "
-                                 "output, optionally type and caption, the target's caption)")
-            jobs.append({"input": str(root / row["input"]), "instruction": row["instruction"],
-                         "output": str(root / row["output"]), "type": row.get("type"), "caption": row.get("caption")})
-        return jobs
-    if len(args.args) != 2:
+        jobs = read_batch(args.batch, ("input", "instruction", "output"), ("type", "caption"))
+    elif len(args.args) != 2:
         raise ValueError("give INPUT and INSTRUCTION (e.g. in.wav \"Remove the siren\" -o out.wav), --batch F or --test-set D")
-    return [{"input": args.args[0], "instruction": args.args[1], "output": args.output, "type": None, "caption": None}]
+    else:
+        jobs = [{"input": args.args[0], "instruction": args.args[1], "output": args.output, "type": None, "caption": None}]
+    check_jobs(jobs, "instruction", "target text" if args.method == "imagic" else "instruction")
+    return jobs
 
 
 def _write_manifest(args, rows: list[dict], text_is_caption: bool) -> None:
@@ -87,32 +81,46 @@ def _edit(args) -> int:
 
     import torch
 
+    from pretrain.pipeline import check_bundle
     from shards import audio
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sampling = {k: v for k, v in {"steps": args.steps, "cfg": args.cfg, "cfg_source": args.cfg_source,
                                   "rescale": args.rescale, "t_start": args.t_start, "method": args.sampler,
                                   "seed": args.seed}.items() if v is not None}
-    jobs = [] if args.test_set else _jobs(args)
     if args.method == "imagic":
-        from .imagic import ImagicConfig, imagic_edit_file
+        from pretrain.pipeline import TextToAudio
+
+        from .imagic import ImagicConfig, ImagicEditor, check_length, imagic_edit_file, load_clap
 
         if args.test_set or args.cfg_source is not None or args.t_start is not None:
             raise ValueError("--method imagic takes INPUT TEXT or --batch; --test-set, --cfg-source and --t-start are "
                              "for the instruction editor")
+        if args.dtype not in ("auto", "fp32"):
+            raise ValueError(f"--method imagic fine-tunes the DiT, which it does in fp32; drop --dtype {args.dtype}")
         cfg = ImagicConfig(eta=args.eta, embed_steps=args.embed_steps, embed_lr=args.embed_lr, tune_steps=args.tune_steps,
-                           tune_lr=args.tune_lr, lora_rank=None if args.full else args.lora_rank,
-                           inpaint=args.inpaint, save_tuned=args.save_tuned, clap_model=args.clap_model)
+                           tune_lr=args.tune_lr, lora_rank=None if args.full else args.lora_rank, inpaint=args.inpaint,
+                           save_tuned=args.save_tuned, clap_model=args.clap_model, max_seconds=args.max_seconds)
+        jobs = _jobs(args)
+        check_bundle(args.checkpoint, "capflow-t2a")
+        duration = _bundle_duration(args.checkpoint)
+        for job in jobs:  # before any model loads
+            check_length(job["seconds_in"], duration, cfg.max_seconds, job["input"])
+        clap = load_clap(cfg.clap_model, device) if cfg.eta == "auto" and cfg.clap_model else None
+        # one T2A bundle and one CLAP for the whole batch; the bundle is unchanged after every edit
+        editor = ImagicEditor(TextToAudio.from_pretrained(args.checkpoint, device=device, dtype="fp32", compile=False),
+                              cfg, clap=clap)
         for job in jobs:
             start = time.perf_counter()
-            result = imagic_edit_file(args.checkpoint, job["input"], job["instruction"], job["output"], cfg,
-                                      device=device, **sampling)
+            result = imagic_edit_file(editor, job["input"], job["instruction"], job["output"], **sampling)
             job["seconds"] = time.perf_counter() - start
             print(f"{job['output']}  <- {job['input']} + {job['instruction']!r} (eta {result['eta']:g})")
         _write_manifest(args, jobs, text_is_caption=True)
         return 0
     from .editor import InstructionEditor
 
+    jobs = [] if args.test_set else _jobs(args)
+    check_bundle(args.checkpoint, "capflow-editor")
     editor = InstructionEditor.from_pretrained(args.checkpoint, device=device, dtype=args.dtype)
     if args.test_set:
         from .edit_eval import edit_test_set
@@ -121,13 +129,22 @@ def _edit(args) -> int:
         return 0
     for job in jobs:
         start = time.perf_counter()
-        edited = editor.edit(audio.decode(job["input"]), job["instruction"], **sampling)
+        edited = editor.edit(audio.decode(job["input"]), job["instruction"], window_batch=args.window_batch, **sampling)
         job["seconds"] = time.perf_counter() - start
         Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
         audio.write(job["output"], edited)
         print(f"{job['output']}  <- {job['input']} + {job['instruction']!r}")
     _write_manifest(args, jobs, text_is_caption=False)
     return 0
+
+
+def _bundle_duration(checkpoint: str) -> float:
+    """The seconds a T2A bundle generates (its sampler defaults), read without loading it."""
+    from pretrain.pipeline import BUNDLE_NAME, SamplerDefaults
+
+    path = Path(checkpoint) / BUNDLE_NAME
+    sampler = json.loads(path.read_text()).get("sampler", {}) if path.is_file() else {}
+    return SamplerDefaults(**sampler).duration
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -170,7 +187,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["euler", "heun"], default=None, help="ODE solver")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="DiT precision")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="DiT precision (auto: bf16 on GPUs, fp32 on CPUs; imagic always fine-tunes in fp32)")
+    p.add_argument("--window-batch", type=int, default=8,
+                   help="windows of a long input edited per forward (memory is one batch, whatever the length)")
     g = p.add_argument_group("imagic (--method imagic)")
     g.add_argument("--eta", default="auto", help="interpolation weight of the target text, or auto (a batched sweep)")
     g.add_argument("--embed-steps", type=int, default=500, help="text-embedding optimisation steps (paper: 500)")
@@ -181,6 +201,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (the paper's setting)")
     g.add_argument("--inpaint", default=None, metavar="START:END", help="fill this span (seconds), keep the rest")
     g.add_argument("--save-tuned", default=None, metavar="DIR", help="save the tuned model as a T2A bundle")
+    g.add_argument("--max-seconds", type=float, default=None,
+                   help="longest input Imagic takes (default 1.5 x the bundle's duration; it tunes on the whole clip)")
     g.add_argument("--clap-model", default="laion/larger_clap_general",
                    help="CLAP that scores the eta sweep (hub id or directory)")
     p.set_defaults(func=_edit)

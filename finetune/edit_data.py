@@ -25,9 +25,10 @@ from captioner.clap import ClapScorer
 from captioner.engines import make_engine
 from shards import audio
 from shards import format as fmt
+from shards.audio import conform
 from shards.config import JobFailed, config_hash, save_config
 from shards.manifest import manifest_path, open_shard_set, write_manifest
-from shards.mix import active_span, conform, group_gain, place, seeded_rng
+from shards.mix import active_span, group_gain, place, seeded_rng
 from shards.units import (
     check_done_units,
     dispatch_units,

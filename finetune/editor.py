@@ -10,8 +10,9 @@ Bundle layout (a directory or a hub repo):
 Editing starts at t_start on the path to the source latent and integrates to 1 (sampler.py). Guidance, all
 branches in one batched forward: instruction-only CFG (v∅ + s·(v_I − v∅), source kept in both branches), or
 InstructPix2Pix's two scales v∅∅ + s_src·(v_S − v∅∅) + s·(v_SI − v_S); both with CFG rescaling.
-Long inputs are edited in windows of the training duration that overlap by `overlap` seconds, crossfaded
-linearly in latent space and decoded once. Shape legend: b batch, c latent channels, n frames, a audio
+Long inputs are edited in windows of the training duration that overlap by `overlap` seconds, a bounded batch
+of windows at a time (encoded, edited and decoded together), crossfaded linearly in the waveform
+(shards/windows.py, shared with the separator). Shape legend: b batch, c latent channels, n frames, a audio
 channels, s samples.
 """
 
@@ -31,10 +32,10 @@ from torch import nn
 from pretrain.codec import AudioCodec, CodecConfig
 from pretrain.dit import EzAudioDiT
 from pretrain.flow import start_point
-from pretrain.pipeline import PRECISIONS, TextEncoderRef, download_bundle, resolve_ref
+from pretrain.pipeline import PRECISIONS, TextEncoderRef, download_bundle, fast_path, resolve_ref
 from pretrain.sampler import integrate, rescale_cfg
 from pretrain.text import TextEncoder
-from shards import audio
+from shards import audio, windows
 
 BUNDLE_NAME, EDITOR_FORMAT, EDITOR_VERSION = "capflow.json", "capflow-editor", 1
 DIT_DIR, LORA_DIR = "dit", "text_lora"
@@ -128,13 +129,12 @@ class InstructionEditor:
         return next(self.dit.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32",
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
                         merge: bool = True) -> InstructionEditor:
         """Load an editor bundle; the LoRA adapter is merged into Flan-T5 (merge=False keeps it separate)."""
         from peft import PeftModel
 
-        if dtype not in PRECISIONS:
-            raise ValueError(f"dtype must be one of {sorted(PRECISIONS)}, got {dtype!r}")
+        dtype, _ = fast_path(device, dtype, False)  # auto: bf16 on CUDA, fp32 elsewhere
         root = Path(directory)
         if not (root / BUNDLE_NAME).is_file():
             if root.exists():
@@ -164,9 +164,9 @@ class InstructionEditor:
     @torch.no_grad()
     def edit_latents(self, source: torch.Tensor, instructions: list[str], *, steps: int | None = None,
                      cfg: float | None = None, cfg_source: float | None = None, rescale: float | None = None,
-                     t_start: float | None = None, method: str | None = None, seed: int = 0) -> torch.Tensor:
+                     t_start: float | None = None, method: str | None = None, seed: int | list[int] = 0) -> torch.Tensor:
         """Edited latents (b, c, n) for normalised source latents (b, c, n). t_start = 0 starts from pure
-        noise with the source as condition only."""
+        noise with the source as condition only. seed: one for the batch, or one per row."""
         s = self.sampler
         steps, method = steps or s.steps, method or s.method
         cfg = s.cfg if cfg is None else cfg
@@ -177,74 +177,45 @@ class InstructionEditor:
         source = source.to(device, torch.float32)
         text, mask = self.text(instructions)
         null, null_mask = self.text([""] * len(instructions))
-        noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        if isinstance(seed, int):
+            noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(seed))
+        else:  # a row's noise does not depend on the batch it is in
+            noise = torch.stack([torch.randn(source.shape[1:], generator=torch.Generator().manual_seed(k)) for k in seed])
+        noise = noise.to(device)
         x = start_point(source, noise, t_start) if t_start > 0 else noise
         velocity = editor_velocity(self.dit, source, text.to(device), mask.to(device), null.to(device),
                                    null_mask.to(device), cfg, cfg_source, rescale)
         return integrate(velocity, x, t_start=t_start, steps=steps, method=method)
 
     # ---- audio ------------------------------------------------------------------------------------------
-    def _windows(self, n: int) -> list[tuple[int, int]]:
-        window = self.codec.frames(self.sampler.duration)
-        if n <= window:
-            return [(0, n)]
-        hop = max(1, window - self.codec.frames(self.sampler.overlap))
-        starts = list(range(0, n - window, hop)) + [n - window]
-        return [(a, a + window) for a in starts]
-
     @torch.no_grad()
-    def edit(self, clip: audio.Audio, instruction: str, **kwargs) -> audio.Audio:
-        """Edit one clip (any rate, mono or stereo, any length); returned at its rate and channel count."""
-        return self.edit_many([clip], [instruction], **kwargs)[0]
+    def edit(self, clip: audio.Audio, instruction: str, window_batch: int = 8, **kwargs) -> audio.Audio:
+        """Edit one clip (any rate, mono or stereo, any length); returned at its rate, channels and length.
+        A clip longer than the training window is edited in windows of it that overlap by `sampler.overlap`
+        seconds, `window_batch` at a time (encode, edit, decode), crossfaded in the waveform: memory is that of
+        one batch of windows whatever the input's length. Window k draws its noise from seed + k, so the result
+        does not depend on `window_batch`."""
+        codec, s = self.codec, self.sampler
+        wave = torch.from_numpy(np.ascontiguousarray(audio.conform(clip, codec.sample_rate, codec.audio_channels)))
+        n = wave.shape[-1]
+        window = codec.frames(s.duration) * codec.hop  # whole latent frames
+        fade = min(round(s.overlap * codec.sample_rate), window // 2)
+        spans = windows.spans(n, window, window - fade)
+        out = windows.OverlapAdd((wave.shape[0],), n, fade, spans)
+        seed = kwargs.pop("seed", 0)
+        index = {span: k for k, span in enumerate(spans)}
+        for group in windows.batches(spans, window_batch):
+            z = codec.encode(torch.stack([wave[:, a:b] for a, b in group]).to(self.device))  # (w, c, frames)
+            seeds = [seed + index[span] for span in group]
+            edited = codec.decode(self.edit_latents(z, [instruction] * len(group), seed=seeds, **kwargs)).float()
+            for (a, b), piece in zip(group, edited.cpu()):  # (a, s) each; the VAE's length may differ by a hop
+                out.add(torch.nn.functional.pad(piece, (0, max(0, b - a - piece.shape[-1])))[..., : b - a], a, b)
+        return audio.restore(out.result().numpy(), codec.sample_rate, clip)
 
-    @torch.no_grad()
     def edit_many(self, clips: list[audio.Audio], instructions: list[str], **kwargs) -> list[audio.Audio]:
-        """Edit clips; every window of every clip goes through the sampler in one batch."""
         if len(clips) != len(instructions):
             raise ValueError(f"{len(clips)} clips but {len(instructions)} instructions")
-        codec, device = self.codec, self.device
-        latents, spans = [], []
-        for clip in clips:
-            wave = audio.resample(clip, codec.sample_rate).samples
-            if wave.shape[0] != codec.audio_channels:
-                wave = np.repeat(wave.mean(0, keepdims=True), codec.audio_channels, axis=0)
-            z = codec.encode(torch.from_numpy(np.ascontiguousarray(wave))[None].to(device))[0]  # (c, n)
-            latents.append(z)
-            spans.append(self._windows(z.shape[-1]))
-        outputs = []
-        for (z, windows), text in zip(zip(latents, spans), instructions):
-            batch = torch.stack([z[:, a:b] for a, b in windows])
-            edited = self.edit_latents(batch, [text] * len(windows), **kwargs)
-            overlap = max((windows[k][1] - windows[k + 1][0] for k in range(len(windows) - 1)), default=0)
-            outputs.append(_crossfade(edited, windows, z.shape[-1], overlap))
-        result = []
-        for clip, z in zip(clips, outputs):
-            wave = codec.decode(z[None].to(device))[0].float().cpu().numpy()  # (a, s)
-            length = round(clip.duration * codec.sample_rate)
-            wave = audio.fit_length(wave, length)
-            out = audio.resample(audio.Audio(wave, codec.sample_rate), clip.sample_rate)
-            samples = audio.fit_length(out.samples, clip.samples.shape[-1])
-            if samples.shape[0] != clip.channels:
-                samples = np.repeat(samples.mean(0, keepdims=True), clip.channels, axis=0)
-            result.append(audio.Audio(samples.astype(np.float32), clip.sample_rate))
-        return result
-
-
-def _crossfade(edited: torch.Tensor, windows: list[tuple[int, int]], n: int, overlap: int) -> torch.Tensor:
-    """Overlapping window latents (w, c, frames) -> (c, n): linear fades over `overlap` frames at the inner
-    edges of the windows, normalised by the summed weights (weights sum to one across every overlap)."""
-    out = torch.zeros(edited.shape[1], n, device=edited.device)
-    weight = torch.zeros(n, device=edited.device)
-    for k, ((a, b), z) in enumerate(zip(windows, edited)):
-        ramp = torch.ones(b - a, device=edited.device)
-        fade = torch.linspace(0, 1, overlap + 2, device=edited.device)[1:-1]
-        if k > 0 and overlap:
-            ramp[:overlap] = fade
-        if k < len(windows) - 1 and overlap:
-            ramp[-overlap:] = torch.minimum(ramp[-overlap:], fade.flip(0))
-        out[:, a:b] += z * ramp
-        weight[a:b] += ramp
-    return out / weight.clamp_min(1e-6)
+        return [self.edit(c, i, **kwargs) for c, i in zip(clips, instructions)]
 
 
 def timed_edits(editor: InstructionEditor, jobs: list[tuple[audio.Audio, str]], **kwargs) -> list[tuple[audio.Audio, float]]:

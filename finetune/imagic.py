@@ -50,6 +50,8 @@ class ImagicConfig:
     clap_model: str | None = "laion/larger_clap_general"  # scores the η sweep (needed for eta="auto")
     save_tuned: str | None = None  # also save the tuned model as a T2A bundle here
     seed: int = 0
+    # Imagic edits one clip of the model's length: longer inputs are refused (None: 1.5 x the bundle's duration)
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if isinstance(self.inpaint, str):
@@ -87,17 +89,16 @@ class ImagicEditor:
     @property
     def clap(self):
         if self._clap is None and self.cfg.clap_model:
-            from evaluation.backbones import load_backbone
-
-            self._clap = load_backbone("clap", self.cfg.clap_model, str(self.t2a.device))
+            self._clap = load_clap(self.cfg.clap_model, str(self.t2a.device))
         return self._clap
+
+    def check_length(self, seconds: float | None, name: str = "the input") -> None:
+        check_length(seconds, self.t2a.sampler.duration, self.cfg.max_seconds, name)
 
     # ---- the three steps ------------------------------------------------------------------------------
     def encode(self, clip: audio.Audio) -> torch.Tensor:
         codec = self.t2a.codec
-        wave = audio.resample(clip, codec.sample_rate).samples
-        if wave.shape[0] != codec.audio_channels:
-            wave = np.repeat(wave.mean(0, keepdims=True), codec.audio_channels, axis=0)
+        wave = audio.conform(clip, codec.sample_rate, codec.audio_channels)
         with torch.no_grad():
             return codec.encode(torch.from_numpy(np.ascontiguousarray(wave))[None].to(self.t2a.device))  # (1, c, n)
 
@@ -203,6 +204,7 @@ class ImagicEditor:
         cfg, t2a = self.cfg, self.t2a
         if cfg.eta == "auto" and self.clap is None:
             raise ValueError("eta 'auto' scores the sweep with CLAP: set clap_model, or give a fixed eta")
+        self.check_length(clip.duration)
         seconds = {}
         start = time.perf_counter()
         z = self.encode(clip)
@@ -223,7 +225,7 @@ class ImagicEditor:
         finally:
             restore()
         waves = t2a.codec.decode(latents).float().cpu().numpy()  # (k, a, s)
-        candidates = [{"eta": eta, "audio": _to_input(w, t2a.codec.sample_rate, clip)} for eta, w in zip(etas, waves)]
+        candidates = [{"eta": eta, "audio": audio.restore(w, t2a.codec.sample_rate, clip)} for eta, w in zip(etas, waves)]
         if self.clap is not None:
             for c in candidates:
                 c["text_clap"] = self.clap.score(c["audio"], text)
@@ -239,12 +241,26 @@ class ImagicEditor:
             self.cfg.save_tuned)
 
 
-def _to_input(wave: np.ndarray, rate: int, like: audio.Audio) -> audio.Audio:
-    out = audio.resample(audio.Audio(wave, rate), like.sample_rate).samples
-    out = audio.fit_length(out, like.samples.shape[-1])
-    if out.shape[0] != like.channels:
-        out = np.repeat(out.mean(0, keepdims=True), like.channels, axis=0)
-    return audio.Audio(out.astype(np.float32), like.sample_rate)
+def check_length(seconds: float | None, duration: float, max_seconds: float | None, name: str = "the input") -> None:
+    """Refuse, in one line, a clip much longer than the model's training length (Imagic tunes the model on the
+    whole clip: a 5-min file would take hours and all the memory)."""
+    limit = max_seconds if max_seconds is not None else 1.5 * duration
+    if seconds is not None and seconds > limit:
+        raise ValueError(f"{name} is {seconds:.1f} s; Imagic edits one clip of the model's length ({duration:g} s, "
+                         f"limit {limit:g} s): cut the part to edit first, e.g. ffmpeg -i IN -ss START -t {duration:g} "
+                         "OUT.wav, or raise --max-seconds")
+
+
+def load_clap(model: str, device: str):
+    """The CLAP backbone that scores the η sweep, or one line saying how to do without it."""
+    from evaluation.backbones import load_backbone
+
+    try:
+        return load_backbone("clap", model, device)
+    except Exception as e:  # noqa: BLE001  (offline hub errors, missing files: one line either way)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"eta 'auto' scores its sweep with CLAP ({model}), which cannot be loaded ({reason}); "
+                         "pass --clap-model DIR (a local CLAP checkpoint) or a fixed --eta, e.g. --eta 0.6") from None
 
 
 def _cosine(clap, a: audio.Audio, b: audio.Audio) -> float:
@@ -253,10 +269,9 @@ def _cosine(clap, a: audio.Audio, b: audio.Audio) -> float:
     return float(np.dot(emb[0], emb[1]))
 
 
-def imagic_edit_file(checkpoint: str, source: str, text: str, out: str, cfg: ImagicConfig, device: str = "cpu",
-                     **sampling) -> dict:
-    """Edit one file; writes the edit, and beside it OUT_STEM.candidates/ with every η's audio and scores."""
-    editor = ImagicEditor(TextToAudio.from_pretrained(checkpoint, device=device, dtype="fp32", compile=False), cfg)
+def imagic_edit_file(editor: ImagicEditor, source: str, text: str, out: str, **sampling) -> dict:
+    """Edit one file with a loaded editor (reused across a batch); writes the edit, and beside it
+    OUT_STEM.candidates/ with every η's audio and scores."""
     result = editor.edit(audio.decode(source), text, progress=True, **sampling)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from shards import audio
 from shards import format as fmt
 from shards.config import config_dict
 from shards.reader import iter_tar_samples, shard_urls
+from shards.writer import staged_dir
 
 from .config import FinetuneConfig
 from .editor import (
@@ -55,7 +55,7 @@ class EditBatches(LatentBatches):
 
     def decoder(self, seed: int):
         e = self.cfg.edit
-        return TripletDecoder(min_clap=e.min_clap, operations=e.operations, seed=seed, latents=True)
+        return TripletDecoder(min_clap=e.min_clap, operations=e.operations, seed=seed)
 
     def select(self):
         splits = set(self.cfg.edit.train_splits)
@@ -216,22 +216,19 @@ class EditTrainer(Trainer):
         return EditValidator(self.cfg, self.codec_cfg)
 
     def export(self, use_ema: bool = True) -> Path:
-        from pretrain.checkpoint import list_checkpoints
+        from pretrain.checkpoint import checkpoint_weights, list_checkpoints
 
         checkpoint = list_checkpoints(self.out)[-1]
-        weights = checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
+        weights = checkpoint_weights(checkpoint, use_ema)
         info = {**json.loads((checkpoint / STATE_NAME).read_text()), "ema": weights.name == "dit_ema",
                 "data_hashes": self.data_hashes}
         if self.last_val_clap is not None:
             info["validation_clap"] = round(self.last_val_clap, 4)
         out = self.out / "export"
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info)
-        (tmp / "README.md").write_text(editor_card(self.cfg, info))
-        (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(self.cfg), sort_keys=False))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with staged_dir(out) as tmp:
+            write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info)
+            (tmp / "README.md").write_text(editor_card(self.cfg, info))
+            (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(self.cfg), sort_keys=False))
         log.info("exported %s", out)
         return out
 

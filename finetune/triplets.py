@@ -17,7 +17,6 @@ import zlib
 import numpy as np
 
 from shards import format as fmt
-from shards.audio import load
 from shards.reader import make_pipeline
 
 from .instructions import OPERATIONS, TRIPLETS
@@ -50,22 +49,17 @@ def draw(meta: dict, rng: random.Random, min_clap: float | None, operations=OPER
 
 
 class TripletDecoder:
-    """Raw edit-group sample -> one drawn triplet with its source and target latents (or audio)."""
+    """Raw encoded edit-group sample -> one drawn triplet with its source and target latents."""
 
-    def __init__(self, min_clap: float | None = 0.35, operations=OPERATIONS, seed: int = 0, latents: bool = True,
-                 sample_rate: int | None = None, duration: float | None = None):
-        self.min_clap, self.operations, self.seed, self.latents = min_clap, tuple(operations), seed, latents
-        self.sample_rate, self.duration = sample_rate, duration
+    def __init__(self, min_clap: float | None = 0.35, operations=OPERATIONS, seed: int = 0):
+        self.min_clap, self.operations, self.seed = min_clap, tuple(operations), seed
 
     def _member(self, sample: dict, role: str) -> np.ndarray:
-        ext = f"{role}.{fmt.LATENT if self.latents else fmt.AUDIO}"
+        ext = f"{role}.{fmt.LATENT}"
         if ext not in sample:
-            hint = "encode the edit groups with `capflow encode`" if self.latents else "read an audio edit-group set"
-            raise ValueError(f"{sample.get('__url__')}: edit group {sample['__key__']} has no {ext} member ({hint})")
-        if self.latents:
-            return np.load(io.BytesIO(sample[ext]), allow_pickle=False)
-        return load(sample[ext], sample_rate=self.sample_rate, mono=True, duration=self.duration,
-                    name=f"{sample['__key__']}.{ext}").samples
+            raise ValueError(f"{sample.get('__url__')}: edit group {sample['__key__']} has no {ext} member (encode the "
+                             "edit groups with `capflow encode`)")
+        return np.load(io.BytesIO(sample[ext]), allow_pickle=False)
 
     def __call__(self, sample: dict) -> dict:
         key = sample["__key__"]

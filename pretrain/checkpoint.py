@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from shards.config import config_dict
+from shards.writer import staged_dir
 
 from .codec import CodecConfig
 from .dit import EzAudioDiT
@@ -134,22 +135,23 @@ def model_card(cfg, info: dict) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_weights(checkpoint: Path, use_ema: bool = True) -> Path:
+    """The from_pretrained weights of a checkpoint: the EMA's when asked and saved, else the raw ones."""
+    return checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
+
+
 def export_bundle(cfg, checkpoint: Path, out: str | Path, codec: CodecConfig, use_ema: bool = True,
                   info: dict | None = None) -> Path:
     """Checkpoint -> from_pretrained bundle (EMA or raw weights) + README.md model card."""
-    weights = checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
+    weights = checkpoint_weights(checkpoint, use_ema)
     dit = EzAudioDiT.from_pretrained(weights)
     state = json.loads((checkpoint / STATE_NAME).read_text())
     info = {**state, **(info or {}), "ema": weights.name == "dit_ema",
             "parameters": sum(p.numel() for p in dit.parameters())}
     text_ref = TextEncoderRef(cfg.text_encoder.pretrained, cfg.text_encoder.max_length, cfg.text_encoder.dtype) \
         if dit.has_text else None
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_bundle(tmp, dit, codec, text_ref, cfg.validation.sampler, cfg.stage, info)
-    (tmp / "README.md").write_text(model_card(cfg, info))
-    (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    with staged_dir(out) as tmp:
+        write_bundle(tmp, dit, codec, text_ref, cfg.validation.sampler, cfg.stage, info)
+        (tmp / "README.md").write_text(model_card(cfg, info))
+        (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    return Path(out)

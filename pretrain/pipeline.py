@@ -29,6 +29,28 @@ BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION = "capflow.json", "capflow-t2a", 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# what each bundle kind is for, so that a bundle given to the wrong command says which one takes it
+BUNDLE_USES = {"capflow-t2a": "`capflow generate` or `capflow edit --method imagic`", "capflow-editor": "`capflow edit`",
+               "capflow-separator": "`capflow separate`",
+               "capflow-separation-query": "`capflow train-separator` (separation.query_from)"}
+
+
+def check_bundle(directory: str | Path, expected: str | tuple[str, ...]) -> str | None:
+    """The format of a local bundle, refused in one line (naming the command that takes it) unless it is one of
+    `expected`; None for a hub id (checked when downloaded). Reads only capflow.json: no model loads."""
+    root, expected = Path(directory), (expected,) if isinstance(expected, str) else expected
+    if not root.exists():
+        return None
+    if not (root / BUNDLE_NAME).is_file():
+        raise FileNotFoundError(f"{root} is not a capflow bundle (no {BUNDLE_NAME}); export one with the training "
+                                "command of its kind")
+    found = json.loads((root / BUNDLE_NAME).read_text()).get("format")
+    if found not in expected:
+        raise ValueError(f"{root} is a {found} bundle, not {' or '.join(expected)}; use it with "
+                         f"{BUNDLE_USES.get(found, 'the command that made it')}")
+    return found
+
+
 def fast_path(device: str | torch.device, dtype: str = "auto", compile: bool | None = None) -> tuple[str, bool]:
     """The DiT's precision and whether to compile it. "auto"/None: bf16 and torch.compile on CUDA (a 10-s clip
     at 50 steps: 0.59 s on an H100 against 1.69 s bf16 eager, issue #22; batch-1 sampling is launch-bound, so

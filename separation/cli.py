@@ -4,7 +4,6 @@ separation --config C` alone trains, for `accelerate launch -m separation --conf
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -24,12 +23,25 @@ def _train(args) -> int:
 
 
 def _separate(args) -> int:
+    import numpy as np
     import torch
 
+    from pretrain.pipeline import check_bundle
     from shards import audio
+    from shards.cli import check_jobs, read_batch
 
     from .pipeline import LanguageSeparator
 
+    if args.batch:
+        jobs = read_batch(args.batch, ("input", "query", "output"), ("residual",), ("input", "output", "residual"))
+    elif len(args.args) == 2:
+        jobs = [{"input": args.args[0], "query": args.args[1], "output": args.output, "residual": args.residual}]
+    elif not args.test_set:
+        raise ValueError('give MIXTURE and QUERY (e.g. mix.wav "dog barking" -o dog.wav), --batch F or --test-set D')
+    else:
+        jobs = []
+    check_jobs(jobs, "query", "query", outputs=("output", "residual"))  # before any model loads
+    check_bundle(args.checkpoint, "capflow-separator")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     separator = LanguageSeparator.from_pretrained(args.checkpoint, device=device)
     if args.test_set:
@@ -39,23 +51,21 @@ def _separate(args) -> int:
         print(f"{manifest}\nevaluate: capflow evaluate {manifest} --metrics sdr,sdri,si_sdr,clap,clap_a,fad "
               f"(and {manifest.with_name('no_processing.jsonl')} for the no-processing row)")
         return 0
-    if args.batch:
-        root = Path(args.batch).parent
-        jobs = [json.loads(line) for line in Path(args.batch).read_text().splitlines() if line.strip()]
-        for n, job in enumerate(jobs):
-            if not {"input", "query", "output"} <= set(job):
-                raise ValueError(f"{args.batch}: line {n + 1} needs input, query, output (and optionally residual)")
-        jobs = [{k: (str(root / v) if k in ("input", "output", "residual") else v) for k, v in job.items()} for job in jobs]
-    elif len(args.args) == 2:
-        jobs = [{"input": args.args[0], "query": args.args[1], "output": args.output, "residual": args.residual}]
-    else:
-        raise ValueError('give MIXTURE and QUERY (e.g. mix.wav "dog barking" -o dog.wav), --batch F or --test-set D')
     for job in jobs:
-        target, residual = separator.separate(audio.decode(job["input"]), job["query"])
-        for key, clip in (("output", target), ("residual", residual)):
-            if job.get(key):
-                Path(job[key]).parent.mkdir(parents=True, exist_ok=True)
-                audio.write(job[key], clip)
+        mixture = audio.decode(job["input"])
+        target, residual = separator.separate(mixture, job["query"], window_batch=args.window_batch)
+        outputs = [(job[k], clip) for k, clip in (("output", target), ("residual", residual)) if job.get(k)]
+        # target + residual = mixture after writing: float files keep every value; an integer format gets one
+        # gain for both outputs (each scaled on its own would no longer add up to the mixture)
+        integer = [c for p, c in outputs if not audio.holds_float(p)]
+        peak = max((float(np.abs(c.samples).max()) for c in integer), default=0.0)
+        gain = 0.999 / peak if peak > 1.0 else 1.0
+        if gain != 1.0:
+            print(f"{job['input']}: outputs exceed full scale; both scaled by {20 * np.log10(gain):.2f} dB to fit "
+                  "(write .wav to keep every value)", file=sys.stderr)
+        for path, clip in outputs:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            audio.write(path, audio.Audio(clip.samples * gain, clip.sample_rate))
         print(f"{job['output']}  <- {job['input']} + {job['query']!r}" + (f" (rest: {job['residual']})" if job.get("residual") else ""))
     return 0
 
@@ -71,6 +81,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("separate", help="extract what a text describes from a mixture (and the rest: 'remove X')")
     p.add_argument("--checkpoint", required=True, help="a separation bundle (the export of stage separator)")
+    p.add_argument("--window-batch", type=int, default=8,
+                   help="windows of a long input separated per forward (memory is one batch, whatever the length)")
     p.add_argument("args", nargs="*", metavar="MIXTURE QUERY", help="input audio (any format, rate, channels, length) "
                                                                    "and the text query")
     p.add_argument("-o", "--output", default="target.wav", help="the extracted sound (--test-set: a directory)")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pretrain.pipeline import download_bundle
-from shards import audio
+from shards import audio, windows
 
 from .model import Separator
 from .query import QueryModel
@@ -84,38 +84,22 @@ class LanguageSeparator:
         ssl = self.ssl(mixtures, self.sample_rate) if self.ssl is not None else None
         return self.asm(mixtures, emb, ssl)[0]
 
-    def _windows(self, n: int, overlap: int) -> list[tuple[int, int]]:
-        window = round(self.chunk * self.sample_rate)
-        if n <= window:
-            return [(0, n)]
-        hop = window - overlap
-        return [(a, a + window) for a in range(0, n - window, hop)] + [(n - window, n)]
-
     @torch.no_grad()
-    def separate(self, clip: audio.Audio, query: str, overlap: float = 0.5) -> tuple[audio.Audio, audio.Audio]:
-        """(target, residual) of a clip at its own rate and channel count."""
-        x = audio.resample(clip, self.sample_rate).samples  # (channels, s)
-        n, fade = x.shape[-1], min(round(overlap * self.sample_rate), round(self.chunk * self.sample_rate) // 4)
-        windows = self._windows(n, fade)
-        pieces = torch.from_numpy(np.stack([x[c, a:b] for c in range(x.shape[0]) for a, b in windows]))
-        est = self.separate_waves(pieces, [query] * len(pieces)).float().cpu().numpy()
-        out = np.zeros_like(x)
-        weight = np.zeros(n, dtype=np.float32)
-        ramp = np.ones(windows[0][1] - windows[0][0], dtype=np.float32)
-        if len(windows) > 1 and fade:
-            edge = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
-            ramp[:fade], ramp[-fade:] = edge, edge[::-1]
-        for c in range(x.shape[0]):
-            for k, (a, b) in enumerate(windows):
-                r = ramp.copy()
-                if k == 0:
-                    r[:fade] = 1.0
-                if k == len(windows) - 1 and len(windows) > 1:
-                    r[-fade:] = 1.0
-                out[c, a:b] += est[c * len(windows) + k] * r
-                if c == 0:
-                    weight[a:b] += r
-        out /= np.maximum(weight, 1e-6)
-        target = audio.resample(audio.Audio(out.astype(np.float32), self.sample_rate), clip.sample_rate)
-        samples = audio.fit_length(target.samples, clip.samples.shape[-1])
-        return audio.Audio(samples, clip.sample_rate), audio.Audio(clip.samples - samples, clip.sample_rate)
+    def separate(self, clip: audio.Audio, query: str, overlap: float = 0.5,
+                 window_batch: int = 8) -> tuple[audio.Audio, audio.Audio]:
+        """(target, residual) of a clip at its own rate, channel count and length. Each channel is separated
+        in windows of the training chunk that overlap by `overlap` seconds, `window_batch` windows per forward,
+        crossfaded (shards/windows.py): memory is one batch of windows whatever the input's length. The
+        residual is the mixture minus the target, so the two sum to the input exactly."""
+        x = torch.from_numpy(np.ascontiguousarray(audio.resample(clip, self.sample_rate).samples))  # (channels, s)
+        n, window = x.shape[-1], round(self.chunk * self.sample_rate)
+        fade = min(round(overlap * self.sample_rate), window // 4)
+        spans = windows.spans(n, window, window - fade)
+        out = windows.OverlapAdd((x.shape[0],), n, fade, spans)
+        pieces = [(c, a, b) for a, b in spans for c in range(x.shape[0])]
+        for group in windows.batches(pieces, window_batch):
+            est = self.separate_waves(torch.stack([x[c, a:b] for c, a, b in group]), [query] * len(group)).float().cpu()
+            for (c, a, b), piece in zip(group, est):
+                out.add(piece, a, b, at=(c,))
+        target = audio.restore(out.result().numpy(), self.sample_rate, clip)
+        return target, audio.Audio(clip.samples - target.samples, clip.sample_rate)

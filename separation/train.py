@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pretrain.checkpoint import STATE_NAME, list_checkpoints
+from pretrain.checkpoint import STATE_NAME, checkpoint_weights, list_checkpoints
 from pretrain.train import Trainer
 from shards import audio
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
+from shards.writer import staged_dir
 
 from .config import SeparationConfig
 from .data import MixtureBatches
@@ -111,22 +112,11 @@ class _SeparationTrainer(Trainer):
             self._embedder = Embedder(self.cfg.separation.clap_model, self.acc.device)
         return self._embedder
 
-    def _export_dir(self) -> tuple[Path, Path, dict]:
+    def _export_info(self) -> tuple[Path, dict]:
         checkpoint = list_checkpoints(self.out)[-1]
         info = {**json.loads((checkpoint / STATE_NAME).read_text()), "data_hashes": self.data_hashes,
                 "config_hash": config_hash(self.cfg)}
-        out = self.out / "export"
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        return checkpoint, tmp, info
-
-    def _finish_export(self, tmp: Path) -> Path:
-        save_config(self.cfg, tmp, "training_config.yaml")
-        out = self.out / "export"
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        log.info("exported %s", out)
-        return out
+        return checkpoint, info
 
 
 class QueryTrainer(_SeparationTrainer):
@@ -147,14 +137,15 @@ class QueryTrainer(_SeparationTrainer):
         return (pred - target).abs().mean()
 
     def export(self, use_ema: bool = True) -> Path:
-        checkpoint, tmp, info = self._export_dir()
-        weights = checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
-        shutil.copytree(weights, tmp / QUERY_DIR)
+        checkpoint, info = self._export_info()
         s = self.cfg.separation
         index = {"format": "capflow-separation-query", "sample_rate": s.sample_rate, "clap": s.clap_model, "info": info}
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        return self._finish_export(tmp)
+        with staged_dir(self.out / "export") as tmp:
+            shutil.copytree(checkpoint_weights(checkpoint, use_ema), tmp / QUERY_DIR)
+            (tmp / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
+            save_config(self.cfg, tmp, "training_config.yaml")
+        log.info("exported %s", self.out / "export")
+        return self.out / "export"
 
 
 class SeparatorTrainer(_SeparationTrainer):
@@ -221,13 +212,12 @@ class SeparatorTrainer(_SeparationTrainer):
     def export(self, use_ema: bool = True) -> Path:
         """A separation bundle: the separator (EMA weights), the query model of `query_from`; no discriminator,
         no denoiser."""
-        checkpoint, tmp, info = self._export_dir()
+        checkpoint, info = self._export_info()
         s = self.cfg.separation
         module = SeparatorModule(Separator(self.unwrapped.asm.config), None)
-        weights = checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
         from safetensors.torch import load_file
 
-        state = load_file(weights / "model.safetensors")
+        state = load_file(checkpoint_weights(checkpoint, use_ema) / "model.safetensors")
         module.asm.load_state_dict({k[len("asm."):]: v for k, v in state.items() if k.startswith("asm.")})
         query = None
         if not s.one_stage:
@@ -236,8 +226,11 @@ class SeparatorTrainer(_SeparationTrainer):
                             "model is added")
             else:
                 query = Path(s.query_from) / QUERY_DIR
-        write_separation_bundle(tmp, module.asm, query, s, info)
-        return self._finish_export(tmp)
+        with staged_dir(self.out / "export") as tmp:
+            write_separation_bundle(tmp, module.asm, query, s, info)
+            save_config(self.cfg, tmp, "training_config.yaml")
+        log.info("exported %s", self.out / "export")
+        return self.out / "export"
 
 
 def run_separation(cfg: SeparationConfig, resume: str | None = None) -> Path:

@@ -66,6 +66,33 @@ def _decode_pyav(src) -> Audio:
         return Audio(np.concatenate(chunks, axis=1).astype(np.float32), int(stream.rate))
 
 
+def check_readable(path: str | Path) -> float | None:
+    """Seconds of audio the file's header announces (None when the container does not say); raises AudioError
+    naming the file unless it holds audio. Nothing is decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+            try:
+                info = sf.info(str(path))
+                if info.frames > 0:
+                    return info.frames / info.samplerate
+                raise AudioError(f"{path}: holds no audio samples")
+            except sf.LibsndfileError:
+                pass  # e.g. an mp3 an old libsndfile does not read: PyAV below
+        import av
+
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: the container has no audio stream")
+            return container.duration / 1e6 if container.duration else None
+    except AudioError:
+        raise
+    except Exception as e:  # noqa: BLE001  (PyAV and libsndfile raise many types for a bad file)
+        raise AudioError(f"{path}: not a readable audio file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def decode(src: str | Path | bytes, name: str | None = None) -> Audio:
     """Decode a file path or encoded bytes. Raises AudioError naming the file for unreadable/empty audio."""
     label = name or (str(src) if not isinstance(src, bytes) else "<bytes>")
@@ -103,6 +130,22 @@ def resample(audio: Audio, sample_rate: int) -> Audio:
         return audio
     out = soxr.resample(audio.samples.T, audio.sample_rate, sample_rate, quality="HQ")  # (samples, channels)
     return Audio(np.ascontiguousarray(out.T, dtype=np.float32), sample_rate)
+
+
+def conform(audio: Audio, sample_rate: int, channels: int) -> np.ndarray:
+    """(channels, s) samples at `sample_rate`: resampled, mono repeated or stereo averaged as needed (a clip as
+    a model that wants this rate and channel count hears it)."""
+    x = resample(audio, sample_rate).samples
+    if x.shape[0] == channels:
+        return x
+    return np.repeat(x.mean(0, keepdims=True), channels, axis=0)
+
+
+def restore(samples: np.ndarray, sample_rate: int, like: Audio) -> Audio:
+    """A model's output (channels, s) at `sample_rate` back in the form of the clip it came from: its rate,
+    its channel count and its exact length."""
+    out = conform(Audio(np.ascontiguousarray(samples, dtype=np.float32), sample_rate), like.sample_rate, like.channels)
+    return Audio(fit_length(out, like.samples.shape[-1]).astype(np.float32), like.sample_rate)
 
 
 def fit_length(samples: np.ndarray, length: int, mode: str = "zero") -> np.ndarray:
@@ -147,6 +190,28 @@ def encode_flac(audio: Audio, bits: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def write(path: str | Path, audio: Audio) -> None:
-    """Write audio to a file whose format follows the suffix (wav, flac, ogg)."""
-    sf.write(str(path), np.clip(audio.samples.T, -1.0, 1.0), audio.sample_rate)
+# containers soundfile writes as 32-bit float: values past ±1 are kept, nothing is clipped
+FLOAT_SUFFIXES = {".wav", ".wave", ".w64", ".rf64", ".caf", ".aiff", ".aif", ".au"}
+
+
+def holds_float(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in FLOAT_SUFFIXES
+
+
+def write(path: str | Path, audio: Audio) -> float:
+    """Write audio to a file whose format follows the suffix, never clipping: wav/aiff/caf/w64 as 32-bit float
+    (every value kept); integer formats (flac, ogg, mp3) scaled down to fit when the peak exceeds 1, with a
+    warning. Returns the gain applied (1.0 unless scaled)."""
+    path, samples = Path(path), audio.samples
+    if holds_float(path):
+        sf.write(str(path), samples.T, audio.sample_rate, subtype="FLOAT")
+        return 1.0
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    gain = 1.0 if peak <= 1.0 else 0.999 / peak
+    if gain != 1.0:
+        import logging
+
+        logging.getLogger(__name__).warning("%s: peak %.3f exceeds full scale; scaled by %.2f dB to fit (write .wav to "
+                                            "keep every value)", path, peak, 20 * np.log10(gain))
+    sf.write(str(path), samples.T * gain, audio.sample_rate)
+    return gain

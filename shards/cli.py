@@ -4,7 +4,61 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+
+def read_batch(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
+               path_keys: tuple[str, ...] = ("input", "output")) -> list[dict]:
+    """The jobs of a --batch JSONL file (one JSON object per line; `path_keys` relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--batch {path}: no such file")
+    jobs = []
+    for n, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n + 1} is not JSON ({e.msg})") from None
+        if missing := [k for k in required if k not in row]:
+            raise ValueError(f"{path}: line {n + 1} lacks {missing} (each line: {', '.join(required)}"
+                             + (f", optionally {', '.join(optional)})" if optional else ")"))
+        jobs.append({k: str(path.parent / row[k]) if k in path_keys and row.get(k) else row.get(k)
+                     for k in (*required, *optional)})
+    if not jobs:
+        raise ValueError(f"{path}: no jobs (one JSON object per line)")
+    return jobs
+
+
+def check_jobs(jobs: list[dict], text_key: str, text_name: str, outputs: tuple[str, ...] = ("output",)) -> None:
+    """Every job's input decodable (its header read; `seconds` recorded in the job), its text not empty, its
+    outputs writable with an audio format soundfile writes: checked before any model loads, one line naming
+    what to fix."""
+    import soundfile as sf
+
+    from . import audio
+
+    for job in jobs:
+        job["seconds_in"] = audio.check_readable(job["input"])
+        if not str(job.get(text_key) or "").strip():
+            raise ValueError(f"{job['input']}: empty {text_name}; say what to do (the empty text is the model's "
+                             "null condition for guidance, not a request)")
+        for key in outputs:
+            out = job.get(key)
+            if not out:
+                continue
+            out = Path(out)
+            if out.suffix.lower().lstrip(".").upper() not in sf.available_formats():
+                raise ValueError(f"{out}: cannot write {out.suffix or 'a file without suffix'} audio; use .wav, .flac "
+                                 "or .ogg")
+            parent = out.parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if out.is_dir() or not os.access(parent, os.W_OK):
+                raise ValueError(f"{out}: not writable (check the folder and its permissions)")
 
 
 def _validate(args) -> int:

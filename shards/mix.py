@@ -16,7 +16,6 @@ from typing import Literal
 
 import numpy as np
 
-from .audio import Audio, resample
 from .config import Strict
 
 BLOCK_SECONDS = 0.05
@@ -89,15 +88,6 @@ def active_span(samples: np.ndarray, sample_rate: int) -> tuple[int, int]:
         return 0, samples.shape[-1]
     block = max(1, round(BLOCK_SECONDS * sample_rate))
     return int(active[0] * block), int(min(samples.shape[-1], (active[-1] + 1) * block))
-
-
-def conform(audio: Audio, sample_rate: int, channels: int) -> np.ndarray:
-    """(channels, s) samples at `sample_rate`: resampled, mono repeated or stereo averaged as needed."""
-    x = resample(audio, sample_rate).samples
-    if x.shape[0] == channels:
-        return x
-    mono = x.mean(0, keepdims=True)
-    return np.repeat(mono, channels, axis=0)
 
 
 @dataclass

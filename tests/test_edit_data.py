@@ -14,8 +14,9 @@ from finetune.edit_data import EditDataWorker, read_clip, run_edit_data
 from finetune.groups import GroupPlan, check_splits
 from shards import audio
 from shards import format as fmt
+from shards.audio import conform
 from shards.manifest import ConfigMismatch, open_shard_set, read_manifest
-from shards.mix import MixConfig, active_span, conform, loudness_db, place, snr_db
+from shards.mix import MixConfig, active_span, loudness_db, place, snr_db
 from shards.reader import iter_tar_samples
 from shards.validate import validate
 
