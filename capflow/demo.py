@@ -206,7 +206,8 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     _step(17, "non-rigid (Imagic) edits on the align export: toward a text, and inpainting a span")
     imagic = ImagicEditor(t2a, ImagicConfig(embed_steps=10, tune_steps=10, lora_rank=4, etas=[0.4, 0.7, 1.0],
                                             clap_model=str(workdir / "models" / "clap")))
-    clip = audio.decode(source)
+    clip = audio.decode(source)  # Imagic edits one clip of the model's length: the first 2 s of the source
+    clip = audio.Audio(clip.samples[:, : round(t2a.sampler.duration * clip.sample_rate)], clip.sample_rate)
     result = imagic.edit(clip, "Sound of knocking on a door", steps=4)
     audio.write(workdir / "edits" / "imagic_knocking.wav", result.audio)
     log.info("imagic: eta %.1f chosen of %s by the text + audio CLAP sum", result.eta,

@@ -158,7 +158,7 @@ class VLLMEngine:
         self.processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
         features = getattr(self.processor, "feature_extractor", None)
         self.sample_rate = int(features.sampling_rate) if features is not None else None
-        self.llm = LLM(model=cfg.model, trust_remote_code=cfg.trust_remote_code, seed=0, **cfg.vllm)
+        self.llm = LLM(**vllm_engine_args(cfg))
         self.timings: dict[str, float] = defaultdict(float)
 
     def generate(self, requests: list[Request]) -> list[list[str]]:
@@ -169,6 +169,16 @@ class VLLMEngine:
         outputs = self.llm.generate(prompts, sampling_params=[SamplingParams(**p) for p in params], use_tqdm=False)
         self.timings["generate"] += time.perf_counter() - start
         return parse_vllm_outputs(outputs)
+
+
+def vllm_engine_args(cfg: EngineConfig) -> dict:
+    """vllm.LLM's keyword arguments. Tensor parallelism inside a Ray actor follows vLLM's Ray documentation: the
+    `ray` executor backend, whose rank workers take the GPUs of the actor's placement group (pools.actor_options
+    reserves one GPU bundle per rank); no CUDA_VISIBLE_DEVICES is pinned here, Ray sets it per worker."""
+    args = {"model": cfg.model, "trust_remote_code": cfg.trust_remote_code, "seed": 0, **cfg.vllm}
+    if int(args.get("tensor_parallel_size", 1)) > 1:
+        args.setdefault("distributed_executor_backend", "ray")
+    return args
 
 
 def build_vllm_requests(processor, requests: list[Request], cfg: EngineConfig,

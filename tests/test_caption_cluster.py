@@ -105,6 +105,10 @@ def test_relative_paths_with_a_ray_head_started_elsewhere(corpus, tiny_models, t
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        # the head's address file, which `ray stop` would remove: a later `ray.init()` must not try to join it
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((job_dir / "out" / "caption_summary.json").read_text())
     assert summary["ok"] == 9 and summary["shards"] == 3
@@ -269,7 +273,7 @@ def test_actor_options_whole_gpus_fractions_and_placement_groups():
     assert actor_options("clap", plan, cfg)["num_gpus"] == 0.25
     assert actor_options("llm", plan, cfg)["num_gpus"] == 1.0
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a running cluster
     opts = actor_options("alm", plan, cfg)
     group = opts["scheduling_strategy"].placement_group
     assert opts["num_gpus"] == opts["num_cpus"] == 0 and group.bundle_specs == [{"GPU": 1.0, "CPU": 1.0}] * 2

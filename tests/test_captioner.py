@@ -24,6 +24,7 @@ from captioner.engines import (
     clean_caption,
     dedupe,
     parse_vllm_outputs,
+    vllm_engine_args,
 )
 from captioner.job import run_caption_job
 from captioner.labels import LabelsConfig, enrichment_prompt, timeline
@@ -130,6 +131,13 @@ def test_vllm_request_building_and_output_parsing(alm):
     fake = [SimpleNamespace(outputs=[SimpleNamespace(text="a"), SimpleNamespace(text="b")]),
             SimpleNamespace(outputs=[SimpleNamespace(text="c")])]
     assert parse_vllm_outputs(fake) == [["a", "b"], ["c"]]
+    # tensor parallelism inside a Ray actor: vLLM's ray executor on the actor's placement group
+    assert "distributed_executor_backend" not in vllm_engine_args(cfg)
+    tp = EngineConfig(kind="vllm", model="x", vllm={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9})
+    assert vllm_engine_args(tp) == {"model": "x", "trust_remote_code": False, "seed": 0, "tensor_parallel_size": 2,
+                                    "gpu_memory_utilization": 0.9, "distributed_executor_backend": "ray"}
+    mp = EngineConfig(kind="vllm", model="x", vllm={"tensor_parallel_size": 2, "distributed_executor_backend": "mp"})
+    assert vllm_engine_args(mp)["distributed_executor_backend"] == "mp"  # an explicit choice is kept
 
 
 def test_vllm_missing_gives_install_hint():

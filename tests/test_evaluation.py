@@ -278,9 +278,9 @@ def test_a_grouped_report_embeds_every_clip_once(clips, tiny_models, tmp_path, m
     prepared = []
     original = backbones.Backbone.prepare
     monkeypatch.setattr(backbones.Backbone, "prepare", lambda self, clip: prepared.append(1) or original(self, clip))
-    report = evaluate(EvalConfig(generated=str(manifest), reference=str(clips / "ref"), metrics=["fd", "kl"],
+    report = evaluate(EvalConfig(generated=str(manifest), reference=str(clips / "ref"), metrics=["fad"],
                                  models=str(tiny_models["clap"].parent), out=str(tmp_path / "g")))
-    assert sorted(report["groups"]) == ["g0", "g1", "g2"] and report["groups"]["g1"]["kl"]["n_pairs"] == 3
+    assert sorted(report["groups"]) == ["g0", "g1", "g2"] and report["groups"]["g1"]["fad"]["n_clips"] == 3
     assert len(prepared) == 2 * len(names)  # each generated and each reference clip once, not once per group
 
 
