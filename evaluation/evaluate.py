@@ -180,8 +180,10 @@ def _reference(cfg: EvalConfig, embedded: Embedded, clips: list[Clip]) -> list[s
         embedded.skipped["reference"] = {str(i): "skipped when the cache was written" for i in data["skipped"]}
         embedded.cached = True
         return [c.id for c in clips if c.id in embedded.outputs["reference"]]
+    done = embedded.outputs.get("reference", {})
+    fresh = any(c.id not in done for c in clips)  # a group's subset of an embedded set writes no cache of its own
     ids = embedded.add("reference", clips)
-    if ids and not path.is_file():
+    if ids and fresh and not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         outputs = embedded.outputs["reference"]
         arrays = {k: embedded.stack("reference", ids, k) for k in outputs[ids[0]]}

@@ -463,6 +463,7 @@ class Trainer:
         if not self.weights_finite():  # never a checkpoint that `--resume latest` would pick up poisoned
             raise RuntimeError(f"non-finite weights at step {self.state.step}: not saved. Resume from the last "
                                f"checkpoint under {checkpoint_dir(self.out)} with a lower learning rate.")
+        started = time.time()
         final = checkpoint_dir(self.out) / f"step-{self.state.step:06d}"
         tmp = final.with_name(final.name + ".tmp")
         if self.acc.is_main_process:
@@ -482,7 +483,8 @@ class Trainer:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             rotate(self.out, self.cfg.keep_last)
-            log.info("saved %s", final)
+            size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+            log.info("saved %s (%.2f GB in %.1f s)", final, size / 1e9, time.time() - started)
         self.acc.wait_for_everyone()
         return final
 
