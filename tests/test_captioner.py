@@ -192,7 +192,10 @@ def test_clap_scores_do_not_depend_on_batching(clap):
     assert together == clap.score(wave, texts)  # deterministic
     one_by_one = [clap.score(wave, [t])[0] for t in texts]
     reversed_ = clap.score(wave, texts[::-1])[::-1]
-    assert together == one_by_one == reversed_
+    # scores are rounded to 6 decimals; a batch's matmul may differ from a single row's in the last float32 bit,
+    # which can flip that rounding: one rounding unit apart at most
+    np.testing.assert_allclose(one_by_one, together, rtol=0, atol=1.5e-6)
+    np.testing.assert_allclose(reversed_, together, rtol=0, atol=1.5e-6)
     long = (0.2 * rng.standard_normal(48000 * 25)).astype(np.float32)
     assert clap.score(long, texts[:2]) == clap.score(long, texts[:2])
     assert all(-1.0 <= s <= 1.0 for s in together)
