@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, ValidationConfig
 from shards.config import Strict
 
 
@@ -46,9 +46,15 @@ class SeparationSection(Strict):
 class SeparationConfig(PretrainConfig):
     stage: Literal["query", "separator"] = "separator"
     separation: SeparationSection = SeparationSection()
+    # the loop's validation generates text-to-audio prompts; a separator is validated on held-out mixtures with
+    # `capflow separate --test-set` and `capflow evaluate` (SDRi), so the key is off and refused when set
+    validation: ValidationConfig = ValidationConfig(every=0)
 
     @model_validator(mode="after")
     def _check_separation(self) -> SeparationConfig:
+        if self.validation.every:
+            raise ValueError(f"validation.every: {self.validation.every} would be ignored: separation stages are "
+                             "validated with `capflow separate --test-set` + `capflow evaluate`; set validation.every: 0")
         s = self.separation
         if not 2 <= s.sources[0] <= s.sources[1]:
             raise ValueError(f"separation.sources {s.sources}: need 2 <= min <= max")

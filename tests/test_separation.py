@@ -112,3 +112,12 @@ def test_act_resumes_exactly_with_both_optimizers_and_exports_only_the_separator
     assert weights and not any(k.startswith(("cd.", "disc", "scales")) for k in weights)
     assert sorted(p.name for p in export.iterdir()) == ["capflow.json", "separator", "training_config.yaml"]
     LanguageSeparator.from_pretrained(export)  # one-stage: no query model needed
+
+
+def test_separation_refuses_the_validation_it_would_ignore():
+    from separation.config import SeparationConfig
+
+    data = {"data": {"shards": ["audio-set"]}}
+    assert SeparationConfig.model_validate(data).validation.every == 0
+    with pytest.raises(ValueError, match="validation.every: 5 would be ignored"):
+        SeparationConfig.model_validate({**data, "validation": {"every": 5}})
