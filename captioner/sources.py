@@ -215,8 +215,12 @@ def manifest_items(cfg: SourceConfig) -> list[Item]:
             labels = [x for x in labels.split(",") if x]
         item_id = str(row.get("id") or Path(row["path"]).with_suffix(""))
         # AudioCaps-style files repeat a clip once per human caption: rows of one clip merge.
+        # AudioCaps rows name their AudioSet segment (youtube_id, start_time): kept, it identifies the audio
+        segment = {k: row[src] for k, src in (("ytid", "youtube_id"), ("ytid", "ytid"), ("start", "start_time"),
+                                              ("start", "start")) if row.get(src) not in (None, "")}
         item = items.setdefault(item_id, Item(source=cfg.name or "manifest", id=item_id, path=audio, labels=labels,
-                                              extra={"human_captions": [], "split": row.get("split") or "train"}))
+                                              extra={"human_captions": [], "split": row.get("split") or "train",
+                                                     **segment}))
         if row.get("caption"):
             item.extra["human_captions"].append(row["caption"])
     return list(items.values())

@@ -27,6 +27,24 @@ CLASSES = {
     "/t/cf_click": "Clicking",
     "/t/cf_hum": "Hum",
 }
+# Parent classes, as AudioSet's ontology has them ("Music" above "Guitar"): weak labels list a class with
+# its ancestors, strong labels the class only.
+PARENTS = {
+    "/t/cf_tonal": ("Tonal sound", ["/t/cf_tone", "/t/cf_chirp", "/t/cf_hum"]),
+    "/t/cf_impulsive": ("Impulsive sound", ["/t/cf_click", "/t/cf_noise"]),
+}
+PARENT_OF = {child: mid for mid, (_, children) in PARENTS.items() for child in children}
+
+
+def ontology_nodes() -> list[dict]:
+    """The classes and their parents in ontology.json's format."""
+    node = {"description": "", "citation_uri": "", "positive_examples": [], "restrictions": []}
+    return ([{"id": mid, "name": name, **node, "child_ids": []} for mid, name in CLASSES.items()]
+            + [{"id": mid, "name": name, **node, "child_ids": children} for mid, (name, children) in PARENTS.items()])
+
+
+def label_name(mid: str) -> str:
+    return CLASSES.get(mid) or PARENTS[mid][0]
 
 
 def _event(kind: str, n: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -81,7 +99,7 @@ def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 
         start = float(rng.choice([0.0, 30.0, 70.5]))
         duration = 10.0 if i % 6 else 7.5  # AudioSet has some clips shorter than 10 s
         clip, events = make_clip(rng, duration)
-        mids = sorted({m for _, _, m in events})
+        mids = sorted({m for _, _, m in events} | {PARENT_OF[m] for _, _, m in events})  # weak: with parents
         segments.append((ytid, start, start + duration, mids))
         start_ms = round(start * 1000)
         strong += [(f"{ytid}_{start_ms}", s, e, m) for s, e, m in events]
@@ -95,18 +113,17 @@ def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 
 
     with open(directory / "balanced_train_segments.csv", "w", newline="") as f:
         f.write("# Segments csv created by capflow synth-corpus\n")
-        f.write(f"# num_ytids={len(segments)}, num_segs={len(segments)}, num_unique_labels={len(CLASSES)}\n")
+        f.write(f"# num_ytids={len(segments)}, num_segs={len(segments)}, "
+                f"num_unique_labels={len(CLASSES) + len(PARENTS)}\n")
         f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
         for ytid, s, e, mids in segments:
             f.write(f'{ytid}, {s:.3f}, {e:.3f}, "{",".join(mids)}"\n')
     with open(directory / "class_labels_indices.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "mid", "display_name"])
-        for i, (mid, name) in enumerate(CLASSES.items()):
-            w.writerow([i, mid, name])
-    ontology = [{"id": mid, "name": name, "description": f"Procedural {name.lower()}.", "citation_uri": "",
-                 "positive_examples": [], "child_ids": [], "restrictions": []} for mid, name in CLASSES.items()]
-    (directory / "ontology.json").write_text(json.dumps(ontology, indent=1))
+        for i, node in enumerate(ontology_nodes()):
+            w.writerow([i, node["id"], node["name"]])
+    (directory / "ontology.json").write_text(json.dumps(ontology_nodes(), indent=1))
     with open(directory / "audioset_train_strong.tsv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(["segment_id", "start_time_seconds", "end_time_seconds", "label"])
@@ -116,10 +133,14 @@ def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 
 
 
 def synth_captioned_set(directory: str | Path, num_clips: int = 18, clips_per_shard: int = 6, seconds: float = 4.0,
-                        eval_share: float = 1 / 3, seed: int = 0) -> Path:
-    """A captioned audio shard set written directly (no models): procedural clips with strong labels and their
-    labels as the caption; single- and multi-event clips, 16 kHz mono and 22.05 kHz stereo; the last
-    `eval_share` of the clips are AudioSet `eval` clips. For tests and benchmarks of what reads such sets."""
+                        eval_share: float = 1 / 3, seed: int = 0, weak_share: float = 0.0, duplicates: int = 0) -> Path:
+    """A captioned audio shard set written directly (no models): procedural clips with their labels as the
+    caption; single- and multi-event clips, 16 kHz mono and 22.05 kHz stereo; the last `eval_share` of the
+    clips are AudioSet `eval` clips. Labels are AudioSet's structure: weak labels list each class with its
+    parent (ontology_nodes()); `weak_share` of the clips have weak labels only (no strong ones), and some of
+    those hold their event over the whole clip (it cannot be isolated). Even clips carry their AudioSet segment
+    (ytid, start). `duplicates` more samples repeat the last clips' audio under AudioCaps-style keys in the
+    train split (the same segment where the original has one). For tests and benchmarks of what reads such sets."""
     from shards import audio
     from shards import format as fmt
     from shards.manifest import open_shard_set, write_manifest
@@ -127,27 +148,40 @@ def synth_captioned_set(directory: str | Path, num_clips: int = 18, clips_per_sh
 
     directory = Path(directory)
     rng = np.random.default_rng(seed)
-    names, mids = list(CLASSES.values()), list(CLASSES)
-    open_shard_set(directory, {"synth_captioned_set": {"clips": num_clips, "seconds": seconds, "seed": seed}})
-    for s in range(-(-num_clips // clips_per_shard)):
+    mids = list(CLASSES)
+    open_shard_set(directory, {"synth_captioned_set": {"clips": num_clips, "seconds": seconds, "seed": seed,
+                                                       "weak_share": weak_share, "duplicates": duplicates}})
+    made = []
+    for i in range(num_clips):
+        kinds = [(i + k) % len(mids) for k in range(1 if i % 2 else 1 + i % 3)]
+        weak = (i % 4) < round(4 * weak_share)
+        whole = weak and len(kinds) == 1 and i % 5 == 4  # a stationary event over the whole clip
+        sr, channels = (16_000, 1) if i % 3 else (22_050, 2)
+        n = int(seconds * sr)
+        wave = (rng.standard_normal((channels, n)) * 0.01).astype(np.float32)
+        strong = []
+        for k, kind in enumerate(kinds):
+            start = 0.0 if whole else round(0.5 + k * (seconds - 1.5) / max(1, len(kinds)), 2)
+            length = seconds if whole else 1.0
+            a, b = int(start * sr), min(n, int((start + length) * sr))
+            wave[:, a:b] += 0.3 * _event(mids[kind], b - a, rng, sr)
+            strong.append({"label": CLASSES[mids[kind]], "start": start, "end": start + length})
+        labels = sorted({CLASSES[mids[k]] for k in kinds} | {label_name(PARENT_OF[mids[k]]) for k in kinds})
+        key = f"synth-clip{i:05d}"
+        meta = {"key": key, "source": "synth", "id": f"clip{i:05d}", "duration": n / sr, "sample_rate": sr,
+                "channels": channels, "labels": labels, "strong_labels": [] if weak else strong, "candidates": [],
+                "captions": [" and ".join(CLASSES[mids[k]] for k in kinds).capitalize() + "."],
+                "split": "eval" if i >= num_clips * (1 - eval_share) else "balanced_train"}
+        if i % 2 == 0:
+            meta |= {"ytid": f"yt{seed}x{i:05d}", "start": 30.0}
+        made.append((key, meta, audio.encode_flac(audio.Audio(wave, sr))))
+    for j in range(duplicates):
+        _, meta, flac = made[num_clips - 1 - j]
+        key = f"caps-clip{j:05d}"
+        made.append((key, {**meta, "key": key, "source": "audiocaps", "id": f"clip{j:05d}", "split": "train"}, flac))
+    for s in range(-(-len(made) // clips_per_shard)):
         with ShardWriter(directory, "audio", s) as writer:
-            for i in range(s * clips_per_shard, min(num_clips, (s + 1) * clips_per_shard)):
-                kinds = [(i + k) % len(mids) for k in range(1 if i % 2 else 1 + i % 3)]
-                sr, channels = (16_000, 1) if i % 3 else (22_050, 2)
-                n = int(seconds * sr)
-                wave = (rng.standard_normal((channels, n)) * 0.01).astype(np.float32)
-                strong = []
-                for k, kind in enumerate(kinds):
-                    start = round(0.5 + k * (seconds - 1.5) / max(1, len(kinds)), 2)
-                    a, b = int(start * sr), int((start + 1.0) * sr)
-                    wave[:, a:b] += 0.3 * _event(mids[kind], b - a, rng, sr)
-                    strong.append({"label": names[kind], "start": start, "end": start + 1.0})
-                labels = [names[k] for k in kinds]
-                key = f"synth-clip{i:05d}"
-                meta = {"key": key, "source": "synth", "id": f"clip{i:05d}", "duration": n / sr, "sample_rate": sr,
-                        "channels": channels, "labels": labels, "strong_labels": strong, "candidates": [],
-                        "captions": [" and ".join(labels).capitalize() + "."],
-                        "split": "eval" if i >= num_clips * (1 - eval_share) else "balanced_train"}
-                writer.write(key, {fmt.META: meta, fmt.AUDIO: audio.encode_flac(audio.Audio(wave, sr))})
+            for key, meta, flac in made[s * clips_per_shard: (s + 1) * clips_per_shard]:
+                writer.write(key, {fmt.META: meta, fmt.AUDIO: flac})
     write_manifest(directory)
     return directory

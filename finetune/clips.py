@@ -1,26 +1,38 @@
-"""The clips edit groups are made of: an index over captioned audio shard sets, their sound events and splits.
+"""The clips edit groups are made of: an index over captioned audio shard sets, their sound events, identities
+and splits.
 
 The index reads only the json members of each tar (seeking over the audio) and records where each clip's
 FLAC lies (tar path, byte offset, size), so a worker on another machine reads exactly its clips' bytes.
 Events are counted from strong labels where a clip has them, else from its weak labels, else by the label
-LLM from the clip's best caption; `count_method` records which.
+LLM from the clip's best caption (`count_method`); AudioSet's ontology collapses a label with its ancestors
+(Music + Guitar is one event). A single-event clip without a strong-label span has its event found by
+activity detection on its audio (`span_method` `activity`; `none` when it cannot be isolated: such a clip is
+never an A or B). A clip's identity is its AudioSet segment (ytid + start) where its metadata names one, else
+a hash of its decoded audio: the same audio under two keys (AudioSet and AudioCaps) is one clip, in one split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import tarfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from captioner.engines import Request, make_engine
+from shards import audio
 from shards import format as fmt
 from shards.manifest import read_manifest
+from shards.mix import event_span
+from shards.ontology import Ontology
 
 from .config import EditDataConfig, SplitConfig
 
@@ -38,20 +50,49 @@ class Clip:
     size: int
     duration: float
     caption: str | None  # the best kept caption
-    events: list[str]  # distinct event names, lower case
+    events: list[str]  # distinct event names, lower case, ancestors collapsed
     count_method: str  # strong | weak | llm
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # event -> (first start, last end) s
     split: str = "train"
     source_split: str | None = None
+    identity: str | None = None  # "segment:{ytid}_{start_ms}" or "audio:{sha1 of the decoded samples}"
+    span_method: str | None = None  # strong | activity | none (single-event clips)
 
     def ref(self) -> dict:
         """What a worker needs to read and describe the clip."""
         return {"key": self.key, "tar": self.tar, "offset": self.offset, "size": self.size, "caption": self.caption,
                 "events": self.events, "count_method": self.count_method, "spans": self.spans,
-                "duration": self.duration, "split": self.split}
+                "duration": self.duration, "split": self.split, "identity": self.identity,
+                "span_method": self.span_method}
 
 
-def _events_from_meta(meta: dict) -> tuple[list[str], str, dict]:
+def read_clip(ref: dict) -> audio.Audio:
+    """A clip's audio, read from its byte range in its tar. FileNotFoundError if the tar is gone,
+    AudioError if the bytes do not decode."""
+    with open(ref["tar"], "rb") as f:
+        f.seek(ref["offset"])
+        data = f.read(ref["size"])
+    if len(data) != ref["size"]:
+        raise audio.AudioError(f"{ref['key']}: {ref['tar']} is shorter than its index says (rewritten?)")
+    return audio.decode(data, name=f"{ref['key']}.{fmt.AUDIO}")
+
+
+def segment_identity(meta: dict) -> str | None:
+    """The AudioSet segment a clip is cut from, where its metadata says (AudioSet: ytid, start or segment_id;
+    AudioCaps manifests: youtube_id, start_time)."""
+    ytid, start = meta.get("ytid") or meta.get("youtube_id"), meta.get("start", meta.get("start_time"))
+    if ytid and start is not None:
+        return f"segment:{ytid}_{round(float(start) * 1000)}"
+    return f"segment:{meta['segment_id']}" if meta.get("segment_id") else None
+
+
+def audio_identity(clip: audio.Audio) -> str:
+    """A hash of the decoded samples at 16-bit precision (the same audio stored at another bit depth matches)."""
+    pcm = np.round(np.clip(clip.samples, -1, 1) * 32767).astype("<i2")
+    return f"audio:{hashlib.sha1(pcm.tobytes() + str(clip.sample_rate).encode()).hexdigest()}"
+
+
+def _events_from_meta(meta: dict, ontology: Ontology) -> tuple[list[str], str, dict]:
     strong = meta.get("strong_labels") or []
     if strong:
         spans: dict[str, tuple[float, float]] = {}
@@ -59,14 +100,17 @@ def _events_from_meta(meta: dict) -> tuple[list[str], str, dict]:
             name = e["label"].lower()
             s, t = spans.get(name, (e["start"], e["end"]))
             spans[name] = (min(s, e["start"]), max(t, e["end"]))
-        return sorted(spans), "strong", spans
-    labels = sorted({label.lower() for label in meta.get("labels") or []})
+        events = ontology.collapse(list(spans))
+        merged = {}
+        for event in events:  # an event's span covers its collapsed ancestors' spans (Music around Guitar)
+            parts = [span for name, span in spans.items() if name in ontology.ancestors(event)]
+            merged[event] = (min(p[0] for p in parts), max(p[1] for p in parts))
+        return events, "strong", merged
+    labels = ontology.collapse(meta.get("labels") or [])
     return (labels, "weak", {}) if labels else ([], "llm", {})
-
-
-def scan_set(directory: str | Path) -> list[Clip]:
+def scan_set(directory: str | Path, ontology: Ontology | None = None) -> list[Clip]:
     """Every ok clip of one captioned audio shard set (json members read, audio seeked over)."""
-    directory = Path(directory)
+    directory, ontology = Path(directory), ontology or Ontology()
     manifest = read_manifest(directory)
     if manifest.get("kind", "audio") != "audio":
         raise ValueError(f"{directory}: edit data is made from captioned audio shard sets; this one is "
@@ -86,23 +130,50 @@ def scan_set(directory: str | Path) -> list[Clip]:
         for key, meta in metas.items():
             if key not in flac:
                 continue
-            events, method, spans = _events_from_meta(meta)
+            events, method, spans = _events_from_meta(meta, ontology)
             captions = meta.get("captions") or []
             clips.append(Clip(key=key, tar=str(path), offset=flac[key][0], size=flac[key][1],
                               duration=float(meta.get("duration") or 0.0), caption=captions[0] if captions else None,
-                              events=events, count_method=method, spans=spans, source_split=meta.get("split")))
+                              events=events, count_method=method, spans=spans, source_split=meta.get("split"),
+                              identity=segment_identity(meta), span_method="strong" if spans else None))
     return clips
 
 
-def assign_split(clip: Clip, cfg: SplitConfig, seed: int) -> str:
-    """test / valid / train for one clip: its source split if that names one, else a hash of its key."""
-    source = (clip.source_split or "").lower()
-    if source in cfg.test_sources:
+def assign_split(clips: list[Clip], cfg: SplitConfig, seed: int) -> str:
+    """test / valid / train for the clips of one identity: test if any names a test source split (AudioSet
+    `eval`), else valid if any names a valid one, else a hash of the identity."""
+    sources = {(c.source_split or "").lower() for c in clips}
+    if sources & set(cfg.test_sources):
         return "test"
-    if source in cfg.valid_sources:
+    if sources & set(cfg.valid_sources):
         return "valid"
-    u = zlib.crc32(f"{seed}/split/{clip.key}".encode()) / 2**32
+    u = zlib.crc32(f"{seed}/split/{clips[0].identity or clips[0].key}".encode()) / 2**32
     return "test" if u < cfg.test else "valid" if u < cfg.test + cfg.valid else "train"
+
+
+def analyze(clips: list[Clip], cfg: EditDataConfig, progress: bool = True) -> None:
+    """Decode the clips that need it (in place): a hash identity for clips without an AudioSet segment, and the
+    event span of single-event clips without a strong-label one. Threads: decoding releases the GIL."""
+    todo = [c for c in clips if c.identity is None or (len(c.events) == 1 and c.span_method is None)]
+
+    def one(clip: Clip) -> None:
+        try:
+            decoded = read_clip(clip.ref())
+        except (OSError, audio.AudioError) as e:  # the worker reports it as a status row if the clip is used
+            log.warning("%s: %s", clip.key, e)
+            clip.identity = clip.identity or f"key:{clip.key}"
+            return
+        if clip.identity is None:
+            clip.identity = audio_identity(decoded)
+        if len(clip.events) == 1 and clip.span_method is None:
+            span = event_span(decoded.samples, decoded.sample_rate, cfg.event_margin_db, cfg.max_event_fraction)
+            clip.span_method = "activity" if span else "none"
+            if span:
+                clip.spans = {clip.events[0]: (span[0] / decoded.sample_rate, span[1] / decoded.sample_rate)}
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(tqdm(pool.map(one, todo), total=len(todo), desc="decoding clips (identity, event spans)", unit="clip",
+                  disable=not progress or not todo))
 
 
 def parse_events(text: str) -> list[str]:
@@ -126,27 +197,32 @@ def count_with_llm(clips: list[Clip], engine, seed: int, batch: int = 64, progre
 
 
 def index_clips(cfg: EditDataConfig, llm=None, progress: bool = True) -> list[Clip]:
-    """The clips of every input set, deduplicated by key (the first set's audio wins; a later set fills a
-    missing caption), with events and splits. Clips without labels have their events counted by the label
-    LLM (`llm`, else one made from cfg.llm); with `llm: null` they are left out."""
+    """The clips of every input set with events, identities and splits, one per identity (the first set's
+    audio wins; a later copy fills a missing caption). Clips without labels have their events counted by the
+    label LLM (`llm`, else one made from cfg.llm); with `llm: null` they are left out."""
+    ontology = Ontology.load(cfg.ontology)
     by_key: dict[str, Clip] = {}
-    duplicates = 0
     for directory in tqdm(cfg.inputs, desc="indexing clips", unit="set", disable=not progress or len(cfg.inputs) < 2):
-        for clip in scan_set(directory):
-            if clip.key in by_key:
-                duplicates += 1
-                if by_key[clip.key].caption is None:
-                    by_key[clip.key].caption = clip.caption
-                continue
-            by_key[clip.key] = clip
-    if duplicates:
-        log.info("%d clips appear in more than one input set; the first set's audio is used", duplicates)
-    clips = sorted(by_key.values(), key=lambda c: c.key)
+        for clip in scan_set(directory, ontology):
+            by_key.setdefault(clip.key, clip)
+    clips = list(by_key.values())  # input order: the first set first
     unlabeled = sum(c.count_method == "llm" for c in clips)
     if unlabeled and (llm is not None or cfg.llm is not None):
         count_with_llm(clips, llm or make_engine(cfg.llm), cfg.seed, progress=progress)
     elif unlabeled:
         log.info("%d clips have no labels and no LLM is configured: they are not used", unlabeled)
+    clips = [c for c in clips if c.events]
+    analyze(clips, cfg, progress)
+    same: dict[str, list[Clip]] = {}
     for clip in clips:
-        clip.split = assign_split(clip, cfg.splits, cfg.seed)
-    return [c for c in clips if c.events]
+        same.setdefault(clip.identity, []).append(clip)
+    kept = []
+    for copies in same.values():
+        first = copies[0]
+        first.caption = first.caption or next((c.caption for c in copies if c.caption), None)
+        first.split = assign_split(copies, cfg.splits, cfg.seed)
+        kept.append(first)
+    if len(kept) < len(clips):
+        log.info("%d clips repeat the audio of another clip (same AudioSet segment or decoded audio): one of each "
+                 "is used", len(clips) - len(kept))
+    return sorted(kept, key=lambda c: c.key)

@@ -44,8 +44,18 @@ class EditDataConfig(Strict):
     max_groups: int | None = None  # cap on groups (a sample of backgrounds, the same in every run)
     duration: float = 10.0  # backgrounds are cut to this many seconds
     sample_rate: int | None = None  # every group at this rate; None: at its background's rate
+    channels: int | None = None  # 1: mono, 2: stereo; None: the background's channels
     background_max_events: int = 3  # RFM-Editing: backgrounds with at most three sound events
-    min_event_seconds: float = 0.3  # shorter event clips (after trimming) are not used as A or B
+    min_background_seconds: float = 5.0  # shorter backgrounds are not used ("in the middle" of 0.5 s means nothing)
+    min_event_seconds: float = 0.3  # shorter events (strong-label or detected span) are not used as A or B
+    # AudioSet's ontology.json: a label's ancestors and descendants are the same sound (a background with
+    # speech gets no "Add male speech"; Music + Guitar is one event). None: labels are compared as strings.
+    ontology: str | None = None
+    # activity detection of weak-labelled events: blocks this many dB over the clip's floor are the event; a
+    # clip whose event spans more than max_event_fraction of it cannot be isolated and is never an A or B
+    event_margin_db: float = 10.0
+    max_event_fraction: float = 0.8
+    batch_groups: int = 16  # groups mixed, CLAP-scored and encoded together: a unit's memory is one batch
     flac_bits: Literal[16, 24] = 24
     splits: SplitConfig = SplitConfig()
     mix: MixConfig = MixConfig()
@@ -57,9 +67,18 @@ class EditDataConfig(Strict):
     clap: ClapConfig = ClapConfig()
     ray: RayConfig = RayConfig(workers=0)  # 0: in this process; >0 or ray.address: Ray actors, one CLAP each
 
+    @model_validator(mode="after")
+    def _durations_measurable(self) -> EditDataConfig:
+        if self.mix.loudness == "lufs" and min(self.min_event_seconds, self.min_background_seconds) < 0.4:
+            raise ValueError("mix.loudness lufs measures at least 0.4 s of audio: set min_event_seconds and "
+                             "min_background_seconds to 0.4 or more (or use loudness: rms)")
+        if self.min_background_seconds > self.duration:
+            raise ValueError(f"min_background_seconds {self.min_background_seconds} exceeds duration {self.duration}")
+        return self
+
     def identity(self) -> dict:
         """What defines the output; how it runs (Ray, batch sizes, devices, vLLM scheduling) is left out."""
-        data = self.model_dump(mode="json", exclude={"ray": True, "clap": {"text_batch", "device"}})
+        data = self.model_dump(mode="json", exclude={"ray": True, "batch_groups": True, "clap": {"text_batch", "device"}})
         if data.get("llm"):
             data["llm"].pop("device")
             data["llm"]["vllm"] = {k: v for k, v in data["llm"]["vllm"].items() if k not in VLLM_SCHEDULING}
@@ -77,6 +96,7 @@ class EditDataConfig(Strict):
 
         llm = self.llm.model_copy(update={"model": model_ref(self.llm.model)}) if self.llm else None
         return self.model_copy(update={"inputs": [absolute(p) for p in self.inputs], "output": absolute(self.output),
+                                       "ontology": absolute(self.ontology) if self.ontology else None,
                                        "llm": llm, "clap": self.clap.model_copy(update={"model": model_ref(self.clap.model)})})
 
 

@@ -3,9 +3,11 @@
 Driver: index the input sets' clips (json members only), plan the groups deterministically, cut them into
 units of `unit_size` groups (unit i -> shard i), and run the units in this process or on Ray actors with the
 captioning job's rules: a done marker per shard, the job's identity and each unit's groups checked on
-resume, a failed unit retried then reported. Worker: per group, decode X, A, B straight from their tars,
-mix at the recorded SNRs and onsets with one gain, write captions and instructions, CLAP-score the three
-audios and store them as 24-bit FLAC. A group whose clip is missing or does not decode is a status row.
+resume, a failed unit retried then reported. Worker: per batch of `batch_groups` groups (a unit's memory),
+decode X, A, B straight from their tars, cut A and B to their event spans (strong label or activity detection,
+found at indexing), mix at the recorded SNRs and onsets with one gain, write captions and instructions,
+CLAP-score the three audios and store them as 24-bit FLAC. A group whose clip is missing or does not decode
+is a status row.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from shards import format as fmt
 from shards.audio import conform
 from shards.config import JobFailed, config_hash, save_config
 from shards.manifest import manifest_path, open_shard_set, write_manifest
-from shards.mix import active_span, group_gain, place, seeded_rng
+from shards.mix import group_gain, place, seeded_rng
 from shards.units import (
     check_done_units,
     dispatch_units,
@@ -40,24 +42,13 @@ from shards.units import (
 )
 from shards.writer import ShardWriter, sweep_stale_tmp, write_json_atomic
 
-from .clips import index_clips
+from .clips import index_clips, read_clip
 from .config import EditDataConfig
 from .groups import GroupPlan, check_splits, plan_groups
 from .instructions import instructions, llm_captions, paraphrase, target_caption, where
 
 log = logging.getLogger(__name__)
 SUMMARY_NAME = "edit_summary.json"
-
-
-def read_clip(ref: dict) -> audio.Audio:
-    """A clip's audio, read from its byte range in its tar. FileNotFoundError if the tar is gone,
-    AudioError if the bytes do not decode."""
-    with open(ref["tar"], "rb") as f:
-        f.seek(ref["offset"])
-        data = f.read(ref["size"])
-    if len(data) != ref["size"]:
-        raise audio.AudioError(f"{ref['key']}: {ref['tar']} is shorter than its index says (rewritten?)")
-    return audio.decode(data, name=f"{ref['key']}.{fmt.AUDIO}")
 
 
 class EditDataWorker:
@@ -72,23 +63,20 @@ class EditDataWorker:
             raise ValueError("instructions.paraphrase / target_captions: llm need an LLM; set llm.model")
 
     def _event(self, ref: dict, clip: audio.Audio, sample_rate: int, channels: int) -> tuple[np.ndarray, list[float]]:
-        """The event clip at the group's rate and channels, cut to its active region."""
+        """The event clip at the group's rate and channels, cut to its span (found at indexing)."""
         x = conform(clip, sample_rate, channels)
         start, end = 0, x.shape[-1]
-        if self.cfg.mix.trim:
-            if ref["spans"]:
-                s, e = next(iter(ref["spans"].values()))
-                start, end = int(s * sample_rate), min(end, int(np.ceil(e * sample_rate)))
-            else:
-                start, end = active_span(x, sample_rate)
-        return x[..., start:end], [round(start / sample_rate, 4), round(end / sample_rate, 4)]
+        if self.cfg.mix.trim and ref["spans"]:
+            s, e = next(iter(ref["spans"].values()))
+            start, end = int(s * sample_rate), min(end, int(np.ceil(e * sample_rate)))
+        return x[..., start:end], [round(start / sample_rate, 6), round(end / sample_rate, 6)]
 
     def mix(self, group: GroupPlan, clips: dict[str, audio.Audio]) -> dict:
         """The three float audios of a group and everything drawn for it (seeded by the group key)."""
         cfg = self.cfg
         x_clip = clips["x"]
         sr = cfg.sample_rate or x_clip.sample_rate
-        background = conform(x_clip, sr, x_clip.channels)[..., : round(cfg.duration * sr)]
+        background = conform(x_clip, sr, cfg.channels or x_clip.channels)[..., : round(cfg.duration * sr)]
         rng = seeded_rng(cfg.seed, "mix", group.key)
         placed, mix = {}, {}
         for e, ref in (("a", group.a), ("b", group.b)):
@@ -127,54 +115,58 @@ class EditDataWorker:
 
     def process_unit(self, index: int, groups: list, directory: str | Path, extra_stats: dict | None = None) -> dict:
         timings: Counter[str] = Counter()
-        made, rows = [], 0
+        groups = [g if isinstance(g, GroupPlan) else GroupPlan(**g) for g in groups]
         with ShardWriter(directory, self.cfg.prefix, index, extra_stats=extra_stats) as writer:
-            for group in groups:
-                group = group if isinstance(group, GroupPlan) else GroupPlan(**group)
-                rows += 1
-                start = time.perf_counter()
-                try:
-                    clips = {r: read_clip(ref) for r, ref in (("x", group.x), ("a", group.a), ("b", group.b))}
-                except FileNotFoundError as e:
-                    writer.add_failure(group.key, "missing", f"edit-data: {e}", {"split": group.split})
-                    continue
-                except audio.AudioError as e:
-                    writer.add_failure(group.key, "unreadable", f"edit-data: {e}", {"split": group.split})
-                    continue
-                timings["decode"] += time.perf_counter() - start
-                start = time.perf_counter()
-                try:
-                    m = self.mix(group, clips)
-                except ValueError as e:  # a silent background or event: no SNR can be set
-                    writer.add_failure(group.key, "failed", f"edit-data: {e}", {"split": group.split})
-                    continue
-                m["captions"], m["instructions"] = self._texts(group, m)
-                m["events"], m["group"] = {"a": group.a["events"][0], "b": group.b["events"][0]}, group
-                timings["mix"] += time.perf_counter() - start
-                made.append(m)
-            start = time.perf_counter()
-            self._llm_texts(made)
-            timings["llm"] += time.perf_counter() - start
-            start = time.perf_counter()
-            jobs = [(self._clap_wave(m["waves"][r], m["sample_rate"]), [m["captions"][r]]) for m in made
-                    for r in fmt.EDIT_ROLES]
-            scores = self.clap.score_many(jobs)
-            timings["clap"] += time.perf_counter() - start
-            for i, m in enumerate(made):
-                group = m["group"]
-                clap = scores[3 * i: 3 * i + 3]
-                if any(isinstance(s, str) for s in clap):
-                    writer.add_failure(group.key, "failed", next(s for s in clap if isinstance(s, str)),
-                                       {"split": group.split})
-                    continue
-                start = time.perf_counter()
-                members = {f"{r}.{fmt.AUDIO}": audio.encode_flac(audio.Audio(m["waves"][r], m["sample_rate"]),
-                                                                 bits=self.cfg.flac_bits) for r in fmt.EDIT_ROLES}
-                timings["flac"] += time.perf_counter() - start
-                members[fmt.META] = self._meta(m, {r: s[0] for r, s in zip(fmt.EDIT_ROLES, clap)})
-                writer.write(group.key, members)
+            for start in range(0, len(groups), self.cfg.batch_groups):
+                self._batch(groups[start: start + self.cfg.batch_groups], writer, timings)
             stats = writer.close()
-        return {"rows": rows, "samples": stats["samples"], "timings": dict(timings)}
+        return {"rows": len(groups), "samples": stats["samples"], "timings": dict(timings)}
+
+    def _batch(self, groups: list[GroupPlan], writer: ShardWriter, timings: Counter) -> None:
+        """Mix, describe, score and write a batch of groups (their audio is all a unit holds at once)."""
+        made = []
+        for group in groups:
+            start = time.perf_counter()
+            try:
+                clips = {r: read_clip(ref) for r, ref in (("x", group.x), ("a", group.a), ("b", group.b))}
+            except FileNotFoundError as e:
+                writer.add_failure(group.key, "missing", f"edit-data: {e}", {"split": group.split})
+                continue
+            except audio.AudioError as e:
+                writer.add_failure(group.key, "unreadable", f"edit-data: {e}", {"split": group.split})
+                continue
+            timings["decode"] += time.perf_counter() - start
+            start = time.perf_counter()
+            try:
+                m = self.mix(group, clips)
+            except ValueError as e:  # a silent background or event: no SNR can be set
+                writer.add_failure(group.key, "failed", f"edit-data: {e}", {"split": group.split})
+                continue
+            m["captions"], m["instructions"] = self._texts(group, m)
+            m["events"], m["group"] = {"a": group.a["events"][0], "b": group.b["events"][0]}, group
+            timings["mix"] += time.perf_counter() - start
+            made.append(m)
+        start = time.perf_counter()
+        self._llm_texts(made)
+        timings["llm"] += time.perf_counter() - start
+        start = time.perf_counter()
+        jobs = [(self._clap_wave(m["waves"][r], m["sample_rate"]), [m["captions"][r]]) for m in made
+                for r in fmt.EDIT_ROLES]
+        scores = self.clap.score_many(jobs)
+        timings["clap"] += time.perf_counter() - start
+        for i, m in enumerate(made):
+            group = m["group"]
+            clap = scores[3 * i: 3 * i + 3]
+            if any(isinstance(s, str) for s in clap):
+                writer.add_failure(group.key, "failed", next(s for s in clap if isinstance(s, str)),
+                                   {"split": group.split})
+                continue
+            start = time.perf_counter()
+            members = {f"{r}.{fmt.AUDIO}": audio.encode_flac(audio.Audio(m["waves"][r], m["sample_rate"]),
+                                                             bits=self.cfg.flac_bits) for r in fmt.EDIT_ROLES}
+            timings["flac"] += time.perf_counter() - start
+            members[fmt.META] = self._meta(m, {r: s[0] for r, s in zip(fmt.EDIT_ROLES, clap)})
+            writer.write(group.key, members)
 
     def _clap_wave(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         return audio.resample(audio.Audio(wave.mean(0, keepdims=True), sample_rate), self.clap.sample_rate).samples[0]
@@ -188,6 +180,8 @@ class EditDataWorker:
             "clips": {"x": x["key"], "a": group.a["key"], "b": group.b["key"]},
             "events": {"x": x["events"], **m["events"]},
             "count_method": {"x": x["count_method"], "a": group.a["count_method"], "b": group.b["count_method"]},
+            "span_method": {"a": group.a.get("span_method"), "b": group.b.get("span_method")},
+            "identities": dict(zip(("x", "a", "b"), group.identities)),
             "labels": sorted({*x["events"], *m["events"].values()}),
             "mix": m["mix"], "caption": m["captions"], "captions": [m["captions"][r] for r in fmt.EDIT_ROLES],
             "clap": clap, "instructions": m["instructions"],
@@ -207,7 +201,7 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
     cfg = cfg.resolved()
     clips = index_clips(cfg, llm=llm, progress=progress)
     groups = plan_groups(clips, cfg)
-    if problems := check_splits((g.split, g.clips) for g in groups):
+    if problems := check_splits((g.split, g.identities) for g in groups):
         raise AssertionError("edit groups cross splits (a bug): " + "; ".join(problems[:5]))
     if not groups:
         raise JobFailed(f"no edit group can be made from {len(clips)} clips of {cfg.inputs}: backgrounds need a "

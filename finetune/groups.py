@@ -1,10 +1,13 @@
 """Planning edit groups: which background X and which single-event clips A, B make each group.
 
 Deterministic: the plan depends only on the clip index and the seed, so a resumed job plans the same groups
-and a unit's identity is the hash of its groups. Backgrounds have a caption and 1..N events (RFM-Editing:
-at most three); A and B are single-event clips of distinct events, both absent from X, all three from the
-same split. A's and B's events are drawn uniformly over the eligible event names (then a clip of that
-event uniformly), so frequent classes such as speech and music do not crowd out the rest.
+and a unit's identity is the hash of its groups. Backgrounds have a caption, 1..N events (RFM-Editing:
+at most three) and at least `min_background_seconds`; A and B are single-event clips whose event is isolated
+(a strong-label or detected span of at least `min_event_seconds`), of events unrelated to each other and to
+every event of X in AudioSet's ontology (no "Add male speech" to a background with speech, so a "remove"
+removes every sound of its kind), all three from the same split. A's and B's events are drawn uniformly over
+the eligible event names (then a clip of that event uniformly), so frequent classes such as speech and music
+do not crowd out the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from shards.mix import seeded_rng
+from shards.ontology import Ontology
 
 from .clips import Clip
 from .config import EditDataConfig
@@ -31,16 +35,22 @@ class GroupPlan:
     def clips(self) -> list[str]:
         return [self.x["key"], self.a["key"], self.b["key"]]
 
+    @property
+    def identities(self) -> list[str]:
+        """The audios the group is made of (AudioSet segment or decoded-audio hash; the key when unknown)."""
+        return [r.get("identity") or r["key"] for r in (self.x, self.a, self.b)]
+
 
 def event_length(clip: Clip) -> float:
-    """Seconds of the clip's single event: its strong-label span, else the whole clip."""
-    if clip.spans:
-        start, end = next(iter(clip.spans.values()))
-        return end - start
-    return clip.duration
+    """Seconds of the clip's single event: its span (strong label or activity detection), 0 when not isolated."""
+    if not clip.spans:
+        return 0.0
+    start, end = next(iter(clip.spans.values()))
+    return min(end, clip.duration) - start
 
 
 def plan_groups(clips: list[Clip], cfg: EditDataConfig) -> list[GroupPlan]:
+    ontology = Ontology.load(cfg.ontology)
     groups = []
     for split in ("train", "valid", "test"):
         pool = [c for c in clips if c.split == split]
@@ -48,18 +58,20 @@ def plan_groups(clips: list[Clip], cfg: EditDataConfig) -> list[GroupPlan]:
         for c in pool:
             if len(c.events) == 1 and event_length(c) >= cfg.min_event_seconds:
                 by_event[c.events[0]].append(c)
-        backgrounds = [c for c in pool if c.caption and 1 <= len(c.events) <= cfg.background_max_events]
+        backgrounds = [c for c in pool if c.caption and 1 <= len(c.events) <= cfg.background_max_events
+                       and c.duration >= cfg.min_background_seconds]
         names = sorted(by_event)
         for x in backgrounds:
-            allowed = [e for e in names if e not in x.events]
+            allowed = [e for e in names if not ontology.overlaps([e], x.events)]  # X never qualifies
             for j in range(cfg.groups_per_background):
                 rng = seeded_rng(cfg.seed, "group", x.key, j)
-                if len(allowed) < 2:
+                ea = allowed[int(rng.integers(len(allowed)))] if allowed else None
+                others = [e for e in allowed if not ontology.related(e, ea)] if ea else []
+                if not others:
                     break
-                ea, eb = rng.choice(len(allowed), size=2, replace=False)
-                # X never qualifies: its own events are not allowed
-                a = by_event[allowed[ea]][int(rng.integers(len(by_event[allowed[ea]])))]
-                b = by_event[allowed[eb]][int(rng.integers(len(by_event[allowed[eb]])))]
+                eb = others[int(rng.integers(len(others)))]
+                a = by_event[ea][int(rng.integers(len(by_event[ea])))]
+                b = by_event[eb][int(rng.integers(len(by_event[eb])))]
                 groups.append(GroupPlan(f"{x.key}-{j}", split, x.ref(), a.ref(), b.ref()))
     if cfg.max_groups is not None and len(groups) > cfg.max_groups:
         # a fixed pseudo-random subset (by a hash of the key), so every split keeps its share
@@ -68,7 +80,7 @@ def plan_groups(clips: list[Clip], cfg: EditDataConfig) -> list[GroupPlan]:
 
 
 def check_splits(groups) -> list[str]:
-    """Clips that appear in groups of two splits (must be none); `groups` yields (split, clip keys)."""
+    """Audios that appear in groups of two splits (must be none); `groups` yields (split, clip identities)."""
     seen: dict[str, str] = {}
     problems = []
     for split, keys in groups:

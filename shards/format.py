@@ -9,7 +9,8 @@ import re
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: sidecar split, candidate_kinds; 3: edit-group sets (kind "edit", edit_* columns)
+SCHEMA_VERSION = 4  # 2: sidecar split, candidate_kinds; 3: edit-group sets (kind "edit", edit_* columns);
+# 4: edit_span_methods, group identities
 MANIFEST_NAME = "manifest.json"
 TAR_MTIME = 0  # fixed member mtime: identical input gives byte-identical tars
 TAR_USER = "capflow"
@@ -84,6 +85,7 @@ SIDECAR_SCHEMA = pa.schema([
     ("edit_snr_db", pa.list_(pa.float64())),
     ("edit_onset_s", pa.list_(pa.float64())),
     ("edit_clap", pa.list_(pa.float64())),
+    ("edit_span_methods", pa.list_(pa.string())),  # how the spans of events a and b were found
 ])
 
 
@@ -112,4 +114,5 @@ def sidecar_row(key: str, meta: dict, status: str = STATUS_OK, error: str | None
         "edit_snr_db": [mix[e]["snr_db"] for e in ("a", "b") if e in mix],
         "edit_onset_s": [mix[e]["onset_s"] for e in ("a", "b") if e in mix],
         "edit_clap": [clap[r] for r in EDIT_ROLES if clap.get(r) is not None],
+        "edit_span_methods": [m for m in ((meta.get("span_method") or {}).get(e) for e in ("a", "b")) if m],
     }

@@ -90,6 +90,22 @@ def active_span(samples: np.ndarray, sample_rate: int) -> tuple[int, int]:
     return int(active[0] * block), int(min(samples.shape[-1], (active[-1] + 1) * block))
 
 
+def event_span(samples: np.ndarray, sample_rate: int, margin_db: float = 10.0,
+               max_fraction: float = 0.8) -> tuple[int, int] | None:
+    """(start, end) samples of the one sound event in a clip, found by activity detection: the blocks louder
+    than the clip's floor (its 10th-percentile block) by `margin_db`, first to last. None when the event cannot
+    be isolated: nothing stands out of the floor (a stationary sound), or the span covers more than
+    `max_fraction` of the clip (a whole-recording weak label)."""
+    power = _block_power(samples, sample_rate)
+    floor = max(float(np.percentile(power, 10)), 1e-20)
+    active = np.flatnonzero(power > floor * 10 ** (margin_db / 10))
+    if not active.size:
+        return None
+    block = max(1, round(BLOCK_SECONDS * sample_rate))
+    start, end = int(active[0] * block), int(min(samples.shape[-1], (active[-1] + 1) * block))
+    return (start, end) if end - start <= max_fraction * samples.shape[-1] else None
+
+
 @dataclass
 class Placement:
     """One event in a mixture: where it starts and how loud it is against the background."""
@@ -100,8 +116,9 @@ class Placement:
     gain: float  # applied to the event before the group gain
 
     def to_json(self, sample_rate: int) -> dict:
-        return {"snr_db": round(self.snr_db, 4), "onset_s": round(self.onset / sample_rate, 4),
-                "duration_s": round(self.length / sample_rate, 4), "gain": self.gain}
+        # microsecond precision: round(onset_s * sample_rate) is the exact sample at any rate up to 500 kHz
+        return {"snr_db": round(self.snr_db, 4), "onset_s": round(self.onset / sample_rate, 6),
+                "duration_s": round(self.length / sample_rate, 6), "gain": self.gain}
 
 
 def place(background: np.ndarray, event: np.ndarray, snr_db: float, rng: np.random.Generator, sample_rate: int,

@@ -20,7 +20,7 @@ from .writer import write_json_atomic
 
 STATS_DIR = "stats"
 COLUMNS = ("status", "duration", "labels", "num_candidates", "candidate_scores", "captions", "caption_scores",
-           "candidate_kinds", "split", "edit_snr_db", "edit_onset_s", "edit_clap")
+           "candidate_kinds", "split", "edit_snr_db", "edit_onset_s", "edit_clap", "edit_span_methods")
 EDIT_MIN_CLAP = 0.35  # RFM-Editing keeps a triplet when both its audios score at least this against their captions
 # the six triplets of an edit group as (source, target) indices into edit_clap = [x, xa, xb], per operation
 EDIT_TRIPLETS = {"add": ((0, 1), (0, 2)), "remove": ((1, 0), (2, 0)), "replace": ((1, 2), (2, 1))}
@@ -68,13 +68,15 @@ class Accumulator:
         self.seconds = 0.0
         self.snr, self.onset = Histogram(-10, 30, 0.5), Histogram(0, 30, 0.25)
         self.role_clap = {r: Histogram(-1, 1, 0.02) for r in fmt.EDIT_ROLES}
-        self.triplets, self.kept_triplets = Counter(), Counter()
+        self.triplets, self.kept_triplets, self.span_methods = Counter(), Counter(), Counter()
 
     def add_edit(self, ok, min_clap: float) -> None:
         """Edit groups: SNR and onset of both events, CLAP per role, triplets per operation (all, and kept by
         the read-time filter)."""
         self.snr.add(pc.list_flatten(ok.column("edit_snr_db")).to_numpy(zero_copy_only=False))
         self.onset.add(pc.list_flatten(ok.column("edit_onset_s")).to_numpy(zero_copy_only=False))
+        if "edit_span_methods" in ok.schema.names:
+            self.span_methods.update(pc.list_flatten(ok.column("edit_span_methods")).to_pylist())
         for scores in ok.column("edit_clap").to_pylist():
             if len(scores) != len(fmt.EDIT_ROLES):
                 continue
@@ -117,7 +119,8 @@ class Accumulator:
     def edit_result(self, min_clap: float) -> dict:
         return {"groups": self.samples, "triplets": dict(self.triplets), "min_clap": min_clap,
                 "kept_triplets": dict(self.kept_triplets), "snr_db": self.snr.summary(), "onset_s": self.onset.summary(),
-                "clap": {r: h.summary() for r, h in self.role_clap.items()}}
+                "clap": {r: h.summary() for r, h in self.role_clap.items()},
+                "event_spans": dict(self.span_methods)}  # how A's and B's spans were found: strong | activity
 
     def result(self, threshold: float | None) -> dict:
         return {

@@ -2,8 +2,9 @@
 
 Checks: every manifest shard has its tar, sidecar and stats; size and sha256 match; the tar reads to the
 end with safe member names; every sample has the members the shard declares and parseable json; sample
-and row counts agree with the sidecar; no key appears in two shards; no clip of an edit group is in groups of
-two splits; tars on disk that the manifest does not list are reported.
+and row counts agree with the sidecar; no key appears in two shards; no audio of an edit group (by its
+identity: AudioSet segment or decoded-audio hash) is in groups of two splits; tars on disk that the manifest
+does not list are reported.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def _check_tar(path: Path, name: str, members: list[str], clip_splits: dict[str,
                     except json.JSONDecodeError as e:
                         problems.append(Problem(name, f"json member does not parse ({e})", sample=key))
                         continue
-                    for clip in (meta.get("clips") or {}).values():
+                    # by the audio's identity (AudioSet segment or decoded-audio hash) where recorded, else by key
+                    for clip in (meta.get("identities") or meta.get("clips") or {}).values():
                         split, group = clip_splits.setdefault(clip, (meta.get("split"), key))
                         if split != meta.get("split"):
-                            problems.append(Problem(name, f"clip {clip} is in this {meta.get('split')} group and in "
+                            problems.append(Problem(name, f"audio {clip} is in this {meta.get('split')} group and in "
                                                           f"{split} group {group}: splits leak", sample=key))
         if end > path.stat().st_size:  # seeking past the end reads as a clean end of archive: check it here
             raise EOFError(f"the last member ends at byte {end}, the file has {path.stat().st_size}")

@@ -28,7 +28,8 @@ def captioned(tmp_path):
 
 def _cfg(inputs, out, tiny_models, **kw) -> EditDataConfig:
     base = dict(inputs=[str(p) for p in inputs], output=str(out), unit_size=4, llm=None,
-                clap={"model": str(tiny_models["clap"])}, splits={"valid": 0.0, "test": 0.0}, groups_per_background=2)
+                clap={"model": str(tiny_models["clap"])}, splits={"valid": 0.0, "test": 0.0}, groups_per_background=2,
+                min_background_seconds=2.0)
     return EditDataConfig.model_validate(base | kw)
 
 
@@ -48,33 +49,41 @@ def test_placed_event_has_the_recorded_snr_for_both_loudness_measures(rng):
 def test_group_mix_is_sample_exact_and_flac_keeps_it_within_24_bit(captioned, tiny_models, tmp_path):
     cfg = _cfg([captioned], tmp_path / "edit", tiny_models, sample_rate=16000, mix=MixConfig(snr={"kind": "uniform",
                                                                                                   "low": 20, "high": 25}))
-    worker = EditDataWorker(cfg)
-    summary = run_edit_data(cfg, progress=False, clap=worker.clap)
+    summary = run_edit_data(cfg, progress=False)
     assert summary["ok"] > 0
     manifest = read_manifest(tmp_path / "edit")
     assert manifest["kind"] == "edit" and manifest["schema_version"] == fmt.SCHEMA_VERSION
-    key, sample = next(iter_tar_samples(tmp_path / "edit" / manifest["shards"][0]["tar"]))
-    meta = json.loads(sample[fmt.META])
-    # recompute the float mix from the same clips: the remove target is the background, to the last sample
-    refs = {c.key: c.ref() for c in scan_set(captioned)}
-    x, a, b = (refs[meta["clips"][r]] for r in ("x", "a", "b"))
-    made = worker.mix(GroupPlan(key, meta["split"], x, a, b), {"x": read_clip(x), "a": read_clip(a), "b": read_clip(b)})
-    w = made["waves"]
-    x_clip = read_clip(x)
-    background = conform(x_clip, 16000, x_clip.channels)[..., : round(cfg.duration * 16000)]
-    np.testing.assert_array_equal(w["x"], (made["mix"]["gain"] * background).astype(np.float32))
-    for e, role in (("a", "xa"), ("b", "xb")):
-        assert abs(snr_db(w[role], w["x"], 16000) - meta["mix"][e]["snr_db"]) < 0.1
-        assert meta["mix"][e] == made["mix"][e]  # what is recorded is what was drawn
-        decoded = audio.decode(sample[f"{role}.{fmt.AUDIO}"]).samples
-        assert np.abs(decoded - w[role]).max() <= 2.0**-23 + 1e-9  # 24-bit FLAC
-    assert np.abs(audio.decode(sample[f"x.{fmt.AUDIO}"]).samples - w["x"]).max() <= 2.0**-23 + 1e-9
-    assert max(np.abs(v).max() for v in w.values()) <= cfg.mix.peak + 1e-6
-    assert set(meta["instructions"]) == {"add_a", "add_b", "remove_a", "remove_b", "replace_ab", "replace_ba"}
-    assert all(len(v) == cfg.instructions.variants for v in meta["instructions"].values())
-    assert meta["events"]["a"] not in meta["events"]["x"] and meta["events"]["b"] not in meta["events"]["x"]
-    assert meta["events"]["a"] != meta["events"]["b"]
-    assert set(meta["clap"]) == set(fmt.EDIT_ROLES) and meta["count_method"]["x"] == "strong"
+    # checked against the input clips as stored (16-kHz mono ones: no resampling between them and the mix)
+    sources = {key: s for e in read_manifest(captioned)["shards"] for key, s in iter_tar_samples(captioned / e["tar"])}
+    checked = 0
+    for key, sample in (kv for e in manifest["shards"] for kv in iter_tar_samples(tmp_path / "edit" / e["tar"])):
+        meta = json.loads(sample[fmt.META])
+        clips = {r: audio.decode(sources[meta["clips"][r]][fmt.AUDIO]) for r in "xab"}
+        stored = {r: audio.decode(sample[f"{r}.{fmt.AUDIO}"]).samples for r in fmt.EDIT_ROLES}
+        lsb = 2.0**-23 + 1e-9  # 24-bit FLAC
+        assert max(np.abs(v).max() for v in stored.values()) <= cfg.mix.peak + lsb
+        if any(c.sample_rate != 16000 or c.channels != 1 for c in clips.values()):
+            continue
+        gain = meta["mix"]["gain"]
+        # the remove target is the background times the group gain, to the last sample
+        np.testing.assert_allclose(stored["x"], gain * clips["x"].samples[:, : stored["x"].shape[1]], atol=lsb, rtol=0)
+        for e, role in (("a", "xa"), ("b", "xb")):
+            m = meta["mix"][e]
+            onset, n = round(m["onset_s"] * 16000), round(m["duration_s"] * 16000)
+            start = round(m["trim_s"][0] * 16000)
+            added = stored[role] - stored["x"]
+            # X+A - X is zero outside the event and the trimmed event clip at its recorded gains inside
+            assert np.abs(np.delete(added, np.s_[onset: onset + n], axis=1)).max() <= 2 * lsb
+            event = clips[e].samples[:, start: start + n]
+            np.testing.assert_allclose(added[:, onset: onset + n], gain * m["gain"] * event, atol=3 * lsb, rtol=0)
+            assert abs(snr_db(stored[role], stored["x"], 16000) - m["snr_db"]) < 0.1
+        checked += 1
+        assert set(meta["instructions"]) == {"add_a", "add_b", "remove_a", "remove_b", "replace_ab", "replace_ba"}
+        assert all(len(v) == cfg.instructions.variants for v in meta["instructions"].values())
+        assert meta["events"]["a"] not in meta["events"]["x"] and meta["events"]["b"] not in meta["events"]["x"]
+        assert meta["events"]["a"] != meta["events"]["b"]
+        assert set(meta["clap"]) == set(fmt.EDIT_ROLES) and meta["count_method"]["x"] == "strong"
+    assert checked > 0
 
 
 def test_no_clip_crosses_splits_and_validate_catches_a_leak(captioned, tiny_models, tmp_path):
@@ -84,7 +93,7 @@ def test_no_clip_crosses_splits_and_validate_catches_a_leak(captioned, tiny_mode
     metas = [json.loads(s[fmt.META]) for e in read_manifest(out)["shards"]
              for _, s in iter_tar_samples(out / e["tar"])]
     assert {m["split"] for m in metas} == {"train", "test"}
-    assert check_splits((m["split"], m["clips"].values()) for m in metas) == []
+    assert check_splits((m["split"], m["identities"].values()) for m in metas) == []
     leaked = [("train", ["c1", "c2"]), ("test", ["c3", "c2"])]
     assert check_splits(leaked) == ["clip c2 is in a train group and a test group"]
     # a group rewritten to claim another split is reported by `shards validate`
@@ -94,7 +103,7 @@ def test_no_clip_crosses_splits_and_validate_catches_a_leak(captioned, tiny_mode
     key, sample = next(iter_tar_samples(out / entry["tar"]))
     meta = json.loads(sample[fmt.META])
     other = next(m for m in metas if m["split"] != meta["split"])
-    meta["clips"]["a"] = other["clips"]["x"]
+    meta["identities"]["a"] = other["identities"]["x"]
     rewrite_tar(out / entry["tar"], {f"{key}.json": json.dumps(meta).encode()})
     assert any("splits leak" in str(p) for p in validate(out, check_hashes=False))
 
@@ -211,3 +220,84 @@ def test_edit_data_on_local_ray_writes_the_same_shards_as_in_process(tmp_path, t
     assert summary["ok"] == 8 and summary["failed_units"] == {}
     tars = {p: [e["sha256"] for e in read_manifest(tmp_path / p)["shards"]] for p in ("local", "ray")}
     assert tars["local"] == tars["ray"]  # deterministic: byte-identical shards wherever they are made
+
+
+@pytest.fixture
+def audioset_like(tmp_path):
+    """AudioSet's label structure: weak labels only for most clips (with their parents from the ontology),
+    events over whole clips, and the last clips' audio again under AudioCaps keys in the train split."""
+    from captioner.synth import ontology_nodes
+
+    (tmp_path / "ontology.json").write_text(json.dumps(ontology_nodes()))
+    return synth_captioned_set(tmp_path / "audio", num_clips=32, clips_per_shard=8, eval_share=0.25, weak_share=0.75,
+                               duplicates=4), tmp_path / "ontology.json"
+
+
+def _audio_hashes(captioned) -> dict[str, str]:
+    """key -> hash of the decoded samples, computed here (not with the product's identity function)."""
+    import hashlib
+
+    return {key: hashlib.md5(audio.decode(s[fmt.AUDIO]).samples.tobytes()).hexdigest()
+            for e in read_manifest(captioned)["shards"] for key, s in iter_tar_samples(captioned / e["tar"])}
+
+
+def test_groups_on_audioset_labels_follow_the_ontology_splits_by_audio_and_isolated_events(audioset_like, tiny_models,
+                                                                                           tmp_path):
+    from shards.ontology import Ontology
+    from shards.stats import compute_stats
+
+    captioned, ontology_path = audioset_like
+    out = tmp_path / "edit"
+    cfg = _cfg([captioned], out, tiny_models, ontology=str(ontology_path), splits={"valid": 0.0, "test": 0.2},
+               groups_per_background=3)
+    run_edit_data(cfg, progress=False)
+    assert validate(out) == []
+    metas = [json.loads(s[fmt.META]) for e in read_manifest(out)["shards"] for _, s in iter_tar_samples(out / e["tar"])]
+    assert len(metas) >= 10
+    ontology = Ontology.load(ontology_path)
+    inputs = {json.loads(s[fmt.META])["key"]: json.loads(s[fmt.META]) for e in read_manifest(captioned)["shards"]
+              for _, s in iter_tar_samples(captioned / e["tar"])}
+    for m in metas:
+        # a "remove" removes every sound of its kind: A and B are unrelated to X's events (its most specific
+        # labels: a weak label's parent is implied by it), above or below them
+        x_labels = {label.lower() for label in inputs[m["clips"]["x"]]["labels"]}
+        x_events = {label for label in x_labels if not any(label in ontology.ancestors(o) - {o} for o in x_labels)}
+        for e in "ab":
+            assert not any(ontology.related(label, m["events"][e]) for label in x_events), (m["key"], e)
+            # every label of the A/B clip is the event or an ancestor of it: one event, parents collapsed
+            assert {label.lower() for label in inputs[m["clips"][e]]["labels"]} <= ontology.ancestors(m["events"][e])
+        assert not ontology.related(m["events"]["a"], m["events"]["b"])
+    # one audio (same decoded samples under another key) never in two splits
+    hashes, split_of = _audio_hashes(captioned), {}
+    for m in metas:
+        for key in m["clips"].values():
+            assert split_of.setdefault(hashes[key], m["split"]) == m["split"], key
+    # weak-labelled events are cut to their detected span; a clip whose event fills it is never an A or B
+    spans = Counter()
+    for m in metas:
+        for e in "ab":
+            clip = inputs[m["clips"][e]]
+            start, end = m["mix"][e]["trim_s"]
+            assert end - start <= cfg.max_event_fraction * clip["duration"] + 0.05, (m["key"], e, start, end)
+            spans[m["span_method"][e]] += 1
+    assert spans["activity"] > 0 and set(spans) <= {"strong", "activity"}
+    assert compute_stats(out)["edit"]["event_spans"] == dict(spans)
+
+
+def test_planning_refuses_short_backgrounds_and_unmeasurable_events(tiny_models, tmp_path):
+    from finetune.clips import Clip
+    from finetune.groups import plan_groups
+
+    def clip(key, events, duration, spans=None):
+        return Clip(key, "t.tar", 0, 1, duration, "a caption", events, "strong",
+                    spans or {events[0]: (0.0, duration)}, identity=key, span_method="strong")
+
+    events = [clip("a", ["bark"], 3.0), clip("b", ["siren"], 3.0), clip("c", ["bell"], 3.0, {"bell": (1.0, 1.2)}),
+              clip("d", ["horn"], 3.0)]
+    cfg = _cfg([tmp_path], tmp_path / "edit", tiny_models, min_background_seconds=2.0, min_event_seconds=0.3)
+    short, long = clip("short", ["rain"], 0.8), clip("long", ["rain"], 8.0)
+    groups = plan_groups([short, long, *events], cfg)
+    assert {g.x["key"] for g in groups} == {"long", "a", "b", "c", "d"}  # every background of 2 s or more
+    assert all(g.a["key"] != "c" and g.b["key"] != "c" for g in groups)  # a 0.2-s event is too short
+    with pytest.raises(ValueError, match="0.4 s"):
+        _cfg([tmp_path], tmp_path / "edit", tiny_models, mix={"loudness": "lufs"}, min_event_seconds=0.3)

@@ -298,3 +298,29 @@ def test_reader_rejects_unsafe_names_and_incomplete_samples(tmp_path):
     assert pipe.errors.skipped == 2  # counted, before collate ever sees them
     with pytest.raises(ValueError, match="unsafe or invalid sample name|neither audio"):
         list(make_pipeline(d, batch_size=2, decoder=SampleDecoder(), strict=True))
+
+
+def test_ontology_relates_ancestors_and_descendants_and_collapses_weak_labels(tmp_path):
+    from shards.ontology import Ontology
+
+    # a piece of AudioSet's ontology.json (ids and names as there; Guitar has two paths up to Music)
+    nodes = [{"id": "/m/09x0r", "name": "Speech", "child_ids": ["/m/05zppz", "/m/02zsn"]},
+             {"id": "/m/05zppz", "name": "Male speech, man speaking", "child_ids": []},
+             {"id": "/m/02zsn", "name": "Female speech, woman speaking", "child_ids": []},
+             {"id": "/m/04rlf", "name": "Music", "child_ids": ["/m/04szw"]},
+             {"id": "/m/04szw", "name": "Musical instrument", "child_ids": ["/m/0fx80y"]},
+             {"id": "/m/0fx80y", "name": "Plucked string instrument", "child_ids": ["/m/0342h"]},
+             {"id": "/m/0342h", "name": "Guitar", "child_ids": []}]
+    path = tmp_path / "ontology.json"
+    path.write_text(json.dumps(nodes))
+    o = Ontology.load(path)
+    assert o.related("speech", "Male speech, man speaking") and o.related("Male speech, man speaking", "Speech")
+    assert not o.related("Male speech, man speaking", "Female speech, woman speaking")  # siblings are two sounds
+    assert o.related("Guitar", "Music") and not o.related("Guitar", "Speech")
+    assert o.collapse(["Music", "Guitar", "Musical instrument", "Speech"]) == ["guitar", "speech"]
+    assert o.collapse(["Music"]) == ["music"]
+    assert Ontology.load(None).collapse(["Music", "Guitar"]) == ["guitar", "music"]  # no ontology: strings
+    assert not Ontology.load(None).related("speech", "male speech, man speaking")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="ontology.json"):
+        Ontology.load(tmp_path / "bad.json")
