@@ -117,8 +117,19 @@ class EditStage(Strict):
     operations: list[Literal["add", "remove", "replace"]] = ["add", "remove", "replace"]
     train_splits: list[str] = ["train"]
     lora: LoraSpec = LoraSpec()
-    validation_groups: int = 4  # held-out groups edited and CLAP-scored at every validation
+    validation_groups: int = 4  # groups of validation_split edited and CLAP-scored at every validation
+    validation_split: str = "valid"  # never the test split, which `capflow edit-eval` reports on
+    # RFM-Editing keeps the checkpoint with the best validation CLAP: "best" exports it (the last weights when
+    # no validation ran), "last" the final weights
+    export: Literal["best", "last"] = "best"
     sampler: EditSampler = EditSampler(steps=25)
+
+    @model_validator(mode="after")
+    def _validation_is_held_out(self) -> EditStage:
+        if self.validation_split == "test" or self.validation_split in self.train_splits:
+            raise ValueError(f"edit.validation_split {self.validation_split!r}: validate on a split that is neither "
+                             "trained on nor the test split (`valid`)")
+        return self
 
 
 class FinetuneConfig(PretrainConfig):

@@ -113,15 +113,25 @@ def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRe
     return EditorModule(dit, text), ref, index
 
 
+def _model_ref(ref: str | None) -> str | None:
+    """A model reference compared by what it names: a local directory by its resolved path, else the hub id."""
+    return str(Path(ref).resolve()) if ref and Path(ref).exists() else ref
+
+
+BEST_DIR, BEST_NAME = "best", "best.json"
+
+
 class EditValidator:
-    """Edits the first `validation_groups` held-out groups (split other than train) and scores each edit's
-    CLAP against its target caption with the evaluation package's CLAP backbone."""
+    """Edits the first `validation_groups` groups of the validation split (never the test split: `edit-eval`
+    reports on it) and scores each edit's CLAP against its target caption with the evaluation package's CLAP
+    backbone."""
 
     def __init__(self, cfg: FinetuneConfig, codec_cfg):
         self.cfg, self.codec = cfg, AudioCodec(codec_cfg)
         self.groups = list(self._held_out(cfg))
         if not self.groups:
-            log.warning("no held-out edit group in data.shards: validation edits nothing")
+            log.warning("no edit group of split %r in data.shards: validation edits nothing (give the edit data a "
+                        "valid share: splits.valid)", cfg.edit.validation_split)
         self.clap = None
         if cfg.validation.clap_model:
             from evaluation.backbones import load_backbone
@@ -130,7 +140,7 @@ class EditValidator:
 
     @staticmethod
     def _held_out(cfg: FinetuneConfig):
-        """(key, triplet, source latent) of the first `validation_groups` groups outside the training splits;
+        """(key, triplet, source latent) of the first `validation_groups` groups of the validation split;
         reading stops as soon as there are enough."""
         rng, found = random.Random(cfg.validation.seed), 0
         for url in (u for s in cfg.data.shards for u in shard_urls(s)):
@@ -138,7 +148,7 @@ class EditValidator:
                 if found >= cfg.edit.validation_groups:
                     return
                 meta = json.loads(sample[fmt.META])
-                if meta.get("split") in cfg.edit.train_splits:
+                if meta.get("split") != cfg.edit.validation_split:
                     continue
                 triplet = draw(meta, rng, None, cfg.edit.operations)
                 latent = np.load(io.BytesIO(sample[f"{triplet['source']}.{fmt.LATENT}"]), allow_pickle=False)
@@ -185,8 +195,9 @@ def editor_card(cfg: FinetuneConfig, info: dict) -> str:
         "An EzAudio-DiT text-to-audio model fine-tuned by capflow into an instruction editor (RFM-Editing): the "
         "source latent enters through extra input channels, the instruction through Flan-T5 with a LoRA adapter.", "",
         "| | |", "|---|---|",
-        f"| steps | {info.get('step')} ({info.get('samples', 0):,} triplets) |",
-        f"| weights | {'EMA' if info.get('ema') else 'raw'} |",
+        f"| steps | {info.get('step')}" + (f" ({info['samples']:,} triplets) |" if info.get("samples") else " |"),
+        f"| weights | {'EMA' if info.get('ema') else 'raw'}, {info.get('selected', 'last')} by validation CLAP |"
+        if info.get("selected") == "best" else f"| weights | {'EMA' if info.get('ema') else 'raw'}, last step |",
         f"| operations | {', '.join(cfg.edit.operations)} |",
         f"| LoRA | rank {cfg.edit.lora.rank}, alpha {cfg.edit.lora.alpha:g}, on {', '.join(cfg.edit.lora.targets)} |",
         f"| validation CLAP (edits to target captions) | {info.get('validation_clap', 'n/a')} |", "",
@@ -201,6 +212,12 @@ class EditTrainer(Trainer):
     def build_model(self, latent_info: dict) -> EditorModule:
         module, self.text_ref, index = load_editor_module(self.cfg)
         t2a_codec = index.get("codec") or {}
+        ours = {"pretrained": _model_ref(self.codec_cfg.pretrained), "subfolder": self.codec_cfg.subfolder or None}
+        t2a_ref = resolve_ref(t2a_codec["pretrained"], Path(self.cfg.init_from)) if t2a_codec.get("pretrained") else None
+        theirs = {"pretrained": _model_ref(t2a_ref), "subfolder": t2a_codec.get("subfolder") or None}
+        if ours != theirs:
+            raise ValueError(f"data.shards were encoded with the codec {ours} but {self.cfg.init_from} generates with "
+                             f"{theirs}: encode the edit groups with the T2A bundle's codec")
         if t2a_codec.get("latent_mean") != self.codec_cfg.latent_mean:
             raise ValueError(f"data.shards are normalised differently from {self.cfg.init_from}'s latents: encode the "
                              f"edit groups with `normalization_from: {self.cfg.init_from}`")
@@ -215,6 +232,31 @@ class EditTrainer(Trainer):
     def make_validator(self):
         return EditValidator(self.cfg, self.codec_cfg)
 
+    def best(self) -> dict | None:
+        """The best validation so far ({step, validation_clap}), saved under OUT/best; one saved after the step
+        a run resumes from is not this run's and is ignored."""
+        path = self.out / BEST_DIR / BEST_NAME
+        best = json.loads(path.read_text()) if path.is_file() else None
+        return best if best and best["step"] <= self.state.step else None
+
+    def validate(self) -> float | None:
+        """Validate; with `edit.export: best`, keep the validated (EMA) weights when they score best so far."""
+        validated = self.state.step
+        score = super().validate()
+        if self.cfg.edit.export == "best":
+            values = None if self.ema is not None else self.master_weights()  # a collective: every rank
+            best = self.best() if self.acc.is_main_process else None
+            if self.acc.is_main_process and score is not None and (best is None or score > best["validation_clap"]):
+                if self.ema is not None:
+                    values = dict(zip(self._trainable_names(), self.ema.shadow_params))
+                with staged_dir(self.out / BEST_DIR) as tmp, self._weights(values):
+                    self.unwrapped.save_pretrained(tmp)
+                    (tmp / BEST_NAME).write_text(json.dumps({"step": validated, "validation_clap": score}) + "\n")
+                log.info("validation CLAP %.4f at step %d is the best so far: kept in %s", score, validated,
+                         self.out / BEST_DIR)
+            self.acc.wait_for_everyone()
+        return score
+
     def export(self, use_ema: bool = True) -> Path:
         from pretrain.checkpoint import checkpoint_weights, list_checkpoints
 
@@ -224,6 +266,15 @@ class EditTrainer(Trainer):
                 "data_hashes": self.data_hashes}
         if self.last_val_clap is not None:
             info["validation_clap"] = round(self.last_val_clap, 4)
+        best = self.best() if self.cfg.edit.export == "best" else None
+        if best is not None:
+            weights, info["ema"] = self.out / BEST_DIR, self.ema is not None
+            info |= {"step": best["step"], "validation_clap": round(best["validation_clap"], 4), "selected": "best"}
+            info.pop("samples", None)  # the last checkpoint's count, not the best one's
+        else:
+            if self.cfg.edit.export == "best":
+                log.warning("edit.export best: no validation score was recorded; exporting the last weights")
+            info["selected"] = "last"
         out = self.out / "export"
         with staged_dir(out) as tmp:
             write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info)
