@@ -14,11 +14,9 @@ a hash of its decoded audio: the same audio under two keys (AudioSet and AudioCa
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from shards import format as fmt
 from shards.manifest import read_manifest
 from shards.mix import event_span
 from shards.ontology import Ontology
+from shards.reader import iter_tar_index, read_member
 
 from .config import EditDataConfig, SplitConfig
 
@@ -69,11 +68,10 @@ class Clip:
 def read_clip(ref: dict) -> audio.Audio:
     """A clip's audio, read from its byte range in its tar. FileNotFoundError if the tar is gone,
     AudioError if the bytes do not decode."""
-    with open(ref["tar"], "rb") as f:
-        f.seek(ref["offset"])
-        data = f.read(ref["size"])
-    if len(data) != ref["size"]:
-        raise audio.AudioError(f"{ref['key']}: {ref['tar']} is shorter than its index says (rewritten?)")
+    try:
+        data = read_member(ref["tar"], (ref["offset"], ref["size"]))
+    except EOFError as e:
+        raise audio.AudioError(f"{ref['key']}: {e}") from None
     return audio.decode(data, name=f"{ref['key']}.{fmt.AUDIO}")
 
 
@@ -118,21 +116,13 @@ def scan_set(directory: str | Path, ontology: Ontology | None = None) -> list[Cl
     clips = []
     for entry in manifest["shards"]:
         path = (directory / entry["tar"]).resolve()
-        flac: dict[str, tuple[int, int]] = {}
-        metas: dict[str, dict] = {}
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                key, _, ext = info.name.partition(".")
-                if ext == fmt.AUDIO:
-                    flac[key] = (info.offset_data, info.size)
-                elif ext == fmt.META:
-                    metas[key] = json.loads(tar.extractfile(info).read())
-        for key, meta in metas.items():
-            if key not in flac:
+        for key, meta, members in iter_tar_index(path):
+            if meta is None or fmt.AUDIO not in members:
                 continue
             events, method, spans = _events_from_meta(meta, ontology)
             captions = meta.get("captions") or []
-            clips.append(Clip(key=key, tar=str(path), offset=flac[key][0], size=flac[key][1],
+            offset, size = members[fmt.AUDIO]
+            clips.append(Clip(key=key, tar=str(path), offset=offset, size=size,
                               duration=float(meta.get("duration") or 0.0), caption=captions[0] if captions else None,
                               events=events, count_method=method, spans=spans, source_split=meta.get("split"),
                               identity=segment_identity(meta), span_method="strong" if spans else None))

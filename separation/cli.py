@@ -41,13 +41,18 @@ def _separate(args) -> int:
     else:
         jobs = []
     check_jobs(jobs, "query", "query", outputs=("output", "residual"))  # before any model loads
+    if args.test_set:
+        from shards.ontology import Ontology
+
+        Ontology.load(args.ontology)
     check_bundle(args.checkpoint, "capflow-separator")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     separator = LanguageSeparator.from_pretrained(args.checkpoint, device=device)
     if args.test_set:
         from .eval_set import separation_test_set
 
-        manifest = separation_test_set(separator, args.test_set, args.output, mixtures=args.mixtures, seed=args.seed)
+        manifest = separation_test_set(separator, args.test_set, args.output, mixtures=args.mixtures, seed=args.seed,
+                                       ontology=args.ontology)
         print(f"{manifest}\nevaluate: capflow evaluate {manifest} --metrics sdr,sdri,si_sdr,clap,clap_a,fad "
               f"(and {manifest.with_name('no_processing.jsonl')} for the no-processing row)")
         return 0
@@ -91,6 +96,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-set", default=None, metavar="SHARDS",
                    help="separate synthetic mixtures (SNR -15..15 dB) of this shard set, for `capflow evaluate`")
     p.add_argument("--mixtures", type=int, default=100, help="with --test-set: how many mixtures")
+    p.add_argument("--ontology", help="with --test-set: AudioSet's ontology.json; the two clips of a mixture then "
+                                      "have no related labels (Music vs Guitar), as in training")
     p.add_argument("--seed", type=int, default=0, help="with --test-set: the mixing seed")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
     p.set_defaults(func=_separate)

@@ -37,6 +37,10 @@ class SeparationSection(Strict):
     one_stage: bool = False  # condition the separator on the CLAP text embedding (the paper's "1 stage" row)
     query_from: str | None = None  # stage separator: the stage-query export the bundle uses for text queries
     caption_prob: float = 0.5  # share of caption mixtures (the rest: keyword mixtures)
+    # AudioSet's ontology.json: no source of a mixture has a label related to the target's (Music vs Guitar);
+    # None: labels are compared as strings
+    ontology: str | None = None
+    crop: Literal["random", "start"] = "random"  # where a training chunk is cut from a longer clip
     sources: tuple[int, int] = (2, 4)  # sources per keyword mixture (caption mixtures: 2)
     ratio_db: tuple[float, float] = (-20.0, 20.0)  # target vs rest energy ratio, uniform
     pool: int = 4  # decoded chunks drawn per mixture of a batch

@@ -1,11 +1,14 @@
 """Training mixtures made on the fly from captioned audio shards (Hybrid-Sep §3.1), on pretrain's resumable
-stream: each batch draws a pool of decoded chunks and mixes them with a generator seeded by their keys.
+stream: each batch draws a pool of decoded chunks (cut at a random offset of each clip) and mixes them with a
+generator seeded by their keys.
 
-A mixture is either a keyword mixture (2–4 sources with labels; the target's labels are disjoint from every
-other source's; query: its labels, "guitar, bird and speech") or a caption mixture (2 sources with captions;
-query: one of the target's captions); the two kinds never share a mixture. The target-to-rest energy ratio is
-uniform in `ratio_db` (loudness over active samples, shards/mix.py); one gain keeps mixture and target under
-full scale. Shape legend: b batch, s samples.
+A mixture is either a keyword mixture (2–4 sources with labels; query: the target's labels, "guitar, bird and
+speech") or a caption mixture (2 sources with captions; query: one of the target's captions); the two kinds
+never share a mixture. No other source has a label related to a target label in AudioSet's ontology (the
+same class, an ancestor or a descendant: no music under a guitar target): a target without enough such
+sources in the pool gets fewer, and one without any is not used. The target-to-rest energy ratio is uniform
+in `ratio_db` (loudness over active samples, shards/mix.py); one gain keeps mixture and target under full
+scale. Shape legend: b batch, s samples.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ import torch
 
 from pretrain.data import LatentBatches
 from shards.mix import group_gain, loudness_db
+from shards.ontology import Ontology
 from shards.reader import SampleDecoder
 
 
-def keyword_query(labels: list[str]) -> str:
-    names = [label.lower() for label in labels]
+def keyword_query(labels: list[str], ontology: Ontology | None = None) -> str:
+    """"guitar, bird and speech": the most specific labels (a weak label's ancestors are implied)."""
+    names = (ontology or Ontology()).collapse(labels)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def unrelated(target: dict, candidates: list[dict], ontology: Ontology) -> list[dict]:
+    """The candidates that may sound beside the target: another clip, no label related to the target's."""
+    labels = target["meta"].get("labels") or []
+    return [s for s in candidates if s["key"] != target["key"]
+            and not ontology.overlaps(labels, s["meta"].get("labels") or [])]
 
 
 def make_mixture(target: dict, others: list[dict], ratio_db: float, rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,29 +49,29 @@ def make_mixture(target: dict, others: list[dict], ratio_db: float, rate: int) -
     return (g * mixture).astype(np.float32), (g * t).astype(np.float32)
 
 
-def draw_mixtures(pool: list[dict], count: int, rng: random.Random, cfg) -> list[dict]:
-    """`count` mixtures from a pool of decoded samples ({key, audio (1, s), captions, meta})."""
+def draw_mixtures(pool: list[dict], count: int, rng: random.Random, cfg, ontology: Ontology | None = None) -> list[dict]:
+    """`count` mixtures from a pool of decoded samples ({key, audio (1, s), captions, meta}); ValueError when
+    the pool holds no target with an unrelated source."""
+    ontology = ontology or Ontology()
     labeled = [s for s in pool if s["meta"].get("labels")]
     captioned = [s for s in pool if s["captions"]]
     out = []
     for _ in range(count):
         kind = "caption" if (rng.random() < cfg.caption_prob and len(captioned) > 1) or len(labeled) < 2 else "keyword"
-        if kind == "caption" and len(captioned) < 2:
-            raise ValueError("too few usable clips in the pool to mix (need labels or captions); "
-                             "check data.shards or raise separation.pool")
         candidates = captioned if kind == "caption" else labeled
-        target = rng.choice(candidates)
-        labels = {x.lower() for x in target["meta"].get("labels") or []}
-        disjoint = [s for s in candidates if s["key"] != target["key"]
-                    and not labels & {x.lower() for x in s["meta"].get("labels") or []}]
-        others_pool = disjoint or [s for s in candidates if s["key"] != target["key"]]
+        targets = rng.sample(candidates, len(candidates))  # tried in a random order
+        target, others_pool = next(((t, o) for t in targets if (o := unrelated(t, candidates, ontology))), (None, []))
+        if target is None:
+            raise ValueError("no clip of the pool can be mixed with another of unrelated labels (need labels or "
+                             "captions, and sounds of more than one kind); check data.shards or raise separation.pool")
         n = 1 if kind == "caption" else rng.randint(cfg.sources[0] - 1, cfg.sources[1] - 1)
         others = rng.sample(others_pool, min(n, len(others_pool)))
         ratio = rng.uniform(*cfg.ratio_db)
         mixture, tgt = make_mixture(target, others, ratio, cfg.sample_rate)
-        query = rng.choice(target["captions"]) if kind == "caption" else keyword_query(target["meta"]["labels"])
+        query = (rng.choice(target["captions"]) if kind == "caption"
+                 else keyword_query(target["meta"]["labels"], ontology))
         out.append({"mixture": mixture, "target": tgt, "query": query, "kind": kind, "ratio_db": ratio,
-                    "key": target["key"]})
+                    "key": target["key"], "others": [o["key"] for o in others]})
     return out
 
 
@@ -68,7 +80,8 @@ class MixtureBatches(LatentBatches):
 
     def decoder(self, seed: int):
         s = self.cfg.separation
-        return SampleDecoder(sample_rate=s.sample_rate, mono=True, duration=s.chunk, decode_audio=True)
+        return SampleDecoder(sample_rate=s.sample_rate, mono=True, duration=s.chunk, decode_audio=True,
+                             crop_seed=seed if s.crop == "random" else None)
 
     def select(self):
         return None
@@ -80,7 +93,8 @@ class MixtureBatches(LatentBatches):
         pool = [{"key": k, "audio": a.numpy() if hasattr(a, "numpy") else a, "captions": c, "meta": m}
                 for k, a, c, m in zip(batch["key"], batch["audio"], batch["captions"], batch["meta"])]
         rng = random.Random(zlib.crc32(("/".join(batch["key"]) + f"/{self.cfg.seed}").encode()))
-        mixtures = draw_mixtures(pool, self.cfg.data.micro_batch_size, rng, self.cfg.separation)
+        mixtures = draw_mixtures(pool, self.cfg.data.micro_batch_size, rng, self.cfg.separation,
+                                 Ontology.load(self.cfg.separation.ontology))
         target = torch.from_numpy(np.stack([m["target"] for m in mixtures]))
         return {"mixture": torch.from_numpy(np.stack([m["mixture"] for m in mixtures])), "target": target,
                 "latent": target, "valid": torch.ones(target.shape[0], 1, dtype=torch.bool),

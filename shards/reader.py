@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import tarfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import webdataset as wds
 
 from . import format as fmt
-from .audio import load
+from .audio import Audio, fit_length, load
 from .manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,36 @@ def iter_tar_samples(path: Path):
         yield key, sample
 
 
+def iter_tar_index(path: Path):
+    """(key, meta, {ext: (byte offset, size)}) per sample of a tar: only the json members are read, the others
+    are seeked over, so indexing a shard set costs its metadata, not its audio."""
+    key, meta, members = None, None, {}
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            k, _, ext = info.name.partition(".")
+            if k != key and key is not None:
+                yield key, meta, members
+                meta, members = None, {}
+            key = k
+            members[ext] = (info.offset_data, info.size)
+            if ext == fmt.META:
+                meta = json.loads(tar.extractfile(info).read())
+    if key is not None:
+        yield key, meta, members
+
+
+def read_member(path: str | Path, span: tuple[int, int]) -> bytes:
+    """The bytes of one tar member from its (offset, size) in `iter_tar_index`."""
+    with open(path, "rb") as f:
+        f.seek(span[0])
+        data = f.read(span[1])
+    if len(data) != span[1]:
+        raise EOFError(f"{path} is shorter than its index says (rewritten since?)")
+    return data
+
+
 def select_captions(meta: dict, min_clap: float | None = None, top_k: int | None = None) -> list[str]:
     """Captions kept at read time. Without thresholds: the ones the writer kept; with them: re-ranked
     candidates with CLAP >= min_clap, best first, at most top_k."""
@@ -93,9 +124,12 @@ class SampleDecoder:
     """Raw tar sample (bytes per member) -> dict with key, meta, captions, audio and/or latent."""
 
     def __init__(self, sample_rate: int | None = None, mono: bool = True, duration: float | None = None,
-                 decode_audio: bool = True, min_clap: float | None = None, top_k: int | None = None):
+                 decode_audio: bool = True, min_clap: float | None = None, top_k: int | None = None,
+                 crop_seed: int | None = None):
+        """`duration`: audio cut (or zero-padded) to this many seconds, from the start, or from an offset drawn
+        per clip from (crop_seed, key) when crop_seed is set (training crops that cover the whole clip)."""
         self.sample_rate, self.mono, self.duration = sample_rate, mono, duration
-        self.decode_audio, self.min_clap, self.top_k = decode_audio, min_clap, top_k
+        self.decode_audio, self.min_clap, self.top_k, self.crop_seed = decode_audio, min_clap, top_k, crop_seed
 
     def __call__(self, sample: dict) -> dict:
         """Raises ValueError (counted and skipped, or raised in strict mode) for a member name that is not a
@@ -111,8 +145,14 @@ class SampleDecoder:
         meta = json.loads(sample[fmt.META])
         out = {"key": key, "meta": meta, "captions": select_captions(meta, self.min_clap, self.top_k)}
         if self.decode_audio and fmt.AUDIO in sample:
+            random_crop = self.crop_seed is not None and self.duration is not None
             audio = load(sample[fmt.AUDIO], sample_rate=self.sample_rate, mono=self.mono,
-                         duration=self.duration, name=f"{key}.{fmt.AUDIO}")
+                         duration=None if random_crop else self.duration, name=f"{key}.{fmt.AUDIO}")
+            if random_crop:
+                n = round(self.duration * audio.sample_rate)
+                spare = max(0, audio.samples.shape[-1] - n)
+                offset = zlib.crc32(f"{self.crop_seed}/crop/{key}".encode()) % (spare + 1)
+                audio = Audio(fit_length(audio.samples[..., offset:], n), audio.sample_rate)
             out["audio"] = audio.samples
             out["sample_rate"] = audio.sample_rate
         if fmt.LATENT in sample:

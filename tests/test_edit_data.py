@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 
 from captioner.synth import synth_captioned_set
-from finetune.clips import scan_set
 from finetune.config import EditDataConfig
-from finetune.edit_data import EditDataWorker, read_clip, run_edit_data
+from finetune.edit_data import EditDataWorker, run_edit_data
 from finetune.groups import GroupPlan, check_splits
 from shards import audio
 from shards import format as fmt
-from shards.audio import conform
 from shards.manifest import ConfigMismatch, open_shard_set, read_manifest
 from shards.mix import MixConfig, active_span, loudness_db, place, snr_db
 from shards.reader import iter_tar_samples
@@ -56,7 +54,7 @@ def test_group_mix_is_sample_exact_and_flac_keeps_it_within_24_bit(captioned, ti
     # checked against the input clips as stored (16-kHz mono ones: no resampling between them and the mix)
     sources = {key: s for e in read_manifest(captioned)["shards"] for key, s in iter_tar_samples(captioned / e["tar"])}
     checked = 0
-    for key, sample in (kv for e in manifest["shards"] for kv in iter_tar_samples(tmp_path / "edit" / e["tar"])):
+    for _, sample in (kv for e in manifest["shards"] for kv in iter_tar_samples(tmp_path / "edit" / e["tar"])):
         meta = json.loads(sample[fmt.META])
         clips = {r: audio.decode(sources[meta["clips"][r]][fmt.AUDIO]) for r in "xab"}
         stored = {r: audio.decode(sample[f"{r}.{fmt.AUDIO}"]).samples for r in fmt.EDIT_ROLES}
