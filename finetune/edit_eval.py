@@ -52,9 +52,8 @@ def edit_test_set(editor: InstructionEditor, edit_set: str | Path, out: str | Pa
     for sub in ("source", "target", "edited"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows = []
-    items = list(test_triplets(edit_set, split, limit))
-    if not items:
-        raise ValueError(f"{edit_set} has no group in split {split!r}")
+    # streamed: one group's audio in memory at a time, whatever the split's size
+    items = test_triplets(edit_set, split, limit)
     for key, name, source, target, instruction, caption in tqdm(items, desc="editing", unit="edit", disable=not progress):
         clip_id = f"{key}_{name}"
         (edited, seconds), = timed_edits(editor, [(source, instruction)], **sampling)
@@ -63,6 +62,8 @@ def edit_test_set(editor: InstructionEditor, edit_set: str | Path, out: str | Pa
         rows.append({"id": clip_id, "path": f"edited/{clip_id}.wav", "caption": caption,
                      "reference": f"target/{clip_id}.wav", "source": f"source/{clip_id}.wav",
                      "group": TRIPLETS[name][2], "instruction": instruction, "seconds": round(seconds, 4)})
+    if not rows:
+        raise ValueError(f"{edit_set} has no group in split {split!r}")
     manifest = out / "edits.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     log.info("%d edits of %s written to %s; evaluate them with: capflow evaluate %s --metrics fd kl is fad clap "
