@@ -70,7 +70,7 @@ def demo_encode_config(workdir: Path) -> EncodeConfig:
 def demo_edit_data_config(workdir: Path) -> EditDataConfig:
     return load_config(EditDataConfig, _packaged("edit_data_tiny.yaml"), [
         f"inputs=[{workdir / 'shards' / 'audio'}]", f"output={workdir / 'shards' / 'edit'}",
-        f"clap.model={workdir / 'models' / 'clap'}"])
+        f"ontology={workdir / 'corpus' / 'ontology.json'}", f"clap.model={workdir / 'models' / 'clap'}"])
 
 
 def demo_finetune_config(workdir: Path) -> FinetuneConfig:
@@ -81,7 +81,8 @@ def demo_finetune_config(workdir: Path) -> FinetuneConfig:
 
 def demo_separation_config(workdir: Path, stage: str) -> SeparationConfig:
     overrides = [f"output_dir={workdir / 'runs' / f'sep-{stage}'}", f"data.shards=[{workdir / 'shards' / 'audio'}]",
-                 f"separation.clap_model={workdir / 'models' / 'clap'}"]
+                 f"separation.clap_model={workdir / 'models' / 'clap'}",
+                 f"separation.ontology={workdir / 'corpus' / 'ontology.json'}"]
     if stage == "separator":
         overrides += [f"separation.ssl={workdir / 'models' / 'ssl'}",
                       f"separation.query_from={workdir / 'runs' / 'sep-query' / 'export'}"]
@@ -225,7 +226,8 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     (workdir / "separation").mkdir(exist_ok=True)
     audio.write(workdir / "separation" / "clicking.wav", target)
     audio.write(workdir / "separation" / "without_clicking.wav", rest)
-    manifest = separation_test_set(separator, workdir / "shards" / "audio", workdir / "separation" / "test", mixtures=4)
+    manifest = separation_test_set(separator, workdir / "shards" / "audio", workdir / "separation" / "test", mixtures=4,
+                                   ontology=workdir / "corpus" / "ontology.json")
     for name in ("separations", "no_processing"):
         report = evaluate(EvalConfig(generated=str(manifest.with_name(f"{name}.jsonl")), models=str(workdir / "models"),
                                      metrics=["sdr", "sdri", "si_sdr", "clap", "clap_a"],

@@ -33,9 +33,9 @@ def keyword_query(labels: list[str], ontology: Ontology | None = None) -> str:
 
 def unrelated(target: dict, candidates: list[dict], ontology: Ontology) -> list[dict]:
     """The candidates that may sound beside the target: another clip, no label related to the target's."""
-    labels = target["meta"].get("labels") or []
+    labels = ontology.collapse(target["meta"].get("labels") or [])  # a weak label's parent is implied, not a sound
     return [s for s in candidates if s["key"] != target["key"]
-            and not ontology.overlaps(labels, s["meta"].get("labels") or [])]
+            and not ontology.overlaps(labels, ontology.collapse(s["meta"].get("labels") or []))]
 
 
 def make_mixture(target: dict, others: list[dict], ratio_db: float, rate: int) -> tuple[np.ndarray, np.ndarray]:

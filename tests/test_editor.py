@@ -224,3 +224,14 @@ def test_export_best_keeps_the_weights_of_the_best_validation(tmp_path, tiny_mod
     assert json.loads((run_finetune(last_cfg) / "capflow.json").read_text())["info"]["selected"] == "last"
     with pytest.raises(ValueError, match="validation_split"):
         _cfg(tmp_path / "x", edit_latents, tiny_models, edit={"validation_split": "test"})
+
+
+def test_edit_stage_refuses_latents_of_another_codec(tmp_path, tiny_models, edit_latents):
+    t2a = tmp_path / "t2a"
+    shutil.copytree(edit_latents / "t2a", t2a)
+    index = json.loads((t2a / "capflow.json").read_text())
+    index["codec"]["pretrained"] = "stabilityai/stable-audio-open-1.0"  # the bundle generates with another VAE
+    index["codec"]["subfolder"] = "vae"
+    (t2a / "capflow.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="encoded with the codec"):
+        EditTrainer(_cfg(tmp_path / "run", edit_latents, tiny_models, init_from=str(t2a)))
