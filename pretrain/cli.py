@@ -98,6 +98,15 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from .ezaudio import import_ezaudio
+
+    out = import_ezaudio(args.dit, args.vae, args.output, size=args.size, text_encoder=args.text_encoder)
+    print(f"{out}  (EzAudio-{args.size.upper()}, v-prediction DDPM)\ngenerate: capflow generate --checkpoint {out} "
+          '"a dog barks while rain falls" -o dog.wav')
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="audio shards -> VAE latent shards (resumable, with codec provenance)")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/encode/tiny.yaml")
@@ -114,6 +123,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("import", help="public weights as a capflow bundle: `import ezaudio` (EzAudio-L/XL DiT + VAE)")
+    p.add_argument("source", choices=["ezaudio"], help="whose checkpoints (ezaudio: OpenSound/EzAudio)")
+    p.add_argument("--dit", default="OpenSound/EzAudio", help="the DiT checkpoint (.pt with {'model': ...}), or a hub "
+                   "repo[:path] (default OpenSound/EzAudio: ckpts/s3/ezaudio_s3_{size}.pt)")
+    p.add_argument("--vae", default="OpenSound/EzAudio", help="the VAE checkpoint (ckpts/vae/1m.pt: {'state_dict': "
+                   "...}), or a hub repo[:path]")
+    p.add_argument("--size", choices=["l", "xl"], default="l", help="l (Flan-T5-large) or xl (Flan-T5-XL)")
+    p.add_argument("--text-encoder", default=None, help="hub id or directory (default: google/flan-t5-large | -xl)")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("model-info", help="parameter counts of a DiT preset by group (no weights allocated)")
     p.add_argument("--preset", default="dit-l", help="tiny | small | dit-l | dit-xl (default dit-l); with `capflow`: "

@@ -21,7 +21,7 @@ import torch
 from .codec import AudioCodec, CodecConfig
 from .dit import EzAudioDiT
 from .flow import start_point
-from .sampler import guided_velocity, integrate
+from .sampler import ddim_sample, guided_velocity, integrate
 from .text import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,13 @@ class SamplerDefaults:
     steps: int = 50
     cfg: float = 5.0  # EzAudio §3.4: CFG 5 with rescale 0.75
     rescale: float = 0.75
-    method: str = "euler"
+    method: str = "euler"  # euler | heun (flow); ddim (v-ddpm bundles)
     duration: float = 10.0
     negative: str = ""
+    eta: float = 1.0  # DDIM's stochasticity (v-ddpm bundles; EzAudio samples with 1)
+
+
+OBJECTIVES = ("flow", "v-ddpm")
 
 
 @dataclass
@@ -81,13 +85,20 @@ class TextEncoderRef:
 
 
 def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, text_ref: TextEncoderRef | None,
-                 sampler: SamplerDefaults, stage: str, info: dict | None = None) -> Path:
-    """Write a bundle without loading the codec or the text encoder (only their references are stored)."""
+                 sampler: SamplerDefaults, stage: str, info: dict | None = None, objective: str = "flow",
+                 scheduler: dict | None = None) -> Path:
+    """Write a bundle without loading the codec or the text encoder (only their references are stored).
+    objective: `flow` (capflow's rectified flow, t = 0 noise -> 1 data) or `v-ddpm` (a v-prediction DDPM such
+    as EzAudio's, sampled with diffusers' DDIMScheduler configured by `scheduler`)."""
+    if objective not in OBJECTIVES or (objective == "v-ddpm") != (scheduler is not None):
+        raise ValueError(f"objective must be one of {OBJECTIVES} (v-ddpm with its scheduler config), got {objective!r}")
     directory = Path(directory)
     dit.save_pretrained(directory / "dit")
-    index = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": stage, "codec": codec.to_dict(),
-             "text_encoder": dataclasses.asdict(text_ref) if text_ref else None,
+    index = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": stage, "objective": objective,
+             "codec": codec.to_dict(), "text_encoder": dataclasses.asdict(text_ref) if text_ref else None,
              "sampler": dataclasses.asdict(sampler), "info": info or {}}
+    if scheduler is not None:
+        index["scheduler"] = scheduler
     (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return directory
 
@@ -111,10 +122,11 @@ def resolve_ref(ref: str, root: Path) -> str:
 class TextToAudio:
     def __init__(self, dit: EzAudioDiT, codec: AudioCodec, text_encoder: TextEncoder | None,
                  text_ref: TextEncoderRef | None, sampler: SamplerDefaults | None = None, stage: str = "",
-                 info: dict | None = None):
+                 info: dict | None = None, objective: str = "flow", scheduler: dict | None = None):
         self.dit, self.codec, self.text_encoder, self.text_ref = dit, codec, text_encoder, text_ref
         self.sampler = sampler or SamplerDefaults()
         self.stage, self.info = stage, info or {}
+        self.objective, self.scheduler = objective, scheduler  # flow | v-ddpm (with its DDIMScheduler config)
 
     @property
     def device(self) -> torch.device:
@@ -128,7 +140,8 @@ class TextToAudio:
 
     # ---- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        return write_bundle(directory, self.dit, self.codec.config, self.text_ref, self.sampler, self.stage, self.info)
+        return write_bundle(directory, self.dit, self.codec.config, self.text_ref, self.sampler, self.stage, self.info,
+                            self.objective, self.scheduler)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
@@ -158,7 +171,8 @@ class TextToAudio:
             text_dtype = "bfloat16" if dtype == "bf16" else text_ref.dtype
             text_encoder = TextEncoder(text_ref.pretrained, text_ref.max_length, text_dtype)
         model = cls(dit.eval(), AudioCodec(codec_cfg), text_encoder, text_ref,
-                    SamplerDefaults(**index.get("sampler", {})), index.get("stage", ""), index.get("info", {}))
+                    SamplerDefaults(**index.get("sampler", {})), index.get("stage", ""), index.get("info", {}),
+                    index.get("objective", "flow"), index.get("scheduler"))
         model.to(device)
         model.dit.to(PRECISIONS[dtype])
         if compile:
@@ -179,6 +193,9 @@ class TextToAudio:
         steps, cfg, rescale = steps or s.steps, s.cfg if cfg is None else cfg, s.rescale if rescale is None else rescale
         duration, method = duration or s.duration, method or s.method
         negative = s.negative if negative is None else negative
+        if self.objective == "v-ddpm" and source is not None:
+            raise ValueError("this bundle is a v-prediction DDPM (imported from EzAudio): it generates from noise; "
+                             "editing from a source latent needs a flow bundle")
         if source is not None and t_start <= 0:
             raise ValueError("generate(source=...) needs t_start > 0 (e.g. 0.01): at t_start = 0 the start point "
                              "is pure noise and the source would be discarded")
@@ -195,7 +212,10 @@ class TextToAudio:
             log.warning("this is a stage-%r model without text modules: prompts are ignored", self.stage)
         velocity = guided_velocity(self.dit, text=text, text_mask=text_mask, neg_text=neg, neg_mask=neg_mask,
                                    scale=cfg, rescale=rescale)
-        latents = integrate(velocity, x, t_start=t_start, steps=steps, method=method, progress=progress)
+        if self.objective == "v-ddpm":  # EzAudio: DDIM on the guided v-prediction, eta noise from the same seed
+            latents = ddim_sample(velocity, x, self.scheduler, steps, s.eta, generator, progress)
+        else:
+            latents = integrate(velocity, x, t_start=t_start, steps=steps, method=method, progress=progress)
         wave = self.codec.decode(latents)
         target = round(duration * self.codec.sample_rate) if source is None else n * self.codec.hop
         return torch.nn.functional.pad(wave, (0, max(0, target - wave.shape[-1])))[..., :target]
