@@ -4,7 +4,8 @@ synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> valid
 -> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate
 -> edit groups from the captioned shards -> encode them -> fine-tune the instruction editor -> edit a clip
 and the held-out groups -> evaluate the edits per operation -> Imagic edits (toward a text; inpainting) -> separation: query model,
-separator (ACT), separate held-out mixtures and evaluate them against the no-processing row.
+separator (ACT), separate held-out mixtures and evaluate them against the no-processing row -> import an
+EzAudio-format release (tiny, written by the demo) and generate from it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from finetune.imagic import ImagicConfig, ImagicEditor
 from finetune.train import run_finetune
 from pretrain.config import PretrainConfig
 from pretrain.encode import EncodeConfig, run_encode
+from pretrain.ezaudio import import_ezaudio
 from pretrain.pipeline import TextToAudio
+from pretrain.tiny import write_tiny_ezaudio
 from pretrain.train import run_pretrain
 from separation.config import SeparationConfig
 from separation.eval_set import separation_test_set
@@ -107,7 +110,7 @@ def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
 
 
 MARKER = ".capflow-demo"  # written into a demo folder: capflow may clear what it wrote there, nothing else
-DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval", "edits", "separation")
+DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval", "edits", "separation", "ezaudio")
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -235,5 +238,14 @@ def run_demo(workdir: str | Path = "demo") -> Path:
         log.info("%s: %s", name.replace("_", " "), ", ".join(f"{k} {v['value']:.2f}" for k, v in report["metrics"].items()
                                                             if v.get("value") is not None))
     log.info("query model %s, separator %s", query_export, separator_export)
+
+    _step(20, f"start from public weights: import an EzAudio-format release (tiny, written here) -> {workdir / 'ezaudio'}")
+    release_files = write_tiny_ezaudio(workdir / "ezaudio" / "release", {"oobleck": workdir / "models" / "oobleck"})
+    bundle = import_ezaudio(release_files["dit"], release_files["vae"], workdir / "ezaudio" / "bundle",
+                            text_encoder=str((workdir / "models" / "flan-t5").resolve()))
+    ez = TextToAudio.from_pretrained(bundle)
+    wave = ez.generate(["A sine tone then a chirp."], steps=8, duration=2.0)[0]
+    audio.write(workdir / "ezaudio" / "generated.wav", audio.Audio(wave.numpy(), ez.codec.sample_rate))
+    log.info("EzAudio-format bundle (objective %s, DDIM) generated %s", ez.objective, workdir / "ezaudio" / "generated.wav")
     log.info("demo finished: everything is under %s", workdir)
     return workdir

@@ -26,7 +26,7 @@ from pretrain.codec import AudioCodec
 from pretrain.data import LatentBatches
 from pretrain.dit import EzAudioDiT
 from pretrain.flow import flow_loss, interpolate, sample_timesteps, target_velocity
-from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, resolve_ref
+from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, check_flow_bundle, resolve_ref
 from pretrain.text import TextEncoder
 from pretrain.train import Trainer
 from shards import audio
@@ -92,6 +92,7 @@ def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRe
     root = Path(cfg.init_from)
     if not (root / BUNDLE_NAME).is_file():
         raise FileNotFoundError(f"init_from: {root} is not a capflow bundle (no {BUNDLE_NAME})")
+    check_flow_bundle(root, "init_from")
     index = json.loads((root / BUNDLE_NAME).read_text())
     if not index.get("text_encoder"):
         raise ValueError(f"init_from: {root} has no text encoder (a stage-mask model); start from an align/sft export")

@@ -77,6 +77,14 @@ class SamplerDefaults:
 OBJECTIVES = ("flow", "v-ddpm")
 
 
+def check_flow_bundle(root: str | Path, use: str) -> None:
+    """Training continues in flow matching: a v-DDPM bundle (imported from EzAudio) is refused as its start."""
+    path = Path(root) / BUNDLE_NAME
+    if path.is_file() and json.loads(path.read_text()).get("objective", "flow") != "flow":
+        raise ValueError(f"{use}: {root} is a v-prediction DDPM (imported from EzAudio); training here is flow "
+                         "matching, which would start from weights of another objective: start from a flow bundle")
+
+
 @dataclass
 class TextEncoderRef:
     pretrained: str

@@ -44,6 +44,7 @@ from .config import PretrainConfig
 from .data import LatentBatches, set_latent_shape
 from .dit import EzAudioDiT, preset
 from .flow import flow_loss, interpolate, sample_timesteps, span_mask, target_velocity
+from .pipeline import check_flow_bundle
 from .text import TextEncoder
 
 log = logging.getLogger("capflow.pretrain")
@@ -99,6 +100,7 @@ def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, dict, list[str]]:
 
 def build_model(cfg: PretrainConfig, text_dim: int | None, latent_channels: int) -> EzAudioDiT:
     if cfg.init_from:
+        check_flow_bundle(cfg.init_from, "init_from")
         dit = EzAudioDiT.from_pretrained(Path(cfg.init_from) / "dit")
         if cfg.stage != "mask" and not dit.has_text:
             dit.add_text_modules(text_dim)  # mask -> align: zero-initialised cross-attention (EzAudio §2.3)

@@ -1,0 +1,134 @@
+"""EzAudio import (pretrain/ezaudio.py): EzAudio-format files (their key names, nesting and pickle layout,
+random weights) become a v-DDPM bundle whose DiT and VAE equal the originals, sampled as EzAudio's own
+DDIM loop; pickles that would run code are refused."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from diffusers import AutoencoderOobleck, DDIMScheduler
+
+from pretrain.dit import EzAudioDiT, preset
+from pretrain.ezaudio import EZAUDIO_SCHEDULER, import_ezaudio, load_checkpoint
+from pretrain.pipeline import TextToAudio
+from pretrain.tiny import ezaudio_dit_state, write_tiny_ezaudio
+
+
+@pytest.fixture(scope="module")
+def ezaudio(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("ezaudio")
+    files = write_tiny_ezaudio(root / "release", tiny_models)
+    bundle = import_ezaudio(files["dit"], files["vae"], root / "bundle", text_encoder=str(tiny_models["flan-t5"]))
+    return files, bundle
+
+
+def test_checkpoint_has_ezaudios_layout_and_imports_to_the_same_dit(ezaudio):
+    files, bundle = ezaudio
+    state = torch.load(files["dit"], weights_only=True)["model"]
+    # names as EzAudio's MaskDiT writes them (src/models/udit.py, blocks.py)
+    for key in ("mask_embed", "model.patch_embed.proj.weight", "model.in_blocks.0.attn.to_q.weight",
+                "model.in_blocks.0.attn.rotary.inv_freq", "model.mid_block.cross_attn.to_v.weight",
+                "model.out_blocks.0.skip_linear.weight", "model.in_blocks.0.adaln.scale_shift_table",
+                "model.in_blocks.0.mlp.net.0.proj.weight", "model.final_block.final_layer.weight", "model.time_ada.weight"):
+        assert key in state, key
+    imported = EzAudioDiT.from_pretrained(bundle / "dit").eval()
+    # the same weights loaded by name: our module with EzAudio's tensors placed where they belong
+    by_name = EzAudioDiT(imported.config).eval()
+    assert ezaudio_dit_state(by_name).keys() == {k for k in state}
+    with torch.no_grad():
+        for name, p in by_name.named_parameters():
+            p.copy_(dict(imported.named_parameters())[name])
+    assert all(torch.equal(a, b) for a, b in zip(ezaudio_dit_state(by_name).values(), state.values()))
+    x, t = torch.randn(2, imported.config.latent_channels, 20), torch.tensor([0.999, 0.3])
+    text, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x, t, text=text, text_mask=mask), by_name(x, t, text=text, text_mask=mask),
+                                   rtol=0, atol=0)
+    index = json.loads((bundle / "capflow.json").read_text())
+    assert index["objective"] == "v-ddpm" and index["scheduler"]["prediction_type"] == "v_prediction"
+    assert "EzAudio" in (bundle / "README.md").read_text()
+
+
+def test_vae_converts_to_an_oobleck_that_decodes_as_the_original(ezaudio, tiny_models):
+    _, bundle = ezaudio
+    original = AutoencoderOobleck.from_pretrained(tiny_models["oobleck"]).eval()
+    converted = AutoencoderOobleck.from_pretrained(bundle / "codec").eval()
+    assert converted.config.downsampling_ratios == original.config.downsampling_ratios
+    z = torch.randn(1, original.config.decoder_input_channels, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(converted.decode(z).sample, original.decode(z).sample, rtol=0, atol=0)
+
+
+def test_v_ddpm_generation_equals_ezaudios_ddim_loop(ezaudio):
+    _, bundle = ezaudio
+    t2a = TextToAudio.from_pretrained(bundle)
+    steps, seed, prompt = 50, 3, "a dog barks"
+    wave = t2a.generate([prompt], steps=steps, seed=seed, duration=0.4)
+    # EzAudio's inference(): noise from the seeded generator, DDIM (eta 1) on CFG 5 + rescale 0.75 of the v-prediction
+    generator = torch.Generator().manual_seed(seed)
+    n = t2a.codec.frames(0.4)
+    latents = torch.randn(1, t2a.dit.config.latent_channels, n, generator=generator)
+    text, mask = t2a.text_encoder([prompt])
+    neg, neg_mask = t2a.text_encoder([""])
+    scheduler = DDIMScheduler(**EZAUDIO_SCHEDULER)
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            pos = t2a.dit(latents, (t / 1000).reshape(1), text=text, text_mask=mask)
+            uncond = t2a.dit(latents, (t / 1000).reshape(1), text=neg, text_mask=neg_mask)
+            guided = uncond + 5.0 * (pos - uncond)
+            rescaled = guided * pos.std(dim=(1, 2), keepdim=True) / guided.std(dim=(1, 2), keepdim=True)
+            pred = 0.75 * rescaled + 0.25 * guided
+            latents = scheduler.step(pred, t, latents, eta=1.0, generator=generator).prev_sample
+        expected = t2a.codec.decode(latents)
+    torch.testing.assert_close(wave[..., : expected.shape[-1]], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="v-prediction DDPM"):
+        t2a.generate([prompt], source=torch.zeros(1, t2a.dit.config.latent_channels, n), t_start=0.1)
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.makedirs, (str(marker),)
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": Exploit()}))
+    with pytest.raises(ValueError, match="weights_only"):
+        load_checkpoint(path, "model")
+    assert not marker.exists()
+    torch.save({"other": {}}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="'model'"):
+        load_checkpoint(tmp_path / "wrong.pt", "model")
+
+
+def test_import_cli_writes_a_bundle_that_generates(ezaudio, tiny_models, tmp_path):
+    import subprocess
+    import sys
+
+    files, _ = ezaudio
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "capflow", "import", "ezaudio", "--dit", str(files["dit"]), "--vae",
+                          str(files["vae"]), "--text-encoder", str(tiny_models["flan-t5"]), "-o", str(tmp_path / "b")],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "b" / "capflow.json").is_file() and (tmp_path / "b" / "codec" / "config.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "capflow", "import", "ezaudio", "--dit", str(tmp_path / "missing.pt"),
+                          "--vae", str(files["vae"]), "-o", str(tmp_path / "c")], capture_output=True, text=True,
+                         env=env, timeout=240)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing.pt" in bad.stderr
+    assert preset("tiny").adaln == "sola"
+
+
+def test_training_refuses_to_start_from_a_v_ddpm_bundle(ezaudio, tmp_path):
+    from pretrain.config import PretrainConfig
+    from pretrain.train import build_model
+
+    _, bundle = ezaudio
+    cfg = PretrainConfig.model_validate({"stage": "align", "output_dir": str(tmp_path), "init_from": str(bundle),
+                                         "data": {"shards": [str(tmp_path)]}})
+    with pytest.raises(ValueError, match="v-prediction DDPM"):
+        build_model(cfg, 32, 8)
