@@ -51,7 +51,7 @@ def _jobs(args) -> list[dict]:
         raise ValueError("give INPUT and INSTRUCTION (e.g. in.wav \"Remove the siren\" -o out.wav), --batch F or --test-set D")
     else:
         jobs = [{"input": args.args[0], "instruction": args.args[1], "output": args.output, "type": None, "caption": None}]
-    check_jobs(jobs, "instruction", "target text" if args.method == "imagic" else "instruction")
+    check_jobs(jobs, "instruction", "instruction" if args.method == "instruction" else "target text")
     return jobs
 
 
@@ -76,6 +76,37 @@ def _write_manifest(args, rows: list[dict], text_is_caption: bool) -> None:
     print(f"{path}: the edits as a manifest for `capflow evaluate {path} --metrics {metrics}`")
 
 
+def _span(text: str | None) -> tuple[float, float]:
+    try:
+        start, end = (float(v) for v in (text or "").split(":"))
+    except ValueError:
+        raise ValueError(f"--inpaint {text!r}: expected START:END in seconds, e.g. 3.0:5.5") from None
+    if not 0 <= start < end:
+        raise ValueError(f"--inpaint {text}: need 0 <= START < END")
+    return start, end
+
+
+def _inpaint(args, device: str, sampling: dict) -> int:
+    """EzAudio's inpainting on any T2A bundle: regenerate a span from the text, the rest as context."""
+    from pretrain.pipeline import TextToAudio, check_bundle
+    from shards import audio
+
+    if args.test_set or args.cfg_source is not None or args.t_start is not None:
+        raise ValueError("--method inpaint takes INPUT TEXT or --batch with --inpaint START:END; --test-set, "
+                         "--cfg-source and --t-start are for the instruction editor")
+    start, end = _span(args.inpaint)
+    jobs = _jobs(args)
+    check_bundle(args.checkpoint, "capflow-t2a")
+    t2a = TextToAudio.from_pretrained(args.checkpoint, device=device, dtype=args.dtype)
+    for job in jobs:
+        clip = audio.decode(job["input"])
+        out = t2a.inpaint(clip, job["instruction"], start, end, boundary=args.boundary, **sampling)
+        Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
+        audio.write(job["output"], out)
+        print(f"{job['output']}  <- {job['input']} with [{start:g}, {end:g}) s regenerated from {job['instruction']!r}")
+    return 0
+
+
 def _edit(args) -> int:
     import time
 
@@ -88,6 +119,8 @@ def _edit(args) -> int:
     sampling = {k: v for k, v in {"steps": args.steps, "cfg": args.cfg, "cfg_source": args.cfg_source,
                                   "rescale": args.rescale, "t_start": args.t_start, "method": args.sampler,
                                   "seed": args.seed}.items() if v is not None}
+    if args.method == "inpaint":
+        return _inpaint(args, device, sampling)
     if args.method == "imagic":
         from pretrain.pipeline import TextToAudio
 
@@ -171,8 +204,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("args", nargs="*", metavar="INPUT INSTRUCTION", help="input audio (any format, rate, channels) and "
                                                                        "the instruction (imagic: the target text)")
     p.add_argument("-o", "--output", default="edited.wav", help="output audio file (--test-set: a directory)")
-    p.add_argument("--method", choices=["instruction", "imagic"], default="instruction",
-                   help="instruction: the trained editor (default); imagic: non-rigid editing on a T2A model")
+    p.add_argument("--method", choices=["instruction", "imagic", "inpaint"], default="instruction",
+                   help="instruction: the trained editor (default); imagic: non-rigid editing on a T2A model; "
+                        "inpaint: regenerate the --inpaint span of INPUT from TEXT on a T2A model (EzAudio's editing)")
     p.add_argument("--batch", default=None, help="JSONL with input, instruction, output (optionally type, and caption: the target's caption, which text-CLAP scores) per line")
     p.add_argument("--test-set", default=None, metavar="EDIT_SET",
                    help="edit one triplet per operation of each group of --split in this audio edit-group set, "
@@ -191,6 +225,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="DiT precision (auto: bf16 on GPUs, fp32 on CPUs; imagic always fine-tunes in fp32)")
     p.add_argument("--window-batch", type=int, default=8,
                    help="windows of a long input edited per forward (memory is one batch, whatever the length)")
+    p.add_argument("--inpaint", default=None, metavar="START:END",
+                   help="imagic and inpaint: fill this span (seconds), keep the rest")
+    p.add_argument("--boundary", type=float, default=2.0,
+                   help="inpaint: seconds of context on each side of the span that the model hears (EzAudio: 2)")
     g = p.add_argument_group("imagic (--method imagic)")
     g.add_argument("--eta", default="auto", help="interpolation weight of the target text, or auto (a batched sweep)")
     g.add_argument("--embed-steps", type=int, default=500, help="text-embedding optimisation steps (paper: 500)")
@@ -199,7 +237,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tune-lr", type=float, default=None, help="its learning rate (default 1e-4 LoRA, 1e-6 full)")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank of the tuning step")
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (the paper's setting)")
-    g.add_argument("--inpaint", default=None, metavar="START:END", help="fill this span (seconds), keep the rest")
+
     g.add_argument("--save-tuned", default=None, metavar="DIR", help="save the tuned model as a T2A bundle")
     g.add_argument("--max-seconds", type=float, default=None,
                    help="longest input Imagic takes (default 1.5 x the bundle's duration; it tunes on the whole clip)")

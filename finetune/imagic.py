@@ -83,6 +83,9 @@ class ImagicEditor:
     def __init__(self, t2a: TextToAudio, cfg: ImagicConfig | None = None, clap=None):
         if not t2a.dit.has_text:
             raise ValueError("Imagic needs a text-conditioned T2A model (an align/sft export)")
+        if t2a.objective != "flow":
+            raise ValueError("Imagic tunes with the flow loss; this bundle is a v-prediction DDPM (imported from "
+                             "EzAudio): use --method inpaint on it, or Imagic on a flow bundle")
         self.t2a, self.cfg = t2a, cfg or ImagicConfig()
         self._clap = clap
 

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .codec import AudioCodec, CodecConfig
@@ -192,10 +193,13 @@ class TextToAudio:
     def generate(self, prompts: list[str], *, negative: str | None = None, steps: int | None = None,
                  cfg: float | None = None, rescale: float | None = None, seed: int = 0,
                  duration: float | None = None, method: str | None = None, source: torch.Tensor | None = None,
-                 t_start: float = 0.0, progress: bool = False) -> torch.Tensor:
+                 t_start: float = 0.0, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 progress: bool = False) -> torch.Tensor:
         """Waveforms (b, a, samples) at codec.sample_rate for the prompts.
 
         source (b, c, n): normalised latents to start from at t_start (editing); default: pure noise at 0.
+        context (b, c, n) + mask (b, n) (True: generate): the masked-context input, for inpainting; the frames
+        outside the mask are taken from the context in the result.
         """
         s = self.sampler
         steps, cfg, rescale = steps or s.steps, s.cfg if cfg is None else cfg, s.rescale if rescale is None else rescale
@@ -208,7 +212,7 @@ class TextToAudio:
             raise ValueError("generate(source=...) needs t_start > 0 (e.g. 0.01): at t_start = 0 the start point "
                              "is pure noise and the source would be discarded")
         b, device = len(prompts), self.device
-        n = source.shape[-1] if source is not None else self.codec.frames(duration)
+        n = next((x.shape[-1] for x in (source, context) if x is not None), None) or self.codec.frames(duration)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(b, self.dit.config.latent_channels, n, generator=generator).to(device)
         x = noise if source is None else start_point(source.to(device), noise, t_start)
@@ -218,12 +222,40 @@ class TextToAudio:
             neg, neg_mask = (t.to(device) for t in self.text_encoder([negative] * b))
         elif any(prompts):
             log.warning("this is a stage-%r model without text modules: prompts are ignored", self.stage)
+        if context is not None:
+            context, mask = context.to(device), mask.to(device)
         velocity = guided_velocity(self.dit, text=text, text_mask=text_mask, neg_text=neg, neg_mask=neg_mask,
-                                   scale=cfg, rescale=rescale)
+                                   context=context, mask=mask, scale=cfg, rescale=rescale)
         if self.objective == "v-ddpm":  # EzAudio: DDIM on the guided v-prediction, eta noise from the same seed
             latents = ddim_sample(velocity, x, self.scheduler, steps, s.eta, generator, progress)
         else:
             latents = integrate(velocity, x, t_start=t_start, steps=steps, method=method, progress=progress)
+        if context is not None:  # EzAudio's editing: the known frames are the context's exactly
+            latents = torch.where(mask[:, None, :], latents, context)
         wave = self.codec.decode(latents)
-        target = round(duration * self.codec.sample_rate) if source is None else n * self.codec.hop
+        target = round(duration * self.codec.sample_rate) if source is None and context is None else n * self.codec.hop
         return torch.nn.functional.pad(wave, (0, max(0, target - wave.shape[-1])))[..., :target]
+
+    @torch.no_grad()
+    def inpaint(self, clip, text: str, start: float, end: float, boundary: float = 2.0, **sampling):
+        """EzAudio's inpainting (`editing_audio`): regenerate [start, end) seconds of a clip from the text with
+        up to `boundary` seconds on each side as masked context (the DiT's masked-audio input), and splice the
+        window back; the rest of the clip is untouched. A span past the end extends the clip (outpainting).
+        Returns the clip at its own rate and channel count."""
+        from shards import audio
+
+        if not 0 <= start < end:
+            raise ValueError(f"inpainting span [{start}, {end}) s: need 0 <= start < end")
+        rate, hop, sr = self.codec.sample_rate, self.codec.hop, clip.sample_rate
+        length = max(clip.samples.shape[-1] / sr, end)
+        y = audio.fit_length(clip.samples, round(length * sr)).copy()  # the clip, extended for outpainting
+        boundary = min(boundary, (end - start) / 2)
+        w0, w1 = max(0.0, start - boundary), min(length, end + boundary)
+        a, b = round(w0 * sr), round(w1 * sr)
+        window = audio.conform(audio.Audio(y[:, a:b], sr), rate, self.codec.audio_channels)
+        context = self.codec.encode(torch.from_numpy(np.ascontiguousarray(window))[None].to(self.device))  # (1, c, n)
+        mask = torch.zeros(1, context.shape[-1], dtype=torch.bool)
+        mask[:, round((start - w0) * rate / hop): round((end - w0) * rate / hop)] = True
+        wave = self.generate([text], context=context, mask=mask, **sampling)[0].cpu().numpy()  # (a, n·hop)
+        y[:, a:b] = audio.restore(wave, rate, audio.Audio(y[:, a:b], sr)).samples  # only the window changes
+        return audio.Audio(y, sr)

@@ -132,3 +132,36 @@ def test_training_refuses_to_start_from_a_v_ddpm_bundle(ezaudio, tmp_path):
                                          "data": {"shards": [str(tmp_path)]}})
     with pytest.raises(ValueError, match="v-prediction DDPM"):
         build_model(cfg, 32, 8)
+
+
+@pytest.mark.parametrize("kind", ["flow", "v-ddpm"])
+def test_inpaint_regenerates_the_span_and_keeps_the_rest(ezaudio, tiny_models, tmp_path, kind):
+    import numpy as np
+
+    from shards import audio
+
+    bundle = ezaudio[1] if kind == "v-ddpm" else tiny_models["t2a-untrained"]
+    t2a = TextToAudio.from_pretrained(bundle)
+    rng = np.random.default_rng(0)
+    clip = audio.Audio((rng.standard_normal((2, 16000 * 3)) * 0.1).astype(np.float32), 16000)  # stereo, 16 kHz
+    out = t2a.inpaint(clip, "a chirp", 1.0, 1.5, boundary=0.5, steps=4)
+    assert out.sample_rate == 16000 and out.samples.shape == clip.samples.shape
+    window = slice(round(0.75 * 16000), round(1.75 * 16000))  # span ± the boundary (halved to the span's half)
+    kept = np.ones(clip.samples.shape[-1], bool)
+    kept[window] = False
+    np.testing.assert_array_equal(out.samples[:, kept], clip.samples[:, kept])
+    assert not np.allclose(out.samples[:, 16000:24000], clip.samples[:, 16000:24000])
+    longer = t2a.inpaint(clip, "a chirp", 2.5, 3.5, steps=2)  # past the end: outpainting
+    assert longer.samples.shape[-1] == round(3.5 * 16000)
+    np.testing.assert_array_equal(longer.samples[:, :16000], clip.samples[:, :16000])
+    if kind == "flow":  # the command line
+        import subprocess
+        import sys
+
+        audio.write(tmp_path / "in.wav", clip)
+        run = subprocess.run([sys.executable, "-m", "capflow", "edit", "--method", "inpaint", "--checkpoint", str(bundle),
+                              str(tmp_path / "in.wav"), "a chirp", "--inpaint", "1.0:1.5", "--steps", "2", "-o",
+                              str(tmp_path / "out.wav")], capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert audio.decode(tmp_path / "out.wav").samples.shape == clip.samples.shape
