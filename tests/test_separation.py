@@ -62,7 +62,7 @@ def test_pqmf_reconstructs_and_the_separator_keeps_any_length():
 
 @pytest.mark.timeout(300)
 def test_query_model_predicts_the_target_embedding_better_than_the_mean_target(tmp_path, tiny_models, data):
-    trainer = QueryTrainer(_cfg(tmp_path / "q", data[0], tiny_models, stage="query", steps=150))
+    trainer = QueryTrainer(_cfg(tmp_path / "q", data[0], tiny_models, stage="query", steps=90))
     trainer.train()
     embed = Embedder(str(tiny_models["clap"]), "cpu")
     model = trainer.unwrapped.eval()
