@@ -14,7 +14,6 @@ Needs torch only.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -91,17 +90,11 @@ class EzAudioBench(Bench):
     src: Path | None = None
 
     def build(self) -> torch.nn.Module:
-        sys.path.insert(0, str(self.src / "src"))
-        MaskDiT = importlib.import_module("models.conditioners").MaskDiT
-        c = self.cfg
-        return MaskDiT(mae=True, mae_prob=0.25, mask_ratio=[0.25, 1.0], mask_span=10, img_size=500, patch_size=1,
-                       in_chans=2 * c.latent_channels + 1, out_chans=c.latent_channels, input_type="1d",
-                       embed_dim=c.width, depth=2 * c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
-                       qkv_bias=False, qk_scale=None, qk_norm="layernorm", norm_layer="layernorm", act_layer="geglu",
-                       context_norm=True, use_checkpoint=False, time_fusion="ada_sola_bias",
-                       ada_sola_rank=c.sola_rank, ada_sola_alpha=c.sola_rank, cls_dim=None, context_dim=c.text_dim,
-                       context_fusion="cross", context_max_length=None, context_pe_method="none", pe_method="none",
-                       rope_mode="shared", use_conv=True, skip=True, skip_norm=True)
+        from ezaudio_parity import (
+            build_maskdit,  # benchmarks/ezaudio_parity.py: EzAudio's MaskDiT at a config
+        )
+
+        return build_maskdit(self.src, self.cfg)
 
     def forward(self) -> torch.Tensor:
         x, t, context, mask, text, text_mask = self.inputs

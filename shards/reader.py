@@ -61,41 +61,38 @@ def shard_urls(source: str | Path | list) -> list[str]:
     return list(wds.shardlists.expand_urls(str(source)))
 
 
-def iter_tar_samples(path: Path):
-    """(key, {ext: bytes}) for each sample of a tar, members grouped in order."""
+def _by_key(tar: tarfile.TarFile, member):
+    """(key, {ext: member(info)}) per sample of an open tar, its members grouped in order."""
     key, sample = None, {}
-    with tarfile.open(path, "r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            k, _, ext = info.name.partition(".")
-            if k != key and key is not None:
-                yield key, sample
-                sample = {}
-            key = k
-            sample[ext] = tar.extractfile(info).read()
+    for info in tar:
+        if not info.isfile():
+            continue
+        k, _, ext = info.name.partition(".")
+        if k != key and key is not None:
+            yield key, sample
+            sample = {}
+        key = k
+        sample[ext] = member(info)
     if key is not None:
         yield key, sample
+
+
+def iter_tar_samples(path: Path):
+    """(key, {ext: bytes}) for each sample of a tar, read as a stream."""
+    with tarfile.open(path, "r|") as tar:
+        yield from _by_key(tar, lambda info: tar.extractfile(info).read())
 
 
 def iter_tar_index(path: Path):
     """(key, meta, {ext: (byte offset, size)}) per sample of a tar: only the json members are read, the others
     are seeked over, so indexing a shard set costs its metadata, not its audio."""
-    key, meta, members = None, None, {}
     with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            k, _, ext = info.name.partition(".")
-            if k != key and key is not None:
-                yield key, meta, members
-                meta, members = None, {}
-            key = k
-            members[ext] = (info.offset_data, info.size)
-            if ext == fmt.META:
-                meta = json.loads(tar.extractfile(info).read())
-    if key is not None:
-        yield key, meta, members
+        def member(info):
+            meta = json.loads(tar.extractfile(info).read()) if info.name.endswith("." + fmt.META) else None
+            return (info.offset_data, info.size), meta
+
+        for key, members in _by_key(tar, member):
+            yield key, members.get(fmt.META, (None, None))[1], {ext: span for ext, (span, _) in members.items()}
 
 
 def read_member(path: str | Path, span: tuple[int, int]) -> bytes:
