@@ -138,7 +138,7 @@ def synth_captioned_set(directory: str | Path, num_clips: int = 18, clips_per_sh
     caption; single- and multi-event clips, 16 kHz mono and 22.05 kHz stereo; the last `eval_share` of the
     clips are AudioSet `eval` clips. Labels are AudioSet's structure: weak labels list each class with its
     parent (ontology_nodes()); `weak_share` of the clips have weak labels only (no strong ones), and some of
-    those hold their event over the whole clip (it cannot be isolated). Even clips carry their AudioSet segment
+    those hold their event over the whole clip (it cannot be isolated) or are labelled by the parent class only. Even clips carry their AudioSet segment
     (ytid, start). `duplicates` more samples repeat the last clips' audio under AudioCaps-style keys in the
     train split (the same segment where the original has one). For tests and benchmarks of what reads such sets."""
     from shards import audio
@@ -167,6 +167,8 @@ def synth_captioned_set(directory: str | Path, num_clips: int = 18, clips_per_sh
             wave[:, a:b] += 0.3 * _event(mids[kind], b - a, rng, sr)
             strong.append({"label": CLASSES[mids[kind]], "start": start, "end": start + length})
         labels = sorted({CLASSES[mids[k]] for k in kinds} | {label_name(PARENT_OF[mids[k]]) for k in kinds})
+        if weak and i % 7 == 3:  # labelled by the parent class only ("Music" without the instrument)
+            labels = sorted({label_name(PARENT_OF[mids[k]]) for k in kinds})
         key = f"synth-clip{i:05d}"
         meta = {"key": key, "source": "synth", "id": f"clip{i:05d}", "duration": n / sr, "sample_rate": sr,
                 "channels": channels, "labels": labels, "strong_labels": [] if weak else strong, "candidates": [],
