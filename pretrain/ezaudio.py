@@ -29,10 +29,6 @@ EZAUDIO_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linea
                      "beta_end": 0.012, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
                      "timestep_spacing": "trailing", "clip_sample": False}
 TEXT_ENCODERS = {"l": "google/flan-t5-large", "xl": "google/flan-t5-xl"}
-# ckpts/vae/config.json: 24 kHz mono, 128 latent channels, strides 2/4/6/10 (hop 480), channels 128, c_mults 1/2/4/8
-EZAUDIO_VAE = {"encoder_hidden_size": 128, "downsampling_ratios": [2, 4, 6, 10], "decoder_channels": 128,
-               "decoder_input_channels": 128, "audio_channels": 1, "channel_multiples": [1, 2, 4, 8],
-               "sampling_rate": 24000}
 HUB_REPO = "OpenSound/EzAudio"
 HUB_FILES = {"l": "ckpts/s3/ezaudio_s3_l.pt", "xl": "ckpts/s3/ezaudio_s3_xl.pt", "vae": "ckpts/vae/1m.pt"}
 
@@ -103,7 +99,10 @@ def convert_dit(state: dict[str, torch.Tensor]) -> tuple[DiTConfig, dict[str, to
 
 
 def load_dit(state: dict[str, torch.Tensor]) -> EzAudioDiT:
-    config, converted = convert_dit(state)
+    try:
+        config, converted = convert_dit(state)
+    except KeyError as e:
+        raise ValueError(f"not an EzAudio MaskDiT state dict (no {e})") from None
     model = EzAudioDiT(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
@@ -152,7 +151,8 @@ def convert_vae(state: dict[str, torch.Tensor], prefix: str = "autoencoder.", st
 
 
 def vae_config(converted: dict[str, torch.Tensor], stages: int, sampling_rate: int = 24000) -> dict:
-    """AutoencoderOobleck's arguments, read from the converted tensors (EzAudio's: EZAUDIO_VAE)."""
+    """AutoencoderOobleck's arguments, read from the converted tensors (EzAudio's ckpts/vae/config.json: 24 kHz
+    mono, channels 128, c_mults 1/2/4/8, strides 2/4/6/10, 128 latent channels)."""
     hidden = converted["encoder.conv1.bias"].shape[0]
     blocks = [converted[f"encoder.block.{i}.conv1.weight_v"] for i in range(stages)]  # (out, in, 2·stride)
     return {"encoder_hidden_size": hidden, "downsampling_ratios": [w.shape[-1] // 2 for w in blocks],
