@@ -3,6 +3,8 @@ and encoder forward passes per clip (one process, no Ray start-up in these numbe
 
 - planning: driver time and peak memory to read an AudioSet-format segment list, partition it and hash its
   units, per million rows (a synthetic list of --plan-rows rows, measured in a child process);
+- decode batching (CPU proxy of benchmarks/caption_gpu.py): the ALM engine's clips/s with one clip per decode
+  and with 8, on the same 10-s clips;
 - layouts: the same job on local Ray in the `pools` layout (ALM, LLM and CLAP actor pools fed by unit
   writers) and the `combined` layout (each actor holds every model), clips/s of each, start-up included.
 
@@ -28,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.caption_gpu import clips as noise_clips  # noqa: E402
+from benchmarks.caption_gpu import decode_rates  # noqa: E402
 from capflow.tiny import write_all_tiny_models  # noqa: E402
 from captioner.config import CaptionConfig  # noqa: E402
 from captioner.sources import SourceConfig, load_items, partition  # noqa: E402
@@ -129,7 +133,8 @@ def main() -> None:
             "clap": {"model": str(models["clap"]), "threshold": -1.0}, "ray": {"workers": 0}})
         worker = CaptionWorker(cfg)
         encoder_calls = []
-        worker.alm.model.model.audio_tower.register_forward_hook(lambda *a: encoder_calls.append(1))
+        worker.alm.model.model.audio_tower.register_forward_hook(
+            lambda m, args, out: encoder_calls.append(args[0].shape[0]))  # clips per encoder pass
         units = partition(load_items(cfg.source), cfg.unit_size)
         worker.process_unit(0, units[0][:2], tmp / "warmup")  # warm-up: lazy imports, first-call allocations
         encoder_calls.clear()
@@ -141,6 +146,7 @@ def main() -> None:
             totals.update(result["timings"])
             clips += result["samples"]
         wall = time.perf_counter() - start
+        encoder_passes = list(encoder_calls)
         # The ALM's log-mel alone (it runs inside alm_features), to show what a GPU node keeps on its CPUs:
         # there both log-mels run on the GPU (the Whisper extractor is given device=cuda, CLAP's is torch).
         wave = (0.1 * torch.randn(16000 * 10)).numpy()
@@ -150,6 +156,7 @@ def main() -> None:
             fe([wave], sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt")
         whisper_ms = (time.perf_counter() - t0) * 100
         date = time.strftime("%Y-%m-%d")
+        batching = decode_rates(worker.alm, noise_clips(16), [1, 8], args.samples)
         plan_rows, plan_s, plan_bytes = planning(tmp, args.plan_rows)
         torch.set_num_threads(os.cpu_count() or 1)
         rates = layouts(tmp, models, args.layout_clips, args.samples)
@@ -164,7 +171,10 @@ def main() -> None:
     gpu_node = cpu - whisper_ms - 1e3 * totals.get("clap_features", 0.0) / clips
     print(f"  of which log-mels (ALM {whisper_ms:.1f} ms, CLAP {1e3 * totals.get('clap_features', 0.0) / clips:.1f} ms) "
           f"run on the GPU on a GPU node; CPU-side left there: {gpu_node:.1f} ms: ratio {gpu_node / 25:.2f} ({date})")
-    print(f"audio-encoder forward passes per clip: {len(encoder_calls) / clips:.2f} (with {args.samples} samples/clip)")
+    print(f"audio-encoder passes per clip: {sum(encoder_passes) / clips:.2f} (with {args.samples} samples/clip), "
+          f"{sum(encoder_passes) / max(len(encoder_passes), 1):.1f} clips per pass")
+    print(f"decode batching, tiny ALM, 16 clips x {args.samples} samples: 1 clip per decode {batching[1]:.2f} clips/s, "
+          f"8 per decode {batching[8]:.2f} clips/s -> {batching[8] / batching[1]:.2f}x")
     per_m = 1e6 / plan_rows
     print(f"planning {plan_rows:,} AudioSet rows: {plan_s:.2f} s, peak +{plan_bytes / 2**20:.0f} MiB -> per million rows "
           f"{plan_s * per_m:.1f} s and {plan_bytes * per_m / 2**30:.2f} GiB")

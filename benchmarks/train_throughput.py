@@ -107,9 +107,17 @@ def time_loop(trainer: Trainer, steps: int) -> tuple[float, float, float]:
     return loop, save, time.perf_counter() - start
 
 
-def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, flops=None) -> None:
-    raw = time_raw_step(Trainer(cfg), steps)
-    loop, save, export = time_loop(Trainer(cfg.model_copy(update={"output_dir": cfg.output_dir + "-loop"})), steps)
+def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) -> None:
+    """One Trainer (one compile where compiled) times the raw step, then the loop."""
+    trainer = Trainer(cfg)
+    flops = None
+    if mfu:
+        from benchmarks.dit_step import model_flops  # noqa: PLC0415
+
+        params = sum(p.numel() for p in trainer.unwrapped.parameters())
+        flops = model_flops(trainer.unwrapped.config, params, cfg.data.micro_batch_size, FRAMES, text_len=0)
+    raw = time_raw_step(trainer, steps)
+    loop, save, export = time_loop(trainer, steps)
     b = cfg.data.micro_batch_size
     line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
             f"({b / loop:6.1f} samples/s), loop/raw speed {raw / loop:.2f} (target >= 0.9)")
@@ -124,8 +132,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU parts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if not args.gpu_only:
+        cpu(args)
+    if torch.cuda.is_available():
+        gpu()
+    else:
+        print("GPU dit-l bf16 batch 32 x 10 s (eager, compiled): not measured (no CUDA on this machine)")
+
+
+def cpu(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = write_latents(tmp / "latents", 256)
@@ -152,27 +170,16 @@ def main() -> None:
 
         small = config(tmp / "small", shards, "small", 4, args.workers, 10**6)
         loop_vs_raw("CPU small preset, batch 4 x 10 s, fp32", small, max(3, args.steps // 4))
-    if torch.cuda.is_available():
-        gpu(args)
-    else:
-        print("GPU dit-l bf16 batch 32 x 10 s (eager, compiled): not measured (no CUDA on this machine)")
 
 
-def gpu(args) -> None:
-    from benchmarks.dit_step import model_flops  # noqa: PLC0415
-
+def gpu() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = write_latents(tmp / "latents", 512)
         for compiled in (False, True):
             cfg = config(tmp / f"run-{compiled}", shards, "dit-l", 32, 8, 10**6, mixed_precision="bf16", compile=compiled)
-            probe = Trainer(cfg)
-            params = sum(p.numel() for p in probe.unwrapped.parameters())
-            flops = model_flops(probe.unwrapped.config, params, 32, FRAMES, text_len=0)
-            del probe
-            torch.cuda.empty_cache()
             loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, "
-                        f"{'compiled' if compiled else 'eager'}", cfg, 10, flops)
+                        f"{'compiled' if compiled else 'eager'}", cfg, 10, mfu=True)
             torch.cuda.empty_cache()
 
 

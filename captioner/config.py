@@ -83,6 +83,9 @@ class CaptionConfig(Strict):
         for engine in (data.get("alm"), data["labels"]["engine"]):
             if engine:
                 engine.pop("device")
+                # which requests share a decode changes which random draws a sample gets, not its distribution:
+                # an operator may lower it after running out of memory and resume
+                engine.pop("clips_per_decode")
                 engine["vllm"] = {k: v for k, v in engine["vllm"].items() if k not in VLLM_SCHEDULING}
         return data
 

@@ -1,9 +1,11 @@
 """Caption engines behind one interface: `generate(requests) -> list of n texts per request`.
 
 - `transformers` (default): any transformers audio-text-to-text model with a chat template (Qwen2-Audio,
-  Audio Flamingo 3) or a text LLM. The audio encoder and the prompt prefill run once per request: the
-  prompt (minus its last token) is prefilled at batch 1, the KV cache is repeated n times, and only the
-  sampled continuations run at batch n.
+  Audio Flamingo 3) or a text LLM. Requests whose prompts have the same length (10-s clips under one prompt)
+  decode together, `clips_per_decode` at a time: the audio encoder and the prompt prefill (minus the last
+  prompt token) run once per request at batch `clips_per_decode`, the KV cache is repeated n times per
+  request, and the sampled continuations run at batch clips_per_decode x n. No padding is involved, so a
+  request's samples come from the same distribution whatever it is batched with.
 - `vllm` (extra `capflow[vllm]`): vLLM's offline engine; `SamplingParams(n=...)` shares the prefill.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from shards.config import Strict
 
@@ -40,6 +43,10 @@ class EngineConfig(Strict):
     device: str = "auto"  # auto: cuda when available
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     trust_remote_code: bool = False
+    # transformers engine: requests sampled in one decode (batch clips_per_decode x n). A 7B ALM decoding one
+    # clip's 20 samples is bound by launch overhead, not the GPU; 8 clips x 20 samples x ~350 tokens of KV cache
+    # is ~28 GB at Qwen2-Audio-7B size (lower it on smaller GPUs). vLLM schedules its own batches.
+    clips_per_decode: int = Field(8, ge=1)
     vllm: dict = {}  # extra keyword arguments for vllm.LLM (tensor_parallel_size, max_model_len, ...)
 
 
@@ -101,6 +108,8 @@ class TransformersEngine:
         self.model.to(self.device).eval()
         features = getattr(self.processor, "feature_extractor", None)
         self.sample_rate = int(features.sampling_rate) if features is not None else None
+        # transformers >= 5.24 names the KV cache `cache` (`past_key_values` before, deprecated after)
+        self._cache = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._fe_takes_device = features is not None and "device" in inspect.signature(features.__call__).parameters
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, for the benchmark
 
@@ -119,28 +128,40 @@ class TransformersEngine:
         return self.processor(text=text, audio=[req.audio], sampling_rate=self.sample_rate, return_tensors="pt", **extra)
 
     @torch.no_grad()
-    def _sample(self, req: Request) -> list[str]:
+    def _sample(self, reqs: list[Request], inputs: list[dict]) -> list[list[str]]:
+        """n samples for each of `reqs`, whose inputs have the same length, in one decode."""
         start = time.perf_counter()
-        inputs = {k: v.to(self.device) for k, v in self._inputs(req).items()}
-        self.timings["features"] += time.perf_counter() - start
-        start = time.perf_counter()
-        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-        # Prefill everything but the last prompt token once (audio encoder included) ...
-        prefill = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **inputs)
-        cache = prefill.past_key_values
-        cache.batch_repeat_interleave(req.n)
-        # ... then sample n continuations from the shared cache (generate feeds only the last token).
-        torch.manual_seed(req.seed)
+        batch = {k: torch.cat([i[k] for i in inputs]).to(self.device) for k in inputs[0]}
+        ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
+        # Prefill everything but the last prompt token once per request (audio encoder included) ...
+        prefill = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **batch)
+        cache = getattr(prefill, self._cache)
+        n = reqs[0].n
+        cache.batch_repeat_interleave(n)
+        # ... then sample n continuations per request from the shared cache (generate feeds only the last token).
+        torch.manual_seed(reqs[0].seed)
         s = self.cfg.sampling
-        out = self.model.generate(input_ids=ids.expand(req.n, -1), attention_mask=mask.expand(req.n, -1),
-                                  past_key_values=cache, do_sample=True, top_k=s.top_k, top_p=s.top_p,
+        out = self.model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                                  **{self._cache: cache}, do_sample=True, top_k=s.top_k, top_p=s.top_p,
                                   temperature=s.temperature, max_new_tokens=s.max_new_tokens)
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         self.timings["generate"] += time.perf_counter() - start
-        return texts
+        return [texts[i * n: (i + 1) * n] for i in range(len(reqs))]
 
     def generate(self, requests: list[Request]) -> list[list[str]]:
-        return [self._sample(r) for r in requests]
+        start = time.perf_counter()
+        inputs = [self._inputs(r) for r in requests]
+        self.timings["features"] += time.perf_counter() - start
+        groups = defaultdict(list)  # same prompt length and n: one decode, no padding
+        for i, (r, x) in enumerate(zip(requests, inputs)):
+            groups[(x["input_ids"].shape[1], r.n, r.audio is None)].append(i)
+        out: list[list[str] | None] = [None] * len(requests)
+        for members in groups.values():
+            for at in range(0, len(members), self.cfg.clips_per_decode):
+                chunk = members[at: at + self.cfg.clips_per_decode]
+                for i, texts in zip(chunk, self._sample([requests[i] for i in chunk], [inputs[i] for i in chunk])):
+                    out[i] = texts
+        return out
 
 
 class VLLMEngine:

@@ -99,17 +99,35 @@ def alm(tiny_models):
 
 
 def test_audio_encoder_runs_once_per_clip_whatever_n(alm):
-    calls = []
-    hook = alm.model.model.audio_tower.register_forward_hook(lambda *a: calls.append(1))
+    clips = []  # clips per audio-encoder pass
+    hook = alm.model.model.audio_tower.register_forward_hook(lambda m, args, out: clips.append(args[0].shape[0]))
     wave = (0.1 * np.random.default_rng(0).standard_normal(16000 * 3)).astype(np.float32)
     try:
         for n in (1, 5, 12):
-            calls.clear()
+            clips.clear()
             texts = alm.generate([Request("Describe.", wave, seed=1, n=n), Request("Describe.", wave, seed=2, n=n)])
             assert [len(t) for t in texts] == [n, n]
-            assert len(calls) == 2  # two clips, two encoder passes, independent of n
+            assert clips == [2]  # two clips, one batched encoder pass, independent of n
     finally:
         hook.remove()
+
+
+def test_batched_decode_gives_each_clip_its_own_samples(tiny_models):
+    """Clips decoded together (same prompt length) and apart (another length) give, greedily, what each gives
+    alone: the cache is repeated per clip (repeat_interleave, not repeat) and the texts return in order."""
+    greedy = SamplingConfig(n=3, top_k=1, max_new_tokens=8)
+    rng = np.random.default_rng(3)
+    waves = [(0.3 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (2, 2, 3, 2)]
+    requests = [Request("Describe.", w, seed=i, n=3) for i, w in enumerate(waves)]
+    batched = TransformersEngine(EngineConfig(model=str(tiny_models["alm"]), sampling=greedy, clips_per_decode=8))
+    alone = TransformersEngine(EngineConfig(model=str(tiny_models["alm"]), sampling=greedy, clips_per_decode=1))
+    decodes = []
+    hook = batched.model.model.audio_tower.register_forward_hook(lambda m, args, out: decodes.append(args[0].shape[0]))
+    got = batched.generate(requests)
+    hook.remove()
+    assert sorted(decodes) == [1, 3]  # the three 2-s clips in one decode, the 3-s clip in another
+    assert got == [alone.generate([r])[0] for r in requests]
+    assert len({tuple(t) for t in got}) > 1  # the clips' texts differ, so an order mix-up would show
 
 
 def test_sampling_is_seeded(alm):

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every GPU measurement of one lent-GPU session, one `timeout` per part, output under $OUT (see
+# ../shared/gpu/README.md): captioning at Qwen2-Audio-7B size (issue #20) and the training loop at dit-l
+# (issue #22). Run from the project root with the carried wheels: bash benchmarks/gpu_session.sh
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit} s)"
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "rc=$? after $((SECONDS - start)) s" >> "$OUT/$name.log"
+  grep -v -i "warn\|Loading weights\|Writing model" "$OUT/$name.log" | tail -20
+}
+part caption_gpu 190 python3 benchmarks/caption_gpu.py
+part train_throughput 330 python3 benchmarks/train_throughput.py --gpu-only
