@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from pretrain.dit import preset  # noqa: E402
 from pretrain.ezaudio import EZAUDIO_SCHEDULER, load_checkpoint, load_dit  # noqa: E402
-from pretrain.sampler import ddim_sample, guided_velocity  # noqa: E402
+from pretrain.objective import Objective  # noqa: E402
+from pretrain.sampler import guided_velocity  # noqa: E402
 
 
 def build_maskdit(src: Path, c):
@@ -95,8 +96,8 @@ def main() -> None:
         generator = torch.Generator().manual_seed(2024)
         torch.randn(1, c.latent_channels, n, generator=generator)  # the same draws as above: noise, then eta noise
         velocity = guided_velocity(ours, text=cond, text_mask=mask, neg_text=uncond, neg_mask=mask, scale=5.0, rescale=0.75)
-        mine = ddim_sample(velocity, noise, EZAUDIO_SCHEDULER, args.steps, 1.0, generator)
-    print(f"EzAudio inference() vs capflow ddim_sample, {args.steps} DDIM steps, CFG 5, rescale 0.75, eta 1: "
+        mine = Objective("v-ddpm", EZAUDIO_SCHEDULER).sample(velocity, noise, args.steps, eta=1.0, generator=generator)
+    print(f"EzAudio inference() vs capflow Objective.sample, {args.steps} DDIM steps, CFG 5, rescale 0.75, eta 1: "
           f"max |diff| {float((latents - mine).abs().max()):.2e} (latent scale {float(latents.abs().max()):.2f})")
 
 

@@ -88,23 +88,24 @@ def time_raw_step(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def time_loop(trainer: Trainer, steps: int) -> tuple[float, float, float]:
-    """(seconds per optimizer step of Trainer.step after 2 warm-up steps, seconds to save a checkpoint,
-    seconds to export)."""
-    for _ in range(2):
+def time_loop(trainer: Trainer, steps: int, warmup: int = 3) -> tuple[float, float, float, float]:
+    """(seconds per optimizer step of Trainer.step after warm-up steps, the median step's seconds, seconds to
+    save a checkpoint, seconds to export). A mean well over the median means a few slow steps (recompiles)."""
+    for _ in range(warmup):
         trainer.step()
     sync(trainer.acc.device)
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         trainer.step()
-    sync(trainer.acc.device)
-    loop = (time.perf_counter() - start) / steps
+        sync(trainer.acc.device)
+        times.append(time.perf_counter() - start)
     start = time.perf_counter()
     trainer.save()
     save = time.perf_counter() - start
     start = time.perf_counter()
     trainer.export()
-    return loop, save, time.perf_counter() - start
+    return sum(times) / steps, float(np.median(times)), save, time.perf_counter() - start
 
 
 def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) -> None:
@@ -117,14 +118,16 @@ def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) 
         params = sum(p.numel() for p in trainer.unwrapped.parameters())
         flops = model_flops(trainer.unwrapped.config, params, cfg.data.micro_batch_size, FRAMES, text_len=0)
     raw = time_raw_step(trainer, steps)
-    loop, save, export = time_loop(trainer, steps)
+    loop, median, save, export = time_loop(trainer, steps)
     b = cfg.data.micro_batch_size
     line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
             f"({b / loop:6.1f} samples/s), loop/raw speed {raw / loop:.2f} (target >= 0.9)")
     if flops is not None:
         line += f", MFU raw {flops / raw / H100_BF16_DENSE_FLOPS:.1%}, loop {flops / loop / H100_BF16_DENSE_FLOPS:.1%}"
     print(line)
-    print(f"{' ' * len(label)}  checkpoint save {save:.2f} s, export {export:.2f} s (not in the step times)")
+    retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
+    print(f"{' ' * len(label)}  median loop step {median * 1e3:.1f} ms; checkpoint save {save:.2f} s, export "
+          f"{export:.2f} s (not in the step times); allocator retries {retries}")
 
 
 def main() -> None:
@@ -133,12 +136,13 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU parts")
+    parser.add_argument("--gpu-modes", default="eager,compiled", help="which of eager,compiled to time on the GPU")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not args.gpu_only:
         cpu(args)
     if torch.cuda.is_available():
-        gpu()
+        gpu(args.gpu_modes.split(","))
     else:
         print("GPU dit-l bf16 batch 32 x 10 s (eager, compiled): not measured (no CUDA on this machine)")
 
@@ -172,11 +176,11 @@ def cpu(args) -> None:
         loop_vs_raw("CPU small preset, batch 4 x 10 s, fp32", small, max(3, args.steps // 4))
 
 
-def gpu() -> None:
+def gpu(modes: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = write_latents(tmp / "latents", 512)
-        for compiled in (False, True):
+        for compiled in [m == "compiled" for m in modes]:
             cfg = config(tmp / f"run-{compiled}", shards, "dit-l", 32, 8, 10**6, mixed_precision="bf16", compile=compiled)
             loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, "
                         f"{'compiled' if compiled else 'eager'}", cfg, 10, mfu=True)

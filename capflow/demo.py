@@ -246,6 +246,6 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     ez = TextToAudio.from_pretrained(bundle)
     wave = ez.generate(["A sine tone then a chirp."], steps=8, duration=2.0)[0]
     audio.write(workdir / "ezaudio" / "generated.wav", audio.Audio(wave.numpy(), ez.codec.sample_rate))
-    log.info("EzAudio-format bundle (objective %s, DDIM) generated %s", ez.objective, workdir / "ezaudio" / "generated.wav")
+    log.info("EzAudio-format bundle (objective %s, DDIM) generated %s", ez.objective.name, workdir / "ezaudio" / "generated.wav")
     log.info("demo finished: everything is under %s", workdir)
     return workdir

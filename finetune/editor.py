@@ -7,7 +7,8 @@ Bundle layout (a directory or a hub repo):
     dit/             the DiT (config.json with source_channels, model.safetensors)
     text_lora/       the Flan-T5 LoRA adapter (peft: adapter_config.json, adapter_model.safetensors)
 
-Editing starts at t_start on the path to the source latent and integrates to 1 (sampler.py). Guidance, all
+Editing starts at t_start on the path to the source latent and integrates to 1 (sampler.py; an editor trained from
+a v-DDPM bundle runs DDIM from the source noised to strength 1 - t_start, objective.py). Guidance, all
 branches in one batched forward: instruction-only CFG (v∅ + s·(v_I − v∅), source kept in both branches), or
 InstructPix2Pix's two scales v∅∅ + s_src·(v_S − v∅∅) + s·(v_SI − v_S); both with CFG rescaling.
 Long inputs are edited in windows of the training duration that overlap by `overlap` seconds, a bounded batch
@@ -31,9 +32,9 @@ from torch import nn
 
 from pretrain.codec import AudioCodec, CodecConfig
 from pretrain.dit import EzAudioDiT
-from pretrain.flow import start_point
+from pretrain.objective import FLOW, Objective
 from pretrain.pipeline import PRECISIONS, TextEncoderRef, download_bundle, fast_path, resolve_ref
-from pretrain.sampler import integrate, rescale_cfg
+from pretrain.sampler import rescale_cfg
 from pretrain.text import TextEncoder
 from shards import audio, windows
 
@@ -51,6 +52,7 @@ class EditSampler:
     method: str = "euler"
     duration: float = 10.0  # the training window; longer inputs are edited in overlapping windows
     overlap: float = 1.0
+    eta: float = 1.0  # DDIM's stochasticity (editors trained from a v-DDPM bundle, such as EzAudio's)
 
 
 def add_lora(text: TextEncoder, rank: int, alpha: float, dropout: float, targets: list[str]) -> TextEncoder:
@@ -107,12 +109,12 @@ def editor_velocity(dit: EzAudioDiT, source: torch.Tensor, text: torch.Tensor, t
 
 
 def write_editor_bundle(directory: Path, weights: Path, codec: CodecConfig, text_ref: TextEncoderRef,
-                        sampler: EditSampler, info: dict) -> Path:
+                        sampler: EditSampler, info: dict, objective: Objective = FLOW) -> Path:
     """A bundle from saved weights (a folder with dit/ and text_lora/, as EditorModule.save_pretrained writes)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in (DIT_DIR, LORA_DIR):
         shutil.copytree(weights / name, directory / name, dirs_exist_ok=True)
-    index = {"format": EDITOR_FORMAT, "version": EDITOR_VERSION, "codec": codec.to_dict(),
+    index = {"format": EDITOR_FORMAT, "version": EDITOR_VERSION, **objective.to_dict(), "codec": codec.to_dict(),
              "text_encoder": dataclasses.asdict(text_ref), "sampler": dataclasses.asdict(sampler), "info": info}
     (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return directory
@@ -120,9 +122,9 @@ def write_editor_bundle(directory: Path, weights: Path, codec: CodecConfig, text
 
 class InstructionEditor:
     def __init__(self, dit: EzAudioDiT, codec: AudioCodec, text: TextEncoder, sampler: EditSampler | None = None,
-                 info: dict | None = None):
+                 info: dict | None = None, objective: Objective = FLOW):
         self.dit, self.codec, self.text = dit, codec, text
-        self.sampler, self.info = sampler or EditSampler(), info or {}
+        self.sampler, self.info, self.objective = sampler or EditSampler(), info or {}, objective
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +156,7 @@ class InstructionEditor:
             text.model = text.model.merge_and_unload()
         text.model.requires_grad_(False).eval()
         editor = cls(EzAudioDiT.from_pretrained(root / DIT_DIR).eval(), AudioCodec(codec_cfg), text,
-                     EditSampler(**index.get("sampler", {})), index.get("info", {}))
+                     EditSampler(**index.get("sampler", {})), index.get("info", {}), Objective.from_index(index))
         for m in (editor.dit, editor.codec, editor.text):
             m.to(device)
         editor.dit.to(PRECISIONS[dtype])
@@ -177,15 +179,15 @@ class InstructionEditor:
         source = source.to(device, torch.float32)
         text, mask = self.text(instructions)
         null, null_mask = self.text([""] * len(instructions))
+        generator = torch.Generator().manual_seed(seed if isinstance(seed, int) else seed[0])
         if isinstance(seed, int):
-            noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(seed))
+            noise = torch.randn(source.shape, generator=generator)
         else:  # a row's noise does not depend on the batch it is in
             noise = torch.stack([torch.randn(source.shape[1:], generator=torch.Generator().manual_seed(k)) for k in seed])
-        noise = noise.to(device)
-        x = start_point(source, noise, t_start) if t_start > 0 else noise
         velocity = editor_velocity(self.dit, source, text.to(device), mask.to(device), null.to(device),
                                    null_mask.to(device), cfg, cfg_source, rescale)
-        return integrate(velocity, x, t_start=t_start, steps=steps, method=method)
+        return self.objective.sample(velocity, noise.to(device), steps, source=source if t_start > 0 else None,
+                                     t_start=t_start, method=method, eta=s.eta, generator=generator)
 
     # ---- audio ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,5 +1,6 @@
-"""Non-rigid editing of one clip toward a free-form text (Paissan et al., after Imagic), on a T2A bundle with
-the flow-matching objective. No editing data and no editor training:
+"""Non-rigid editing of one clip toward a free-form text (Paissan et al., after Imagic), on a T2A bundle of
+either objective (flow matching; a v-DDPM such as EzAudio's tunes with its v-loss and samples with DDIM,
+objective.py). No editing data and no editor training:
 
 1. optimise the Flan-T5 output sequence e (initialised from the target text's encoding) so the frozen DiT
    reconstructs the clip's latent under the flow loss (t uniform, fresh noise every step) -> e_opt;
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pretrain.flow import flow_loss, interpolate, span_mask, target_velocity
+from pretrain.flow import flow_loss, span_mask
 from pretrain.pipeline import TextToAudio
-from pretrain.sampler import guided_velocity, integrate
+from pretrain.sampler import guided_velocity
 from shards import audio
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,6 @@ class ImagicEditor:
     def __init__(self, t2a: TextToAudio, cfg: ImagicConfig | None = None, clap=None):
         if not t2a.dit.has_text:
             raise ValueError("Imagic needs a text-conditioned T2A model (an align/sft export)")
-        if t2a.objective != "flow":
-            raise ValueError("Imagic tunes with the flow loss; this bundle is a v-prediction DDPM (imported from "
-                             "EzAudio): use --method inpaint on it, or Imagic on a flow bundle")
         self.t2a, self.cfg = t2a, cfg or ImagicConfig()
         self._clap = clap
 
@@ -119,19 +117,19 @@ class ImagicEditor:
 
     def _loss(self, dit, z: torch.Tensor, e: torch.Tensor, e_mask: torch.Tensor, known: torch.Tensor | None,
               generator: torch.Generator) -> torch.Tensor:
-        """The flow loss of reconstructing z; with inpainting, of random spans of the known frames from the rest."""
+        """The objective's loss of reconstructing z (t uniform); with inpainting, of random spans of the known
+        frames from the rest."""
         b, device = self.cfg.batch, z.device
         x1 = z.expand(b, -1, -1)
         noise = torch.randn(x1.shape, generator=generator).to(device)
-        t = torch.rand(b, generator=generator).to(device)
+        x_t, t, target = self.t2a.objective.point(x1, noise, "uniform", generator=generator)
         context = mask = supervised = None
         if known is not None:  # learn random spans of the known frames from the rest; the span stays hidden
             span_frames = max(1, round(0.2 * self.t2a.codec.frame_rate))
             supervised = span_mask(b, z.shape[-1], span_frames, (0.1, 0.5), generator=generator).to(device) & known
             context, mask = x1, supervised | ~known
-        v = dit(interpolate(x1, noise, t), t, context=context, mask=mask, text=e.expand(b, -1, -1),
-                text_mask=e_mask.expand(b, -1))
-        return flow_loss(v.float(), target_velocity(x1, noise), supervised)
+        v = dit(x_t, t, context=context, mask=mask, text=e.expand(b, -1, -1), text_mask=e_mask.expand(b, -1))
+        return flow_loss(v.float(), target, supervised)
 
     def optimise_embedding(self, z, e_target, e_mask, known=None, progress=False) -> torch.Tensor:
         """Step 1: e_opt from e_target, the DiT frozen."""
@@ -196,8 +194,10 @@ class ImagicEditor:
         velocity = guided_velocity(dit, text=e, text_mask=e_mask.expand(k, -1), neg_text=null, neg_mask=null_mask,
                                    context=context, mask=mask, scale=s.cfg if cfg is None else cfg,
                                    rescale=s.rescale if rescale is None else rescale)
-        noise = torch.randn((1, *z.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(z.device)
-        latents = integrate(velocity, noise.expand(k, -1, -1).clone(), 0.0, steps or s.steps, method or s.method)
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, *z.shape[1:]), generator=generator).to(z.device)
+        latents = self.t2a.objective.sample(velocity, noise.expand(k, -1, -1).clone(), steps or s.steps,
+                                            method=method or s.method, eta=s.eta, generator=generator)
         if known is not None:
             latents = torch.where(known[:, None, :], z.expand(k, -1, -1), latents)
         return latents

@@ -25,8 +25,9 @@ from pretrain.checkpoint import STATE_NAME, hub_id
 from pretrain.codec import AudioCodec
 from pretrain.data import LatentBatches
 from pretrain.dit import EzAudioDiT
-from pretrain.flow import flow_loss, interpolate, sample_timesteps, target_velocity
-from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, check_flow_bundle, resolve_ref
+from pretrain.flow import flow_loss
+from pretrain.objective import FLOW, Objective
+from pretrain.pipeline import BUNDLE_NAME, TextEncoderRef, resolve_ref
 from pretrain.text import TextEncoder
 from pretrain.train import Trainer
 from shards import audio
@@ -69,8 +70,9 @@ class EditBatches(LatentBatches):
                 "instruction": [t["instruction"] for t in batch["triplet"]], "op": [t["op"] for t in batch["triplet"]]}
 
 
-def edit_loss(model, batch: dict, cfg: FinetuneConfig, device) -> torch.Tensor:
-    """Flow matching toward the target latent, conditioned on the source latent and the instruction."""
+def edit_loss(model, batch: dict, cfg: FinetuneConfig, device, objective: Objective = FLOW) -> torch.Tensor:
+    """The objective's loss (flow matching, or v-prediction for an editor from a v-DDPM bundle) toward the
+    target latent, conditioned on the source latent and the instruction."""
     x1, source = batch["latent"].to(device), batch["source"].to(device)  # (b, c, n)
     b = x1.shape[0]
     e = cfg.edit
@@ -78,10 +80,9 @@ def edit_loss(model, batch: dict, cfg: FinetuneConfig, device) -> torch.Tensor:
     drop_source = (torch.rand(b) < e.source_dropout).to(device)
     instructions = ["" if d else text for d, text in zip(drop_text, batch["instruction"])]
     source = torch.where(drop_source[:, None, None], torch.zeros_like(source), source)
-    noise = torch.randn_like(x1)
-    t = sample_timesteps(b, cfg.flow.timesteps, cfg.flow.logit_mean, cfg.flow.logit_std, device=device)
-    v = model(interpolate(x1, noise, t), t, source, instructions)
-    return flow_loss(v, target_velocity(x1, noise), batch["valid"].to(device))
+    x_t, t, target = objective.point(x1, torch.randn_like(x1), cfg.flow.timesteps, cfg.flow.logit_mean,
+                                     cfg.flow.logit_std)
+    return flow_loss(model(x_t, t, source, instructions), target, batch["valid"].to(device))
 
 
 def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRef, dict]:
@@ -92,7 +93,6 @@ def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRe
     root = Path(cfg.init_from)
     if not (root / BUNDLE_NAME).is_file():
         raise FileNotFoundError(f"init_from: {root} is not a capflow bundle (no {BUNDLE_NAME})")
-    check_flow_bundle(root, "init_from")
     index = json.loads((root / BUNDLE_NAME).read_text())
     if not index.get("text_encoder"):
         raise ValueError(f"init_from: {root} has no text encoder (a stage-mask model); start from an align/sft export")
@@ -127,8 +127,8 @@ class EditValidator:
     reports on it) and scores each edit's CLAP against its target caption with the evaluation package's CLAP
     backbone."""
 
-    def __init__(self, cfg: FinetuneConfig, codec_cfg):
-        self.cfg, self.codec = cfg, AudioCodec(codec_cfg)
+    def __init__(self, cfg: FinetuneConfig, codec_cfg, objective: Objective = FLOW):
+        self.cfg, self.codec, self.objective = cfg, AudioCodec(codec_cfg), objective
         self.groups = list(self._held_out(cfg))
         if not self.groups:
             log.warning("no edit group of split %r in data.shards: validation edits nothing (give the edit data a "
@@ -164,7 +164,7 @@ class EditValidator:
         self.codec.to(device)
         was_training = model.training
         model.eval()
-        editor = InstructionEditor(model.dit, self.codec, model.text, self.cfg.edit.sampler)
+        editor = InstructionEditor(model.dit, self.codec, model.text, self.cfg.edit.sampler, objective=self.objective)
         sources = torch.stack([z for _, _, z in self.groups])
         latents = editor.edit_latents(sources, [t["instruction"] for _, t, _ in self.groups], seed=self.cfg.validation.seed)
         waves = self.codec.decode(latents).float().cpu().numpy()
@@ -228,10 +228,10 @@ class EditTrainer(Trainer):
         return EditBatches(self.cfg, self.acc.process_index, start=self.state.micro)
 
     def loss(self, batch: dict) -> torch.Tensor:
-        return edit_loss(self.model, batch, self.cfg, self.acc.device)
+        return edit_loss(self.model, batch, self.cfg, self.acc.device, self.objective)
 
     def make_validator(self):
-        return EditValidator(self.cfg, self.codec_cfg)
+        return EditValidator(self.cfg, self.codec_cfg, self.objective)
 
     def best(self) -> dict | None:
         """The best validation so far ({step, validation_clap}), saved under OUT/best; one saved after the step
@@ -278,7 +278,7 @@ class EditTrainer(Trainer):
             info["selected"] = "last"
         out = self.out / "export"
         with staged_dir(out) as tmp:
-            write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info)
+            write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info, self.objective)
             (tmp / "README.md").write_text(editor_card(self.cfg, info))
             (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(self.cfg), sort_keys=False))
         log.info("exported %s", out)

@@ -185,6 +185,7 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     from shards.writer import staged_dir
 
     from .codec import CodecConfig
+    from .objective import Objective
     from .pipeline import SamplerDefaults, TextEncoderRef, write_bundle
 
     if size not in TEXT_ENCODERS:
@@ -209,7 +210,7 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     with staged_dir(out) as tmp:
         autoencoder.save_pretrained(tmp / "codec")
         write_bundle(tmp, model, CodecConfig("codec", sample_posterior=True), TextEncoderRef(text_encoder or TEXT_ENCODERS[size]),
-                     sampler, "sft", info, objective="v-ddpm", scheduler=EZAUDIO_SCHEDULER)
+                     sampler, "sft", info, Objective("v-ddpm", EZAUDIO_SCHEDULER))
         (tmp / "README.md").write_text(card(size, model))
     return Path(out)
 

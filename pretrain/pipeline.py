@@ -21,8 +21,8 @@ import torch
 
 from .codec import AudioCodec, CodecConfig
 from .dit import EzAudioDiT
-from .flow import start_point
-from .sampler import ddim_sample, guided_velocity, integrate
+from .objective import FLOW, Objective
+from .sampler import guided_velocity
 from .text import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,14 @@ class SamplerDefaults:
     eta: float = 1.0  # DDIM's stochasticity (v-ddpm bundles; EzAudio samples with 1)
 
 
-OBJECTIVES = ("flow", "v-ddpm")
-
-
-def check_flow_bundle(root: str | Path, use: str) -> None:
-    """Training continues in flow matching: a v-DDPM bundle (imported from EzAudio) is refused as its start."""
+def bundle_objective(root: str | Path | None) -> Objective:
+    """The objective of the bundle at `root` (what training from it continues in); flow without one."""
+    if root is None:
+        return Objective()
     path = Path(root) / BUNDLE_NAME
-    if path.is_file() and json.loads(path.read_text()).get("objective", "flow") != "flow":
-        raise ValueError(f"{use}: {root} is a v-prediction DDPM (imported from EzAudio); training here is flow "
-                         "matching, which would start from weights of another objective: start from a flow bundle")
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {root} is not a capflow bundle (no {BUNDLE_NAME})")
+    return Objective.from_index(json.loads(path.read_text()))
 
 
 @dataclass
@@ -94,20 +93,15 @@ class TextEncoderRef:
 
 
 def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, text_ref: TextEncoderRef | None,
-                 sampler: SamplerDefaults, stage: str, info: dict | None = None, objective: str = "flow",
-                 scheduler: dict | None = None) -> Path:
+                 sampler: SamplerDefaults, stage: str, info: dict | None = None,
+                 objective: Objective = FLOW) -> Path:
     """Write a bundle without loading the codec or the text encoder (only their references are stored).
-    objective: `flow` (capflow's rectified flow, t = 0 noise -> 1 data) or `v-ddpm` (a v-prediction DDPM such
-    as EzAudio's, sampled with diffusers' DDIMScheduler configured by `scheduler`)."""
-    if objective not in OBJECTIVES or (objective == "v-ddpm") != (scheduler is not None):
-        raise ValueError(f"objective must be one of {OBJECTIVES} (v-ddpm with its scheduler config), got {objective!r}")
+    objective: capflow's flow matching, or a v-prediction DDPM such as EzAudio's (objective.py)."""
     directory = Path(directory)
     dit.save_pretrained(directory / "dit")
-    index = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": stage, "objective": objective,
+    index = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": stage, **objective.to_dict(),
              "codec": codec.to_dict(), "text_encoder": dataclasses.asdict(text_ref) if text_ref else None,
              "sampler": dataclasses.asdict(sampler), "info": info or {}}
-    if scheduler is not None:
-        index["scheduler"] = scheduler
     (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return directory
 
@@ -131,11 +125,11 @@ def resolve_ref(ref: str, root: Path) -> str:
 class TextToAudio:
     def __init__(self, dit: EzAudioDiT, codec: AudioCodec, text_encoder: TextEncoder | None,
                  text_ref: TextEncoderRef | None, sampler: SamplerDefaults | None = None, stage: str = "",
-                 info: dict | None = None, objective: str = "flow", scheduler: dict | None = None):
+                 info: dict | None = None, objective: Objective = FLOW):
         self.dit, self.codec, self.text_encoder, self.text_ref = dit, codec, text_encoder, text_ref
         self.sampler = sampler or SamplerDefaults()
         self.stage, self.info = stage, info or {}
-        self.objective, self.scheduler = objective, scheduler  # flow | v-ddpm (with its DDIMScheduler config)
+        self.objective = objective  # flow, or v-ddpm with its DDIMScheduler config
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +144,7 @@ class TextToAudio:
     # ---- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         return write_bundle(directory, self.dit, self.codec.config, self.text_ref, self.sampler, self.stage, self.info,
-                            self.objective, self.scheduler)
+                            self.objective)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
@@ -181,7 +175,7 @@ class TextToAudio:
             text_encoder = TextEncoder(text_ref.pretrained, text_ref.max_length, text_dtype)
         model = cls(dit.eval(), AudioCodec(codec_cfg), text_encoder, text_ref,
                     SamplerDefaults(**index.get("sampler", {})), index.get("stage", ""), index.get("info", {}),
-                    index.get("objective", "flow"), index.get("scheduler"))
+                    Objective.from_index(index))
         model.to(device)
         model.dit.to(PRECISIONS[dtype])
         if compile:
@@ -205,17 +199,10 @@ class TextToAudio:
         steps, cfg, rescale = steps or s.steps, s.cfg if cfg is None else cfg, s.rescale if rescale is None else rescale
         duration, method = duration or s.duration, method or s.method
         negative = s.negative if negative is None else negative
-        if self.objective == "v-ddpm" and source is not None:
-            raise ValueError("this bundle is a v-prediction DDPM (imported from EzAudio): it generates from noise; "
-                             "editing from a source latent needs a flow bundle")
-        if source is not None and t_start <= 0:
-            raise ValueError("generate(source=...) needs t_start > 0 (e.g. 0.01): at t_start = 0 the start point "
-                             "is pure noise and the source would be discarded")
         b, device = len(prompts), self.device
         n = next((x.shape[-1] for x in (source, context) if x is not None), None) or self.codec.frames(duration)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(b, self.dit.config.latent_channels, n, generator=generator).to(device)
-        x = noise if source is None else start_point(source.to(device), noise, t_start)
         text = text_mask = neg = neg_mask = None
         if self.dit.has_text:
             text, text_mask = (t.to(device) for t in self.text_encoder(prompts))
@@ -226,10 +213,9 @@ class TextToAudio:
             context, mask = context.to(device), mask.to(device)
         velocity = guided_velocity(self.dit, text=text, text_mask=text_mask, neg_text=neg, neg_mask=neg_mask,
                                    context=context, mask=mask, scale=cfg, rescale=rescale)
-        if self.objective == "v-ddpm":  # EzAudio: DDIM on the guided v-prediction, eta noise from the same seed
-            latents = ddim_sample(velocity, x, self.scheduler, steps, s.eta, generator, progress)
-        else:
-            latents = integrate(velocity, x, t_start=t_start, steps=steps, method=method, progress=progress)
+        # v-ddpm (EzAudio): DDIM on the guided v-prediction, its eta noise from the same seed
+        latents = self.objective.sample(velocity, noise, steps, source=None if source is None else source.to(device),
+                                        t_start=t_start, method=method, eta=s.eta, generator=generator, progress=progress)
         if context is not None:  # EzAudio's editing: the known frames are the context's exactly
             latents = torch.where(mask[:, None, :], latents, context)
         wave = self.codec.decode(latents)

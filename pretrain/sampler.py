@@ -1,7 +1,6 @@
 """Sampling: integrate dx/dt = v from t_start to 1 (Euler or Heun), with classifier-free guidance and
 CFG rescaling (EzAudio eq. 1–3). The conditional and unconditional branches run as one batched forward.
-Bundles imported from EzAudio are v-prediction DDPMs: `ddim_sample` runs diffusers' DDIMScheduler on the same
-guided model output.
+The guidance is the same for v-prediction DDPM bundles (EzAudio's), which objective.py samples with DDIM.
 Shape legend: b batch, c latent channels, n latent frames, l text tokens, e text width.
 """
 
@@ -79,25 +78,4 @@ def integrate(velocity: Velocity, x: torch.Tensor, t_start: float = 0.0, steps: 
         else:
             x_pred = x + dt * v0
             x = x + 0.5 * dt * (v0 + velocity(x_pred, x.new_full((b,), t1)))
-    return x
-
-
-@torch.no_grad()
-def ddim_sample(prediction: Velocity, x: torch.Tensor, scheduler_config: dict, steps: int = 100, eta: float = 1.0,
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Sample a v-prediction DDPM (EzAudio's objective) from noise x with diffusers' DDIMScheduler.
-    `prediction(x, t)` is the (guided) model output at t = timestep / num_train_timesteps: the DiT embeds t·1000,
-    EzAudio's integer timesteps. `generator` draws DDIM's noise when eta > 0 (EzAudio: eta 1)."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(**scheduler_config)
-    # the schedule in float64: with zero-terminal-SNR betas and eta 1, float32 makes the first step's
-    # 1 - ᾱ_prev - σ² a rounding-negative number whose square root is NaN (EzAudio's config below 50 steps)
-    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
-    scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.double()
-    scheduler.set_timesteps(steps)
-    total, b = scheduler.config.num_train_timesteps, x.shape[0]
-    for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
-        out = prediction(scheduler.scale_model_input(x, t), x.new_full((b,), float(t) / total))
-        x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
     return x

@@ -43,8 +43,9 @@ from .codec import CodecConfig
 from .config import PretrainConfig
 from .data import LatentBatches, set_latent_shape
 from .dit import EzAudioDiT, preset
-from .flow import flow_loss, interpolate, sample_timesteps, span_mask, target_velocity
-from .pipeline import check_flow_bundle
+from .flow import flow_loss, span_mask
+from .objective import FLOW, Objective
+from .pipeline import bundle_objective
 from .text import TextEncoder
 
 log = logging.getLogger("capflow.pretrain")
@@ -100,7 +101,6 @@ def data_provenance(cfg: PretrainConfig) -> tuple[CodecConfig, dict, list[str]]:
 
 def build_model(cfg: PretrainConfig, text_dim: int | None, latent_channels: int) -> EzAudioDiT:
     if cfg.init_from:
-        check_flow_bundle(cfg.init_from, "init_from")
         dit = EzAudioDiT.from_pretrained(Path(cfg.init_from) / "dit")
         if cfg.stage != "mask" and not dit.has_text:
             dit.add_text_modules(text_dim)  # mask -> align: zero-initialised cross-attention (EzAudio §2.3)
@@ -124,9 +124,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encoder: TextEncoder | None,
-                 device) -> torch.Tensor:
-    """Flow-matching loss of one micro-batch: draw the mask, the times and the noise, predict the velocity
-    from the noisy latent and the visible context, score masked valid frames."""
+                 device, objective: Objective = FLOW) -> torch.Tensor:
+    """The loss of one micro-batch: draw the mask, the times and the noise, predict the objective's target
+    (flow velocity, or v for a v-DDPM) from the noisy latent and the visible context, score masked valid frames."""
     x1 = batch["latent"].to(device)  # (b, c, n)
     b, _, n = x1.shape
     m = cfg.masking
@@ -134,10 +134,10 @@ def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encode
     text = text_mask = None
     if text_encoder is not None:
         text, text_mask = text_encoder(batch["caption"])  # (b, l, e), (b, l)
-    noise = torch.randn_like(x1)
-    t = sample_timesteps(b, cfg.flow.timesteps, cfg.flow.logit_mean, cfg.flow.logit_std, device=device)
-    v = model(interpolate(x1, noise, t), t, context=x1, mask=mask, text=text, text_mask=text_mask)
-    return flow_loss(v, target_velocity(x1, noise), mask & batch["valid"].to(device))
+    x_t, t, target = objective.point(x1, torch.randn_like(x1), cfg.flow.timesteps, cfg.flow.logit_mean,
+                                     cfg.flow.logit_std)
+    v = model(x_t, t, context=x1, mask=mask, text=text, text_mask=text_mask)
+    return flow_loss(v, target, mask & batch["valid"].to(device))
 
 
 class Trainer:
@@ -150,6 +150,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.codec_cfg, latent_info, self.data_hashes = self.provenance()
         self.latent_info = latent_info
+        self.objective = bundle_objective(cfg.init_from)  # training continues in its start's objective
         if cfg.mixed_precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "no"
         else:
@@ -260,12 +261,12 @@ class Trainer:
                              latent_shape=set_latent_shape(self.latent_info))
 
     def loss(self, batch: dict) -> torch.Tensor:
-        return compute_loss(self.model, batch, self.cfg, self.span, self.text_encoder, self.acc.device)
+        return compute_loss(self.model, batch, self.cfg, self.span, self.text_encoder, self.acc.device, self.objective)
 
     def make_validator(self):
         from .validation import Validator
 
-        return Validator(self.cfg, self.codec_cfg, self.text_encoder)
+        return Validator(self.cfg, self.codec_cfg, self.text_encoder, self.objective)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -375,7 +376,7 @@ class Trainer:
         step's numbers, or None when its gradient was not finite (skipped on every rank and counted)."""
         st = self.state
         done = samples = frames = 0
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=self.acc.device)  # read at log time: no host sync per micro-batch
         while done < self.accumulation:
             batch = next(self.batches)
             st.micro += 1
@@ -391,7 +392,7 @@ class Trainer:
                 self._skip("non-finite loss", batch)
                 continue
             done += 1
-            loss_sum += loss.item()
+            loss_sum += loss.detach().float()
             samples += batch["latent"].shape[0]
             frames += int(batch["valid"].sum())
         grad_norm = self._clip_grad_norm()
@@ -433,7 +434,9 @@ class Trainer:
                 rate = window_samples * self.acc.num_processes / max(elapsed, 1e-9)
                 eta = (cfg.steps - st.step) * (time.time() - start) / max(1, st.step - start_step)
                 # the mean over every rank's micro-batches of the window, not rank 0's alone
-                sums = self.acc.reduce(torch.tensor([window_loss, float(window_micro)], device=self.acc.device), "sum")
+                dev = self.acc.device
+                sums = self.acc.reduce(torch.stack([torch.as_tensor(window_loss, dtype=torch.float32, device=dev),
+                                                    torch.tensor(float(window_micro), device=dev)]), "sum")
                 avg = float(sums[0] / sums[1].clamp(min=1))
                 metrics = {"loss": avg, "lr": lr, "samples_per_s": rate,
                            "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,

@@ -13,6 +13,7 @@ import torch
 from shards import audio
 
 from .codec import AudioCodec, CodecConfig
+from .objective import FLOW, Objective
 from .pipeline import TextToAudio
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ def save_spectrogram(wave: np.ndarray, sample_rate: int, path: Path, title: str)
 
 
 class Validator:
-    def __init__(self, cfg, codec: CodecConfig, text_encoder):
+    def __init__(self, cfg, codec: CodecConfig, text_encoder, objective: Objective = FLOW):
         self.cfg = cfg.validation
         self.codec = AudioCodec(codec)
         self.text_encoder = text_encoder
+        self.objective = objective
         self.clap = None
         if self.cfg.clap_model:  # the evaluation package's CLAP backbone: the same scores as `capflow evaluate`
             from evaluation.backbones import load_backbone
@@ -55,7 +57,7 @@ class Validator:
         self.codec.to(device)
         was_training = model.training
         model.eval()
-        t2a = TextToAudio(model, self.codec, self.text_encoder, None, self.cfg.sampler)
+        t2a = TextToAudio(model, self.codec, self.text_encoder, None, self.cfg.sampler, objective=self.objective)
         prompts = self.cfg.prompts if model.has_text else [""] * len(self.cfg.prompts)
         waves = t2a.generate(prompts, seed=self.cfg.seed).cpu().numpy()  # (b, a, s)
         model.train(was_training)

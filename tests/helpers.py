@@ -4,6 +4,8 @@ import io
 import tarfile
 from pathlib import Path
 
+CHANNELS, FRAMES = 8, 40  # the tiny codec's latent channels; 4 s at 10 latent frames/s
+
 
 def rewrite_tar(path: Path, replace: dict[str, bytes | None]) -> None:
     """Rewrite a tar in place, replacing members' bytes (None drops the member); others stay as they were."""
@@ -46,4 +48,27 @@ def two_class_set(directory, clips: int = 32, seconds: float = 1.0, rate: int = 
                     "labels": [label], "captions": [f"A {label.lower()}."], "candidates": []}
             w.write(key, {fmt.META: meta, fmt.AUDIO: audio.encode_flac(audio.Audio(wave[None].astype(np.float32), rate))})
     write_manifest(directory)
+    return directory
+
+
+def latent_set(directory: Path, n: int = 16, seed: int = 0) -> Path:
+    """A latent shard set of structured synthetic latents (smooth per-channel sinusoids), with provenance."""
+    import numpy as np
+
+    from shards.manifest import open_shard_set, write_manifest
+    from shards.writer import ShardSetWriter
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(FRAMES) / FRAMES
+    open_shard_set(directory, {"synthetic": seed}, kind="latent")
+    with ShardSetWriter(directory, prefix="latent", max_count=4) as w:
+        for i in range(n):
+            freq = rng.integers(1, 4, size=(CHANNELS, 1))
+            z = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi, (CHANNELS, 1))).astype(np.float16)
+            w.write(f"syn-{i:03d}", {"npy": z, "json": {"key": f"syn-{i:03d}", "duration": 4.0,
+                                                         "captions": [f"sound number {i % 3}"],
+                                                         "latent": {"frames": FRAMES, "valid_frames": FRAMES - i % 5}}})
+    codec = {"pretrained": "unused", "subfolder": None, "sample_posterior": False,
+             "latent_mean": [0.0] * CHANNELS, "latent_std": [1.0] * CHANNELS}
+    write_manifest(directory, extra={"codec": codec, "frame_rate": 10.0, "latent_channels": CHANNELS})
     return directory

@@ -208,7 +208,7 @@ def test_export_best_keeps_the_weights_of_the_best_validation(tmp_path, tiny_mod
     from finetune.train import EditValidator
 
     scores = iter([0.30, 0.10])  # the step-2 weights validate best, the step-4 ones worse
-    monkeypatch.setattr(EditValidator, "__init__", lambda self, cfg, codec_cfg: None)
+    monkeypatch.setattr(EditValidator, "__init__", lambda self, *args: None)
     monkeypatch.setattr(EditValidator, "run", lambda self, model, step, directory: next(scores))
     cfg = _cfg(tmp_path / "run", edit_latents, tiny_models, validation={"every": 2, "clap_model": None})
     export = run_finetune(cfg)
@@ -235,3 +235,42 @@ def test_edit_stage_refuses_latents_of_another_codec(tmp_path, tiny_models, edit
     (t2a / "capflow.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="encoded with the codec"):
         EditTrainer(_cfg(tmp_path / "run", edit_latents, tiny_models, init_from=str(t2a)))
+
+
+def test_editor_from_a_v_ddpm_bundle_trains_and_edits_in_v_prediction(tmp_path, tiny_models, edit_latents, monkeypatch):
+    """An editor from a v-DDPM T2A bundle (EzAudio's objective) trains with the v-loss, records its objective, and
+    edits as diffusers' img2img with DDIM: the last 1 - t_start of the schedule, from the source noised to its
+    first timestep."""
+    from diffusers import DDIMScheduler
+
+    from pretrain.ezaudio import EZAUDIO_SCHEDULER
+    from pretrain.objective import Objective
+
+    t2a = tmp_path / "t2a-vddpm"
+    shutil.copytree(edit_latents / "t2a", t2a)
+    index = json.loads((t2a / "capflow.json").read_text())
+    (t2a / "capflow.json").write_text(json.dumps(index | {"objective": "v-ddpm", "scheduler": EZAUDIO_SCHEDULER}))
+    seen, point = [], Objective.point
+    monkeypatch.setattr(Objective, "point", lambda self, *a, **k: seen.append(self.name) or point(self, *a, **k))
+    export = run_finetune(_cfg(tmp_path / "run", edit_latents, tiny_models, init_from=str(t2a), steps=2))
+    assert seen and set(seen) == {"v-ddpm"}
+    editor = InstructionEditor.from_pretrained(export)
+    assert editor.objective == Objective("v-ddpm", EZAUDIO_SCHEDULER)
+    source = torch.randn(1, editor.dit.config.latent_channels, 20, generator=torch.Generator().manual_seed(1))
+    got = editor.edit_latents(source, ["Add a chirp"], steps=4, t_start=0.5, seed=3)
+
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(source.shape, generator=generator)
+    scheduler = DDIMScheduler(**EZAUDIO_SCHEDULER)
+    scheduler.set_timesteps(4)
+    timesteps = scheduler.timesteps[2:]  # strength 0.5 of 4 steps
+    x = scheduler.add_noise(source, noise, timesteps[:1])
+    text, mask = editor.text(["Add a chirp"])
+    null, null_mask = editor.text([""])
+    s = editor.sampler
+    velocity = editor_velocity(editor.dit, source, text, mask, null, null_mask, s.cfg, s.cfg_source, s.rescale)
+    with torch.no_grad():
+        for t in timesteps:
+            x = scheduler.step(velocity(x, torch.full((1,), t / 1000)), t, x, eta=1.0, generator=generator).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-4)
+

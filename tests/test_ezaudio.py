@@ -12,6 +12,7 @@ from diffusers import AutoencoderOobleck, DDIMScheduler
 
 from pretrain.dit import EzAudioDiT
 from pretrain.ezaudio import EZAUDIO_SCHEDULER, import_ezaudio, load_checkpoint
+from pretrain.objective import Objective
 from pretrain.pipeline import TextToAudio
 from pretrain.tiny import ezaudio_dit_state, write_tiny_ezaudio
 
@@ -84,8 +85,28 @@ def test_v_ddpm_generation_equals_ezaudios_ddim_loop(ezaudio):
             latents = scheduler.step(pred, t, latents, eta=1.0, generator=generator).prev_sample
         expected = t2a.codec.decode(latents)
     torch.testing.assert_close(wave[..., : expected.shape[-1]], expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="v-prediction DDPM"):
-        t2a.generate([prompt], source=torch.zeros(1, t2a.dit.config.latent_channels, n), t_start=0.1)
+
+
+def _alphas_bar(cfg: dict) -> torch.Tensor:
+    """ᾱ of EzAudio's schedule from its definition: scaled-linear betas (√β evenly spaced), rescaled to zero
+    terminal SNR (Lin et al. 2024, Algorithm 1: √ᾱ shifted so the last is 0, scaled so the first is kept)."""
+    betas = torch.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, cfg["num_train_timesteps"],
+                           dtype=torch.float64) ** 2
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    return ((root - last) * first / (first - last)) ** 2
+
+
+def test_v_ddpm_training_point_is_ezaudios():
+    """EzAudio's train.py: integer timesteps uniform in [0, 1000), x_t = √ᾱ·x0 + √(1-ᾱ)·ε, target v = √ᾱ·ε - √(1-ᾱ)·x0;
+    the DiT's time input is timestep / 1000."""
+    x1, noise = torch.randn(6, 8, 20), torch.randn(6, 8, 20)
+    x_t, t, target = Objective("v-ddpm", EZAUDIO_SCHEDULER).point(x1, noise, generator=torch.Generator().manual_seed(3))
+    steps = torch.randint(0, 1000, (6,), generator=torch.Generator().manual_seed(3))
+    ab = _alphas_bar(EZAUDIO_SCHEDULER)[steps].float()[:, None, None]
+    torch.testing.assert_close(t, steps.float() / 1000)
+    torch.testing.assert_close(x_t, ab.sqrt() * x1 + (1 - ab).sqrt() * noise, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(target, ab.sqrt() * noise - (1 - ab).sqrt() * x1, rtol=1e-5, atol=1e-5)
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
@@ -119,15 +140,48 @@ def test_import_cli_writes_a_bundle_and_fails_in_one_line(ezaudio, tiny_models, 
     assert code == 2 and len(errors) == 1 and "missing.pt" in errors[0] and not (tmp_path / "c").exists()
 
 
-def test_training_refuses_to_start_from_a_v_ddpm_bundle(ezaudio, tmp_path):
+def _spy_objectives(monkeypatch) -> list[str]:
+    """The objectives whose training points are drawn from now on."""
+    seen, point = [], Objective.point
+    monkeypatch.setattr(Objective, "point", lambda self, *a, **k: seen.append(self.name) or point(self, *a, **k))
+    return seen
+
+
+def test_sft_from_an_imported_bundle_continues_in_v_prediction(ezaudio, tiny_models, tmp_path, monkeypatch):
+    from helpers import latent_set
+
     from pretrain.config import PretrainConfig
-    from pretrain.train import build_model
+    from pretrain.train import Trainer
 
     _, bundle = ezaudio
-    cfg = PretrainConfig.model_validate({"stage": "align", "output_dir": str(tmp_path), "init_from": str(bundle),
-                                         "data": {"shards": [str(tmp_path)]}})
-    with pytest.raises(ValueError, match="v-prediction DDPM"):
-        build_model(cfg, 32, 8)
+    cfg = PretrainConfig.model_validate({
+        "stage": "sft", "output_dir": str(tmp_path / "run"), "init_from": str(bundle),
+        "text_encoder": {"pretrained": str(tiny_models["flan-t5"])},
+        "data": {"shards": [str(latent_set(tmp_path / "latents", n=8))], "micro_batch_size": 4, "num_workers": 0},
+        "optim": {"lr": 1e-3, "warmup_steps": 1}, "validation": {"every": 0}, "steps": 2, "batch_size": 4,
+        "log_every": 1, "save_every": 2, "tensorboard": False})
+    seen = _spy_objectives(monkeypatch)
+    export = Trainer(cfg).train()
+    assert seen and set(seen) == {"v-ddpm"}  # every training point was EzAudio's
+    index = json.loads((export / "capflow.json").read_text())
+    assert index["objective"] == "v-ddpm" and index["scheduler"] == EZAUDIO_SCHEDULER
+
+
+def test_imagic_on_an_imported_bundle_tunes_with_the_v_loss(ezaudio, monkeypatch):
+    import numpy as np
+
+    from finetune.imagic import ImagicConfig, ImagicEditor
+    from shards import audio
+
+    _, bundle = ezaudio
+    seen = _spy_objectives(monkeypatch)
+    t = np.arange(16000) / 16000
+    clip = audio.Audio((0.3 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32), 16000)
+    editor = ImagicEditor(TextToAudio.from_pretrained(bundle), ImagicConfig(eta=0.7, embed_steps=2, tune_steps=2,
+                                                                            lora_rank=4, clap_model=None))
+    out = editor.edit(clip, "a dog barks", steps=3)
+    assert set(seen) == {"v-ddpm"} and len(seen) == 4  # 2 embedding + 2 tuning steps, all with the v-loss
+    assert out.audio.samples.shape == clip.samples.shape and np.isfinite(out.audio.samples).all()
 
 
 @pytest.mark.parametrize("kind", ["flow", "v-ddpm"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import rewrite_tar
+from helpers import CHANNELS, FRAMES, latent_set, rewrite_tar
 from safetensors.torch import load_file
 
 from pretrain.checkpoint import list_checkpoints
@@ -20,28 +20,8 @@ from pretrain.train import Trainer, compute_loss
 from shards.config import ConfigError, apply_override, load_config
 from shards.manifest import ConfigMismatch, open_shard_set, write_manifest
 from shards.validate import validate
-from shards.writer import ShardSetWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-CHANNELS, FRAMES = 8, 40
-
-
-def _latent_set(directory: Path, n: int = 16, seed: int = 0) -> Path:
-    """A latent shard set of structured synthetic latents (smooth per-channel sinusoids), with provenance."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(FRAMES) / FRAMES
-    open_shard_set(directory, {"synthetic": seed}, kind="latent")
-    with ShardSetWriter(directory, prefix="latent", max_count=4) as w:
-        for i in range(n):
-            freq = rng.integers(1, 4, size=(CHANNELS, 1))
-            z = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi, (CHANNELS, 1))).astype(np.float16)
-            w.write(f"syn-{i:03d}", {"npy": z, "json": {"key": f"syn-{i:03d}", "duration": 4.0,
-                                                         "captions": [f"sound number {i % 3}"],
-                                                         "latent": {"frames": FRAMES, "valid_frames": FRAMES - i % 5}}})
-    codec = {"pretrained": "unused", "subfolder": None, "sample_posterior": False,
-             "latent_mean": [0.0] * CHANNELS, "latent_std": [1.0] * CHANNELS}
-    write_manifest(directory, extra={"codec": codec, "frame_rate": 10.0, "latent_channels": CHANNELS})
-    return directory
 
 
 def _cfg(tmp_path, shards, **overrides) -> PretrainConfig:
@@ -57,7 +37,7 @@ def _cfg(tmp_path, shards, **overrides) -> PretrainConfig:
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
-    return _latent_set(tmp_path_factory.mktemp("latents") / "set")
+    return latent_set(tmp_path_factory.mktemp("latents") / "set")
 
 
 def test_config_errors_before_any_work(tmp_path, latents):
@@ -153,7 +133,7 @@ def test_wrong_shape_and_nan_latents_are_named_skips(tmp_path, caplog):
     collate crash or a micro-batch dropped each time the sample is drawn."""
     import io
 
-    shards = _latent_set(tmp_path / "set", n=8)
+    shards = latent_set(tmp_path / "set", n=8)
     manifest = json.loads((shards / "manifest.json").read_text())
     manifest["extra"]["duration"] = FRAMES / manifest["extra"]["frame_rate"]
     (shards / "manifest.json").write_text(json.dumps(manifest))
@@ -335,7 +315,7 @@ def test_encode_latents_resumable_with_provenance(tmp_path, tiny_models, corpus)
 
 
 def test_bad_sample_counted_or_raised_in_strict_mode(tmp_path):
-    shards = _latent_set(tmp_path / "set", n=8)
+    shards = latent_set(tmp_path / "set", n=8)
     rewrite_tar(shards / "latent-000000.tar", {"syn-001.npy": b"\x93NUMPY garbage"})
     trainer = Trainer(_cfg(tmp_path / "ok", shards, steps=6, save_every=100, **{"data.shuffle": 0}))
     trainer.train()
