@@ -43,7 +43,7 @@ def separator_rtfs(device: str, audiosep_src: str | None) -> None:
         x, e = torch.randn(1, int(seconds * cfg.sample_rate), device=device), torch.randn(1, cfg.embed_dim, device=device)
         r = rtf(lambda asm=asm, x=x, e=e: asm(x, e), seconds)
         query = QueryModel(query_preset(name, sample_rate=cfg.sample_rate)).to(device).eval()
-        q = rtf(lambda query=query, x=x, e=e: query(e, x), seconds)
+        q = rtf(lambda query=query, x=x, e=e: query(e, x, e), seconds)  # e stands for both CLAP embeddings
         print(f"  Hybrid-Sep {name:<5} separator RTF {r:.4f}  (+ query model {q:.4f} = {r + q:.4f}) "
               f"at {cfg.sample_rate} Hz, {sum(p.numel() for p in asm.parameters()) / 1e6:.1f} M separator parameters")
     if not audiosep_src:

@@ -67,15 +67,22 @@ class ClapScorer:
         return (10.0 * torch.log10(mel)).transpose(1, 2)[:, None]  # (k, 1, frames, mels)
 
     @torch.no_grad()
-    def embed_audio(self, wave: np.ndarray) -> torch.Tensor:
-        """One normalised embedding (d,) for a mono clip at self.sample_rate (its windows in one batch)."""
+    def embed_audios(self, waves: list[np.ndarray]) -> torch.Tensor:
+        """Normalised embeddings (b, d) for mono clips at self.sample_rate: every clip's windows in one batch,
+        each clip the normalised mean of its windows' embeddings."""
         start = time.perf_counter()
-        feats = self.log_mel(clap_windows(wave.astype(np.float32), self.window))
+        windows = [clap_windows(w.astype(np.float32), self.window) for w in waves]
+        feats = self.log_mel(np.concatenate(windows))
         self.timings["clap_features"] += time.perf_counter() - start
         start = time.perf_counter()
         emb = torch.nn.functional.normalize(_embedding(self.model.get_audio_features(input_features=feats)), dim=-1)
+        per_clip = torch.stack([e.mean(0) for e in emb.split([len(w) for w in windows])])
         self.timings["clap"] += time.perf_counter() - start
-        return torch.nn.functional.normalize(emb.mean(0), dim=-1)
+        return torch.nn.functional.normalize(per_clip, dim=-1)
+
+    def embed_audio(self, wave: np.ndarray) -> torch.Tensor:
+        """One normalised embedding (d,) for a mono clip at self.sample_rate."""
+        return self.embed_audios([wave])[0]
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

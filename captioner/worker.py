@@ -140,6 +140,17 @@ class CaptionWorker:
             raise first  # every clip fails alone too: the engine is broken, not the clips
         return out, failed
 
+    def _caption(self, chunk: list[Item], helper: ThreadPoolExecutor) -> tuple:
+        """Decode a chunk and run the caption engines on it (the label LLM beside the ALM when they are separate
+        pools): (clips, decode failures, ALM candidates, label candidates, failed clips)."""
+        clips, failures = self._decode(chunk)
+        if self.overlap:
+            labels_call = helper.submit(self._isolate, "labels", self._label_candidates, clips)
+        alm, failed = self._isolate("alm", self._alm_candidates, clips)
+        labels, label_failed = (labels_call.result() if self.overlap
+                                else self._isolate("labels", self._label_candidates, clips))
+        return clips, failures, alm, labels, failed | label_failed
+
     def _write_clip(self, writer: ShardWriter, item: Item, clip: audio.Audio, flac: bytes,
                     candidates: list[dict], scores: list[float]) -> int:
         """Keep the best scored candidates and write the sample; returns the kept count."""
@@ -167,23 +178,18 @@ class CaptionWorker:
                 engine.timings.clear()
         kept = candidates = 0
         chunks = [items[i: i + self.cfg.batch_clips] for i in range(0, len(items), self.cfg.batch_clips)]
-        # The next chunk is decoded in a helper thread while the engines work on this one (soundfile and
-        # soxr release the GIL), so the accelerator does not wait for the CPU between chunks.
+        # The next chunk is decoded and captioned by the engines in a helper thread while this one is scored by
+        # CLAP and written (soundfile, soxr and Ray calls release the GIL): each writer keeps an engine request
+        # in flight while it does CLAP and I/O, so the ALM GPUs do not wait on the writers.
         with (ShardWriter(directory, self.cfg.prefix, index, extra_stats=extra_stats) as writer,
-              ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as helper):
-            pending = pool.submit(self._decode, chunks[0]) if chunks else None
+              ThreadPoolExecutor(max_workers=1) as ahead, ThreadPoolExecutor(max_workers=1) as helper):
+            pending = ahead.submit(self._caption, chunks[0], helper) if chunks else None
             for k in range(len(chunks)):
-                clips, failures = pending.result()
+                clips, failures, alm, labels, failed = pending.result()
                 if k + 1 < len(chunks):
-                    pending = pool.submit(self._decode, chunks[k + 1])
+                    pending = ahead.submit(self._caption, chunks[k + 1], helper)
                 for item, status, error in failures:
                     writer.add_failure(item.key, status, error, item.meta())
-                if self.overlap:
-                    labels_call = helper.submit(self._isolate, "labels", self._label_candidates, clips)
-                alm, failed = self._isolate("alm", self._alm_candidates, clips)
-                labels, label_failed = (labels_call.result() if self.overlap
-                                        else self._isolate("labels", self._label_candidates, clips))
-                failed |= label_failed
                 scored = []
                 for item, clip, flac in clips:
                     if item.key in failed:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -81,6 +82,17 @@ class EditorModule(nn.Module):
         self.dit.save_pretrained(directory / DIT_DIR)
         self.text.model.save_pretrained(directory / LORA_DIR)  # the adapter only
         return directory
+
+    @staticmethod
+    def saved_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+        """What save_pretrained wrote (the DiT and the LoRA adapter, never the frozen Flan-T5), by this module's
+        parameter names: peft saves `...q.lora_A.weight` for the parameter `text.model....q.lora_A.default.weight`."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        dit = {f"dit.{k}": v for k, v in EzAudioDiT.saved_weights(directory / DIT_DIR).items()}
+        lora = load_file(directory / LORA_DIR / "adapter_model.safetensors")
+        return dit | {"text.model." + re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", k): v for k, v in lora.items()}
 
 
 def editor_velocity(dit: EzAudioDiT, source: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,

@@ -136,13 +136,9 @@ class ImagicEditor:
         dit = self.t2a.dit
         dit.requires_grad_(False)
         e = e_target.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([e], lr=self.cfg.embed_lr)
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        for _ in tqdm(range(self.cfg.embed_steps), desc="imagic 1/3 embedding", disable=not progress, leave=False):
-            loss = self._loss(dit, z, e, e_mask, known, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        _descend("imagic 1/3 embedding", self.cfg.embed_steps, [e], self.cfg.embed_lr,
+                 lambda: self._loss(dit, z, e, e_mask, known, generator), progress)
         return e.detach()
 
     def tune(self, z, e_opt, e_mask, known=None, progress=False):
@@ -166,15 +162,11 @@ class ImagicEditor:
                 base.load_state_dict(saved)
                 base.requires_grad_(False)
         params = [p for p in dit.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr)
         generator = torch.Generator().manual_seed(self.cfg.seed + 1)
         was_training = dit.training
         dit.train()
-        for _ in tqdm(range(cfg.tune_steps), desc="imagic 2/3 tuning", disable=not progress, leave=False):
-            loss = self._loss(dit, z, e_opt, e_mask, known, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        _descend("imagic 2/3 tuning", cfg.tune_steps, params, lr,
+                 lambda: self._loss(dit, z, e_opt, e_mask, known, generator), progress)
         dit.train(was_training)
         dit.eval()
         return dit, restore
@@ -242,6 +234,20 @@ class ImagicEditor:
         tuned = copy.deepcopy(dit.merge_and_unload() if hasattr(dit, "merge_and_unload") else dit)
         TextToAudio(tuned, self.t2a.codec, None, self.t2a.text_ref, self.t2a.sampler, "imagic-tuned").save_pretrained(
             self.cfg.save_tuned)
+
+
+def _descend(label: str, steps: int, params: list[torch.Tensor], lr: float, loss_fn, progress: bool) -> None:
+    """`steps` Adam steps on `params`; how long the stage will take is logged after its first step (measured)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    start = time.perf_counter()
+    for i in tqdm(range(steps), desc=label, disable=not progress, leave=False):
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i == 0 and steps > 1:
+            per_step = time.perf_counter() - start
+            log.info("%s: %d steps, about %.0f s (%.2f s per step)", label, steps, steps * per_step, per_step)
 
 
 def check_length(seconds: float | None, duration: float, max_seconds: float | None, name: str = "the input") -> None:

@@ -1,9 +1,12 @@
 """Training checkpoints and exports.
 
-    OUTPUT/checkpoints/step-000100/   accelerate save_state (model, optimizer, scheduler, RNG)
+    OUTPUT/checkpoints/step-000100/   dit_raw/ (the trained weights, float32, in the module's save_pretrained
+                                      layout: frozen modules such as Flan-T5 are not in it) and dit_ema/ (the
+                                      EMA's), each tensor once: export reads them, resume loads them
+                                      + accelerate save_state (optimizer, scheduler, RNG, a discriminator; the
+                                      trained module only under DeepSpeed, whose engine saves it itself)
                                       + the loop's own state in safe formats: trainer_state.json (step, data
-                                      position, counters), ema.safetensors + ema.json
-                                      + dit_raw/ and dit_ema/ (from_pretrained weights for export)
+                                      position, counters), ema.json (the EMA's counters)
     OUTPUT/export/                    a text-to-audio bundle with a model card (README.md)
 
 A checkpoint is written as `step-N.tmp` and renamed when complete; only the last `keep_last` are kept.
@@ -29,7 +32,8 @@ from .dit import EzAudioDiT
 from .pipeline import TextEncoderRef, bundle_objective, write_bundle
 
 STEP_RE = re.compile(r"^step-(\d+)$")
-STATE_NAME, EMA_WEIGHTS, EMA_STATE = "trainer_state.json", "ema.safetensors", "ema.json"
+STATE_NAME, EMA_STATE = "trainer_state.json", "ema.json"
+RAW_DIR, EMA_DIR = "dit_raw", "dit_ema"
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -56,40 +60,34 @@ def resolve_resume(output_dir: str | Path, resume: str) -> Path:
 
 
 def save_loop_state(directory: Path, state, ema=None) -> None:
-    """The loop's own state without pickle: counters as JSON, the EMA's shadow weights as safetensors
-    (accelerate's register_for_checkpointing would pickle both and load them with weights_only=False)."""
-    from safetensors.torch import save_file
-
+    """The loop's own state without pickle: counters and the EMA's scalars as JSON (its weights are EMA_DIR;
+    accelerate's register_for_checkpointing would pickle both and load them with weights_only=False)."""
     (directory / STATE_NAME).write_text(json.dumps(state.state_dict(), indent=2) + "\n")
     if ema is not None:
-        save_file({f"shadow.{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)},
-                  directory / EMA_WEIGHTS)
         scalars = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
         (directory / EMA_STATE).write_text(json.dumps(scalars, indent=2) + "\n")
 
 
-def load_loop_state(directory: Path, state, ema=None) -> None:
-    """Restore what save_loop_state wrote. The EMA's weights are copied into its existing tensors, so they
-    stay on the device and in the dtype the EMA already lives in (the model's device)."""
-    from safetensors.torch import load_file
-
+def load_loop_state(directory: Path, state, ema=None, ema_values: list[torch.Tensor] | None = None) -> None:
+    """Restore what save_loop_state wrote, and the EMA's weights from `ema_values` (one per shadow parameter,
+    read from EMA_DIR), copied into its existing tensors so they stay on the device and in the dtype the EMA
+    lives in (the model's device)."""
     path = directory / STATE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {STATE_NAME}; not a complete capflow checkpoint")
     state.load_state_dict(json.loads(path.read_text()))
     if ema is None:
         return
-    if not (directory / EMA_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{directory}: no {EMA_WEIGHTS}, but ema.enabled is true; resume with the same "
-                                "ema settings the run was started with")
-    weights = load_file(directory / EMA_WEIGHTS)
-    if len(weights) != len(ema.shadow_params):
-        raise ValueError(f"{directory / EMA_WEIGHTS}: {len(weights)} tensors for a model with "
-                         f"{len(ema.shadow_params)} parameters; is this checkpoint from another model?")
+    if ema_values is None or not (directory / EMA_STATE).is_file():
+        raise FileNotFoundError(f"{directory}: no EMA weights, but ema.enabled is true; resume with the same ema "
+                                "settings the run was started with")
+    if len(ema_values) != len(ema.shadow_params):
+        raise ValueError(f"{directory}: {len(ema_values)} EMA tensors for a model with {len(ema.shadow_params)} "
+                         "parameters; is this checkpoint from another model?")
     ema.load_state_dict(json.loads((directory / EMA_STATE).read_text()))
     with torch.no_grad():
-        for i, p in enumerate(ema.shadow_params):
-            p.copy_(weights[f"shadow.{i:05d}"])
+        for p, value in zip(ema.shadow_params, ema_values):
+            p.copy_(value)
 
 
 def rotate(output_dir: str | Path, keep_last: int) -> None:
@@ -137,7 +135,7 @@ def model_card(cfg, info: dict) -> str:
 
 def checkpoint_weights(checkpoint: Path, use_ema: bool = True) -> Path:
     """The from_pretrained weights of a checkpoint: the EMA's when asked and saved, else the raw ones."""
-    return checkpoint / ("dit_ema" if use_ema and (checkpoint / "dit_ema").is_dir() else "dit_raw")
+    return checkpoint / (EMA_DIR if use_ema and (checkpoint / EMA_DIR).is_dir() else RAW_DIR)
 
 
 def export_bundle(cfg, checkpoint: Path, out: str | Path, codec: CodecConfig, use_ema: bool = True,
@@ -146,7 +144,7 @@ def export_bundle(cfg, checkpoint: Path, out: str | Path, codec: CodecConfig, us
     weights = checkpoint_weights(checkpoint, use_ema)
     dit = EzAudioDiT.from_pretrained(weights)
     state = json.loads((checkpoint / STATE_NAME).read_text())
-    info = {**state, **(info or {}), "ema": weights.name == "dit_ema",
+    info = {**state, **(info or {}), "ema": weights.name == EMA_DIR,
             "parameters": sum(p.numel() for p in dit.parameters())}
     text_ref = TextEncoderRef(cfg.text_encoder.pretrained, cfg.text_encoder.max_length, cfg.text_encoder.dtype) \
         if dit.has_text else None

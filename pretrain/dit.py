@@ -215,6 +215,13 @@ class EzAudioDiT(nn.Module):
         save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
         return directory
 
+    @staticmethod
+    def saved_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+        """What save_pretrained wrote to `directory`, by this module's state-dict names (for a trainer's resume)."""
+        from safetensors.torch import load_file
+
+        return load_file(Path(directory) / WEIGHTS_NAME)
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, **config_overrides) -> EzAudioDiT:
         """Load from a local directory or a Hugging Face hub id (config.json + model.safetensors)."""

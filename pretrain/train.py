@@ -31,6 +31,8 @@ from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
 
 from .checkpoint import (
+    EMA_DIR,
+    RAW_DIR,
     checkpoint_dir,
     export_bundle,
     list_checkpoints,
@@ -216,12 +218,20 @@ class Trainer:
             for shadow, name in zip(self.ema.shadow_params, self._trainable_names()):
                 if name in master:
                     shadow.copy_(master[name])
+        if not self.is_deepspeed:  # the trained module's weights are RAW_DIR, not accelerate's copy of them
+            self.acc.register_save_state_pre_hook(self._skip_module_state)
+            self.acc.register_load_state_pre_hook(self._load_module_state)
         if resume:
-            # accelerate restores model, optimizer, scheduler and RNG; the loop's own state (counters, data
-            # position, EMA) is JSON + safetensors, loaded in place so the EMA stays on the model's device.
+            # accelerate restores optimizer, scheduler and RNG (and the module under DeepSpeed), the hook the
+            # module's weights; the loop's own state (counters, data position) is JSON, the EMA's weights are
+            # EMA_DIR, loaded in place so the EMA stays on the model's device.
             path = resolve_resume(self.out, resume)
             self.acc.load_state(str(path))
-            load_loop_state(path, self.state, self.ema)
+            ema_values = None
+            if self.ema is not None and (path / EMA_DIR).is_dir():
+                saved = self.unwrapped.saved_weights(path / EMA_DIR)
+                ema_values = [saved[name] for name in self._trainable_names()]
+            load_loop_state(path, self.state, self.ema, ema_values)
             log.info("resumed from %s at step %d (micro-batch %d)", path, self.state.step, self.state.micro)
         self.stream = self.make_stream()
         self.batches = iter(self.stream)
@@ -319,6 +329,25 @@ class Trainer:
                 return
         self.opt_d.step()
         self.opt_d.zero_grad(set_to_none=True)
+
+    def _skip_module_state(self, models, weights, output_dir) -> None:
+        """accelerate's save_state pre-hook: the trained module (the first prepared) is not saved again by
+        accelerate: RAW_DIR holds its weights once, without frozen modules (a discriminator still is)."""
+        if weights:
+            weights.pop(0)
+
+    def _load_module_state(self, models, input_dir) -> None:
+        """accelerate's load_state pre-hook: the trained module's weights come from RAW_DIR (every trainable
+        parameter must be there; frozen ones keep what the module was built with)."""
+        models.pop(0)
+        state = self.unwrapped.saved_weights(Path(input_dir) / RAW_DIR)
+        missing = [n for n in self._trainable_names() if n not in state]
+        if missing:
+            raise ValueError(f"{input_dir}/{RAW_DIR} lacks {len(missing)} trained tensors ({missing[:3]}); is this "
+                             "checkpoint from another model?")
+        unexpected = self.unwrapped.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{input_dir}/{RAW_DIR} has tensors this model lacks ({unexpected[:3]})")
 
     def _trainable_names(self) -> list[str]:
         return [n for n, p in self.unwrapped.named_parameters() if p.requires_grad]
@@ -479,10 +508,10 @@ class Trainer:
         self.acc.wait_for_everyone()  # every rank's shard of the state is on disk before the rename
         if self.acc.is_main_process:
             with self._weights(master):  # float32 from the master copy, never the bf16 module's rounding
-                self.unwrapped.save_pretrained(tmp / "dit_raw")
+                self.unwrapped.save_pretrained(tmp / RAW_DIR)
             if self.ema is not None:
                 with self._weights(dict(zip(self._trainable_names(), self.ema.shadow_params))):
-                    self.unwrapped.save_pretrained(tmp / "dit_ema")
+                    self.unwrapped.save_pretrained(tmp / EMA_DIR)
             save_loop_state(tmp, self.state, self.ema)
             save_config(self.cfg, tmp)
             shutil.rmtree(final, ignore_errors=True)

@@ -30,6 +30,10 @@ class ACTConfig(Strict):
 class SeparationSection(Strict):
     separator: str = "tiny"  # preset: tiny | paper
     query_model: str = "tiny"
+    # Hybrid-Sep §2.1 reads "the audio embedding ... and the frame-wise acoustic features are achieved through a
+    # T-CLAP audio encoder and a feature extractor": the mixture's CLAP audio embedding is a query-model input
+    # beside its frames and the text (our reading; false: the ablation without it)
+    query_mixture_embedding: bool = True
     sample_rate: int = 16000  # paper: 44.1 kHz (comparisons at 16 kHz)
     chunk: float = 4.0  # seconds per training example (paper: 10)
     clap_model: str = "laion/larger_clap_general"

@@ -23,6 +23,7 @@ import torch
 from pretrain.pipeline import download_bundle
 from shards import audio, windows
 
+from .embedder import Embedder
 from .model import Separator
 from .query import QueryModel
 from .ssl import load_ssl
@@ -43,7 +44,7 @@ def write_separation_bundle(directory: Path, asm: Separator, query_dir: Path | N
 
 
 class LanguageSeparator:
-    def __init__(self, asm: Separator, query: QueryModel | None, clap, ssl, sample_rate: int, chunk: float,
+    def __init__(self, asm: Separator, query: QueryModel | None, clap: Embedder, ssl, sample_rate: int, chunk: float,
                  one_stage: bool):
         self.asm, self.query, self.clap, self.ssl = asm, query, clap, ssl
         self.sample_rate, self.chunk, self.one_stage = sample_rate, chunk, one_stage
@@ -54,8 +55,6 @@ class LanguageSeparator:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> LanguageSeparator:
-        from captioner.clap import ClapConfig, ClapScorer
-
         root = Path(directory)
         if not (root / BUNDLE_NAME).is_file():
             if root.exists():
@@ -70,7 +69,7 @@ class LanguageSeparator:
                              "separation.query_from)")
         asm = Separator.from_pretrained(root / SEPARATOR_DIR).to(device).eval()
         query = QueryModel.from_pretrained(root / QUERY_DIR).to(device).eval() if not index["one_stage"] else None
-        clap = ClapScorer(ClapConfig(model=index["clap"], device=device))
+        clap = Embedder(index["clap"], device)
         return cls(asm, query, clap, load_ssl(index.get("ssl"), device), index["sample_rate"], index["chunk"],
                    index["one_stage"])
 
@@ -79,8 +78,13 @@ class LanguageSeparator:
         """(b, s) mono mixtures at self.sample_rate -> (b, s) targets."""
         device = self.device
         mixtures = mixtures.to(device)
-        text = self.clap.embed_texts(queries).to(device)
-        emb = text if self.one_stage else self.query(text, mixtures)
+        text = self.clap.texts(queries).to(device)
+        if self.one_stage:
+            emb = text
+        else:
+            mixture_emb = self.clap.audio(mixtures, self.sample_rate).to(device) \
+                if self.query.config.mixture_embedding else None
+            emb = self.query(text, mixtures, mixture_emb)
         ssl = self.ssl(mixtures, self.sample_rate) if self.ssl is not None else None
         return self.asm(mixtures, emb, ssl)[0]
 

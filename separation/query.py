@@ -1,6 +1,9 @@
-"""Hybrid-Sep stage 1: the query model. The CLAP text embedding of the query and frame-wise features of the
-mixture (the feature extractor FE: log-magnitude STFT -> 3 transformer layers) go through the audio embedding
-transformer (AET) and come out as a prediction of the target's CLAP audio embedding (unit norm).
+"""Hybrid-Sep stage 1: the query model. The CLAP text embedding of the query, the mixture's CLAP audio embedding
+(its semantic features, §2.1) and frame-wise features of the mixture (its acoustic features: the feature
+extractor FE, log-magnitude STFT -> 3 transformer layers) go through the audio embedding transformer (AET) as
+one token sequence [text, mixture embedding, frames...] and come out, read at the text token, as a prediction
+of the target's CLAP audio embedding (unit norm). `mixture_embedding: false` is the ablation without the
+mixture's CLAP embedding (text and frames only).
 Shape legend: b batch, t frames, d width, e CLAP embedding width.
 
 Table 1 gives "Dim 512" for both FE and AET; with 32 layers that is ~101 M parameters, not the 415 M the paper
@@ -31,6 +34,7 @@ class QueryConfig:
     layers: int = 4  # paper: 32
     heads: int = 4
     embed_dim: int = 512  # CLAP's
+    mixture_embedding: bool = True  # §2.1: the mixture's CLAP audio embedding is an AET input (False: ablation)
 
 
 PRESETS = {
@@ -66,6 +70,7 @@ class QueryModel(Pretrained, nn.Module):
         self.fe = _encoder(cfg.fe_dim, max(1, min(cfg.heads, cfg.fe_dim // 16)), cfg.fe_layers)
         self.frames_in = nn.Linear(cfg.fe_dim, cfg.dim)
         self.text_in = nn.Linear(cfg.embed_dim, cfg.dim)
+        self.mixture_in = nn.Linear(cfg.embed_dim, cfg.dim) if cfg.mixture_embedding else None
         self.aet = _encoder(cfg.dim, cfg.heads, cfg.layers)
         self.norm = nn.LayerNorm(cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.embed_dim)
@@ -75,9 +80,15 @@ class QueryModel(Pretrained, nn.Module):
         spec = torch.stft(mixture, self.config.n_fft, self.config.hop, window=self.window, return_complex=True).abs()
         return self.fe(self.fe_in(torch.log1p(spec).transpose(1, 2)))
 
-    def forward(self, text_emb: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-        """(b, e) text embedding, (b, s) mixture -> (b, e) predicted target audio embedding (unit norm)."""
-        tokens = torch.cat([self.text_in(text_emb)[:, None], self.frames_in(self.features(mixture))], dim=1)
+    def forward(self, text_emb: torch.Tensor, mixture: torch.Tensor, mixture_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, e) text embedding, (b, s) mixture, (b, e) the mixture's CLAP audio embedding (with
+        mixture_embedding) -> (b, e) predicted target audio embedding (unit norm)."""
+        tokens = [self.text_in(text_emb)[:, None]]
+        if self.mixture_in is not None:
+            if mixture_emb is None:
+                raise ValueError("this query model takes the mixture's CLAP audio embedding (mixture_emb)")
+            tokens.append(self.mixture_in(mixture_emb)[:, None])
+        tokens = torch.cat([*tokens, self.frames_in(self.features(mixture))], dim=1)
         h = self.aet(tokens)[:, 0]
         return F.normalize(self.out(self.norm(h)), dim=-1)
 

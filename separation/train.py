@@ -21,7 +21,6 @@ from torch import nn
 
 from pretrain.checkpoint import STATE_NAME, checkpoint_weights, list_checkpoints
 from pretrain.train import Trainer
-from shards import audio
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
 from shards.writer import staged_dir
@@ -29,37 +28,16 @@ from shards.writer import staged_dir
 from .config import SeparationConfig
 from .data import MixtureBatches
 from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_loss
+from .embedder import Embedder
 from .model import Separator
 from .model import preset as separator_preset
 from .pipeline import BUNDLE_NAME, QUERY_DIR, SEPARATOR_DIR, write_separation_bundle
 from .query import QueryModel
 from .query import preset as query_preset
 from .ssl import load_ssl
+from .weights import Pretrained
 
 log = logging.getLogger("capflow.separation")
-
-
-class Embedder:
-    """CLAP text and audio embeddings (frozen, unit norm) for a batch, through the captioner's scorer."""
-
-    def __init__(self, ref: str, device):
-        from captioner.clap import ClapConfig, ClapScorer
-
-        self.scorer = ClapScorer(ClapConfig(model=ref, device=str(device)))
-
-    @property
-    def dim(self) -> int:
-        return int(self.scorer.model.config.projection_dim)
-
-    def texts(self, texts: list[str]) -> torch.Tensor:
-        return self.scorer.embed_texts(texts)
-
-    def audio(self, waves: torch.Tensor, rate: int) -> torch.Tensor:
-        out = []
-        for w in waves.detach().float().cpu().numpy():
-            clip = audio.resample(audio.Audio(w[None], rate), self.scorer.sample_rate).samples[0]
-            out.append(self.scorer.embed_audio(clip))
-        return torch.stack(out)
 
 
 class SeparatorModule(nn.Module):
@@ -87,6 +65,8 @@ class SeparatorModule(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+
+    saved_weights = staticmethod(Pretrained.saved_weights)  # a trainer's resume reads what save_pretrained wrote
 
 
 class _SeparationTrainer(Trainer):
@@ -126,14 +106,17 @@ class QueryTrainer(_SeparationTrainer):
         s = self.cfg.separation
         if self.cfg.init_from:
             return QueryModel.from_pretrained(Path(self.cfg.init_from) / QUERY_DIR)
-        return QueryModel(query_preset(s.query_model, sample_rate=s.sample_rate, embed_dim=self.embedder.dim))
+        return QueryModel(query_preset(s.query_model, sample_rate=s.sample_rate, embed_dim=self.embedder.dim,
+                                       mixture_embedding=s.query_mixture_embedding))
 
     def loss(self, batch: dict) -> torch.Tensor:
         rate = self.cfg.separation.sample_rate
         with torch.no_grad():
             text = self.embedder.texts(batch["query"]).to(self.acc.device)
             target = self.embedder.audio(batch["target"], rate).to(self.acc.device)
-        pred = self.model(text, batch["mixture"].to(self.acc.device))
+            mixture_emb = self.embedder.audio(batch["mixture"], rate).to(self.acc.device) \
+                if self.unwrapped.config.mixture_embedding else None
+        pred = self.model(text, batch["mixture"].to(self.acc.device), mixture_emb)
         return (pred - target).abs().mean()
 
     def export(self, use_ema: bool = True) -> Path:

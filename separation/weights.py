@@ -21,6 +21,13 @@ class Pretrained:
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, directory / "model.safetensors")
         return directory
 
+    @staticmethod
+    def saved_weights(directory: str | Path) -> dict:
+        """What save_pretrained wrote, by state-dict names (a trainer's resume reads it)."""
+        from safetensors.torch import load_file
+
+        return load_file(Path(directory) / "model.safetensors")
+
     @classmethod
     def from_pretrained(cls, directory: str | Path):
         from safetensors.torch import load_file

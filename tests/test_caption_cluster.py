@@ -353,7 +353,7 @@ def test_an_engine_actor_lost_for_good_mid_job_leaves_the_routing(corpus, tmp_pa
     monkeypatch.setattr(pools, "ClapActor", FakeClapActor)
     data = _data(corpus, {"alm": "alm-model", "llm": "llm-model", "clap": "clap-model"}, tmp_path / "out",
                  workers=2, num_cpus=0.25, alm={"actors": 2, "num_cpus": 0.1}, llm={"num_cpus": 0.1},
-                 clap={"num_cpus": 0.1}, max_restarts=1, call_timeout=8.0, start_timeout=60.0, max_retries=1)
+                 clap={"num_cpus": 0.1}, max_restarts=1, call_timeout=20.0, start_timeout=60.0, max_retries=1)
     data["unit_size"], data["batch_clips"] = 2, 1
     try:
         summary = run_caption_job(CaptionConfig.model_validate(data), progress=False)

@@ -130,6 +130,37 @@ def test_batched_decode_gives_each_clip_its_own_samples(tiny_models):
     assert len({tuple(t) for t in got}) > 1  # the clips' texts differ, so an order mix-up would show
 
 
+def test_a_writer_keeps_an_engine_request_in_flight_while_it_scores_and_writes(corpus, tiny_models, tmp_path):
+    """The engines caption chunk k+1 while CLAP scores chunk k: the ALM never waits for the writer's CLAP and I/O."""
+    import threading
+    import time
+
+    from captioner.worker import CaptionWorker
+
+    cfg = _config(corpus, tiny_models, tmp_path / "out", batch_clips=2, **{"ray.workers": 0})
+    worker = CaptionWorker(cfg)
+    events, lock = [], threading.Lock()
+
+    def traced(name, fn, pause=0.0):
+        def call(*args, **kwargs):
+            with lock:
+                events.append(f"{name} start")
+            time.sleep(pause)
+            out = fn(*args, **kwargs)
+            with lock:
+                events.append(f"{name} end")
+            return out
+        return call
+
+    worker._alm_candidates = traced("alm", worker._alm_candidates)
+    worker.clap.score_many = traced("clap", worker.clap.score_many, pause=0.5)
+    items = partition(load_items(cfg.source), 6)[0]
+    result = worker.process_unit(0, items, tmp_path / "out")
+    assert result["samples"] > 0
+    first_clap_end = events.index("clap end")
+    assert events.index("alm start", events.index("alm end") + 1) < first_clap_end  # chunk 2 began before it
+
+
 def test_sampling_is_seeded(alm):
     wave = (0.1 * np.random.default_rng(1).standard_normal(16000 * 2)).astype(np.float32)
     a = alm.generate([Request("Describe.", wave, seed=7, n=4)])

@@ -152,6 +152,22 @@ def test_trained_editor_uses_the_source_and_exports_a_loadable_bundle(tmp_path, 
     assert "instruction editor" in card and json.loads((export / "capflow.json").read_text())["format"] == "capflow-editor"
 
 
+def test_editor_checkpoints_hold_each_trained_tensor_once_and_no_frozen_one(tmp_path, tiny_models, edit_latents):
+    from safetensors import safe_open
+
+    run_finetune(_cfg(tmp_path / "run", edit_latents, tiny_models, steps=2, save_every=2))
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    counts: dict[str, int] = {}
+    for file in ckpt.rglob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            for key in f.keys():
+                counts[key] = counts.get(key, 0) + 1
+    frozen = [k for k in counts if "SelfAttention.q.weight" in k or "DenseReluDense" in k]
+    assert not frozen, frozen[:3]  # Flan-T5's frozen weights are never in a checkpoint
+    dit = load_file(ckpt / "dit_raw" / "dit" / "model.safetensors")
+    assert all(counts[k] == 2 for k in dit)  # each DiT tensor in dit_raw and dit_ema only
+
+
 def test_edit_stage_resumes_exactly_and_continues_from_an_editor(tmp_path, tiny_models, edit_latents):
     constant = {"schedule": "constant"}  # the run stopped at step 2 must follow the same LR schedule
     run_finetune(_cfg(tmp_path / "full", edit_latents, tiny_models, optim=constant))

@@ -67,7 +67,7 @@ def test_auto_eta_is_one_batched_sweep_that_maximises_the_clap_sum(t2a, tiny_mod
     assert all(abs(c["sum"] - c["text_clap"] - c["audio_clap"]) < 1e-9 for c in result.candidates)
 
 
-def test_inpainting_keeps_the_known_frames_and_full_tuning_restores_the_weights(t2a):
+def test_inpainting_keeps_the_known_frames_and_full_tuning_restores_the_weights(t2a, caplog):
     cfg = ImagicConfig(eta=0.7, embed_steps=2, tune_steps=2, lora_rank=None, tune_lr=1e-2, inpaint="0.5:1.0",
                        clap_model=None)
     editor = ImagicEditor(t2a, cfg)
@@ -84,7 +84,10 @@ def test_inpainting_keeps_the_known_frames_and_full_tuning_restores_the_weights(
     known = ~span[0]
     assert torch.equal(latents[0][:, known], z[0][:, known]) and not torch.equal(latents[0][:, ~known], z[0][:, ~known])
     assert all(torch.equal(before[k], v) for k, v in t2a.dit.state_dict().items())
-    out = editor.edit(_clip(), "Sound of a dog barking", steps=3)
+    with caplog.at_level("INFO", logger="finetune.imagic"):
+        out = editor.edit(_clip(), "Sound of a dog barking", steps=3)
     assert out.eta == 0.7 and out.audio.samples.shape == _clip().samples.shape
+    # each stage says how long it will take, measured on its first step, before the rest runs
+    assert "imagic 1/3 embedding: 2 steps, about" in caplog.text and "imagic 2/3 tuning: 2 steps, about" in caplog.text
     with pytest.raises(ValueError, match="START:END"):
         ImagicConfig(inpaint="3-5")

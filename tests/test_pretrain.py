@@ -345,7 +345,10 @@ def test_counters_and_silent_choices(tmp_path, latents):
 def test_resume_is_pickle_free_and_keeps_the_ema_on_the_model_device(tmp_path, latents, monkeypatch):
     Trainer(_cfg(tmp_path, latents, steps=2, save_every=2)).train()
     ckpt = list_checkpoints(tmp_path / "run")[-1]
-    assert (ckpt / "ema.safetensors").is_file() and not list(ckpt.glob("custom_checkpoint_*"))
+    # each tensor once: the trained weights in dit_raw, the EMA's in dit_ema; accelerate keeps optimizer and RNG
+    assert (ckpt / "dit_raw").is_dir() and (ckpt / "dit_ema").is_dir() and (ckpt / "optimizer.bin").is_file()
+    assert not list(ckpt.glob("model*.safetensors")) and not (ckpt / "ema.safetensors").exists()
+    assert not list(ckpt.glob("custom_checkpoint_*"))
     unsafe = []
     real_load = torch.load
 
@@ -380,14 +383,15 @@ def test_ema_state_loads_into_the_devices_it_lives_on(tmp_path):
     ema = EMAModel(model.parameters(), decay=0.9)
     ema.optimization_step = 7
     save_loop_state(tmp_path, TrainState(step=7, micro=9), ema)
+    values = [p.clone() for p in ema.shadow_params]  # as read from dit_ema
     with torch.device("meta"):
         elsewhere = EMAModel(EzAudioDiT(preset_tiny()).parameters(), decay=0.9)
     state = TrainState()
-    load_loop_state(tmp_path, state, elsewhere)
+    load_loop_state(tmp_path, state, elsewhere, values)
     assert state.step == 7 and state.micro == 9 and elsewhere.optimization_step == 7
     assert all(p.device.type == "meta" for p in elsewhere.shadow_params)
     restored = EMAModel(EzAudioDiT(preset_tiny()).parameters(), decay=0.9)
-    load_loop_state(tmp_path, TrainState(), restored)
+    load_loop_state(tmp_path, TrainState(), restored, values)
     for a, b in zip(ema.shadow_params, restored.shadow_params):
         assert torch.equal(a, b)
 

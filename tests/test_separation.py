@@ -10,10 +10,11 @@ from evaluation.metrics import sdr_improvement
 from pretrain.checkpoint import list_checkpoints
 from separation.config import SeparationConfig
 from separation.data import make_mixture
+from separation.embedder import Embedder
 from separation.model import Separator, preset
 from separation.pipeline import LanguageSeparator
 from separation.pqmf import PQMF
-from separation.train import Embedder, QueryTrainer, SeparatorTrainer, run_separation
+from separation.train import QueryTrainer, SeparatorTrainer, run_separation
 from shards import audio
 from shards.reader import SampleDecoder, make_pipeline
 from tests.helpers import two_class_set
@@ -60,6 +61,20 @@ def test_pqmf_reconstructs_and_the_separator_keeps_any_length():
         assert est.shape == (2, n) and spec.shape[1] == 8 and cond.shape[1] == 4 * asm.config.cond_dim
 
 
+def test_query_model_takes_the_mixtures_clap_embedding_unless_ablated():
+    from separation.query import QueryModel, preset
+
+    torch.manual_seed(0)
+    text, mixture, mix_a, mix_b = torch.randn(2, 512), torch.randn(2, 8000), torch.randn(2, 512), torch.randn(2, 512)
+    model = QueryModel(preset("tiny")).eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(text, mixture, mix_a), model(text, mixture, mix_b))  # §2.1: an input
+        with pytest.raises(ValueError, match="mixture's CLAP audio embedding"):
+            model(text, mixture)
+        ablated = QueryModel(preset("tiny", mixture_embedding=False)).eval()
+        assert ablated(text, mixture).shape == (2, 512) and not hasattr(ablated.mixture_in, "weight")
+
+
 @pytest.mark.timeout(300)
 def test_query_model_predicts_the_target_embedding_better_than_the_mean_target(tmp_path, tiny_models, data):
     trainer = QueryTrainer(_cfg(tmp_path / "q", data[0], tiny_models, stage="query", steps=90))
@@ -69,8 +84,9 @@ def test_query_model_predicts_the_target_embedding_better_than_the_mean_target(t
     preds, targets = [], []
     for mixture, clean, query in _held_out(data[1]):
         targets.append(embed.audio(torch.from_numpy(clean)[None], 16000))
+        mix = torch.from_numpy(mixture)[None]
         with torch.no_grad():
-            preds.append(model(embed.texts([query]), torch.from_numpy(mixture)[None]))
+            preds.append(model(embed.texts([query]), mix, embed.audio(mix, 16000)))
     targets, preds = torch.cat(targets), torch.cat(preds)
     # the constant a model ignoring text and mixture would learn: the mean target embedding of the training clips
     train_mean = torch.cat([embed.audio(torch.from_numpy(clean)[None], 16000) for _, clean, _ in _held_out(data[0])]).mean(0)
@@ -90,10 +106,11 @@ def test_two_stage_bundle_separates_with_the_query_models_embedding(tmp_path, ti
     assert not separator.one_stage and separator.query is not None
     mixture = torch.from_numpy(next(_held_out(data[1]))[0])[None]
     out = separator.separate_waves(mixture, ["sine tone"])
-    with torch.no_grad():  # by hand: CLAP text -> query model (text + mixture) -> separator
-        emb = separator.query(separator.clap.embed_texts(["sine tone"]), mixture)
+    text = separator.clap.texts(["sine tone"])
+    with torch.no_grad():  # by hand: CLAP text + the mixture's CLAP audio embedding + its frames -> query model -> separator
+        emb = separator.query(text, mixture, separator.clap.audio(mixture, 16000))
         expected = separator.asm(mixture, emb, None)[0]
-        text_only = separator.asm(mixture, separator.clap.embed_texts(["sine tone"]), None)[0]
+        text_only = separator.asm(mixture, text, None)[0]
     torch.testing.assert_close(out, expected)
     assert not torch.allclose(out, text_only)  # the text embedding alone is the one-stage path, not this one
     assert not torch.allclose(out, separator.separate_waves(mixture, ["noise burst"]))
@@ -122,11 +139,12 @@ def test_act_resumes_exactly_with_both_optimizers_and_exports_only_the_separator
     resumed = SeparatorTrainer(_cfg(tmp_path / "part", data[0], tiny_models, **kw), resume="latest")
     assert resumed.state.step == 2 and resumed.discriminator is not None
     export = resumed.train()
-    for name in ("model.safetensors", "model_1.safetensors"):  # separator + denoiser, and the discriminator
+    # separator + denoiser (the trained module, once: dit_raw), and the discriminator (accelerate's file)
+    for name in ("dit_raw/model.safetensors", "model.safetensors"):
         a = load_file(list_checkpoints(tmp_path / "full")[-1] / name)
         b = load_file(list_checkpoints(tmp_path / "part")[-1] / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-        assert any(k.startswith("cd.") for k in a) if name == "model.safetensors" else any("scales" in k for k in a)
+        assert any(k.startswith("cd.") for k in a) if name.startswith("dit_raw") else any("scales" in k for k in a)
     for name in ("optimizer.bin", "optimizer_1.bin"):  # both optimizers are in the checkpoint
         assert (list_checkpoints(tmp_path / "part")[-1] / name).is_file()
     weights = load_file(export / "separator" / "model.safetensors")
