@@ -28,7 +28,7 @@ from finetune.train import run_finetune
 from pretrain.config import PretrainConfig
 from pretrain.encode import EncodeConfig, run_encode
 from pretrain.ezaudio import import_ezaudio
-from pretrain.pipeline import TextToAudio
+from pretrain.pipeline import TextToAudio, bundle_objective
 from pretrain.tiny import write_tiny_ezaudio
 from pretrain.train import run_pretrain
 from separation.config import SeparationConfig
@@ -239,7 +239,8 @@ def run_demo(workdir: str | Path = "demo") -> Path:
                                                             if v.get("value") is not None))
     log.info("query model %s, separator %s", query_export, separator_export)
 
-    _step(20, f"start from public weights: import an EzAudio-format release (tiny, written here) -> {workdir / 'ezaudio'}")
+    _step(20, f"start from public weights: import an EzAudio-format release (tiny, written here), generate and "
+              f"fine-tune from it -> {workdir / 'ezaudio'}")
     release_files = write_tiny_ezaudio(workdir / "ezaudio" / "release", {"oobleck": workdir / "models" / "oobleck"})
     bundle = import_ezaudio(release_files["dit"], release_files["vae"], workdir / "ezaudio" / "bundle",
                             text_encoder=str((workdir / "models" / "flan-t5").resolve()))
@@ -247,5 +248,11 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     wave = ez.generate(["A sine tone then a chirp."], steps=8, duration=2.0)[0]
     audio.write(workdir / "ezaudio" / "generated.wav", audio.Audio(wave.numpy(), ez.codec.sample_rate))
     log.info("EzAudio-format bundle (objective %s, DDIM) generated %s", ez.objective.name, workdir / "ezaudio" / "generated.wav")
+    # fine-tuning from it continues in its objective (v-prediction): two steps of stage sft on the demo's latents
+    tuned = run_pretrain(load_config(PretrainConfig, _packaged("pretrain_tiny_align.yaml"), [
+        "stage=sft", f"output_dir={workdir / 'ezaudio' / 'sft'}", f"init_from={bundle}", "steps=2", "save_every=2",
+        f"data.shards=[{workdir / 'shards' / 'latent'}]", f"text_encoder.pretrained={workdir / 'models' / 'flan-t5'}",
+        "validation.every=0"]))
+    log.info("fine-tuned it (2 steps of stage sft, objective %s) -> %s", bundle_objective(tuned).name, tuned)
     log.info("demo finished: everything is under %s", workdir)
     return workdir

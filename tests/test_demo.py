@@ -26,6 +26,8 @@ def test_demo_runs_end_to_end(tmp_path):
     separated = json.loads((work / "separation" / "eval_separations" / "report.json").read_text())
     assert {"sdr", "sdri", "si_sdr", "clap", "clap_a"} <= set(separated["metrics"])
     assert (work / "separation" / "without_clicking.wav").stat().st_size > 1000
+    sft = json.loads((work / "ezaudio" / "sft" / "export" / "capflow.json").read_text())
+    assert sft["objective"] == "v-ddpm" and (work / "ezaudio" / "generated.wav").stat().st_size > 1000
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
