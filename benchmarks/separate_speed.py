@@ -62,7 +62,7 @@ def separator_rtfs(device: str, audiosep_src: str | None) -> None:
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters (random weights, its own code)")
 
 
-def loader_headroom(steps: int) -> None:
+def loader_headroom(steps: int, workers: int) -> None:
     from capflow.tiny import write_all_tiny_models
     from separation.config import SeparationConfig
     from separation.train import SeparatorTrainer
@@ -74,7 +74,7 @@ def loader_headroom(steps: int) -> None:
         shards = two_class_set(tmp / "data", clips=64, seconds=4.0)
         cfg = SeparationConfig.model_validate({
             "output_dir": str(tmp / "run"), "tensorboard": False, "steps": steps, "batch_size": 8, "save_every": 10**6,
-            "log_every": 10**6, "data": {"shards": [str(shards)], "micro_batch_size": 8, "num_workers": 0, "shuffle": 16},
+            "log_every": 10**6, "data": {"shards": [str(shards)], "micro_batch_size": 8, "num_workers": workers, "shuffle": 16},
             "validation": {"every": 0}, "separation": {"clap_model": str(models["clap"]), "chunk": 2.0}})
         trainer = SeparatorTrainer(cfg)
         batches = iter(trainer.make_stream())
@@ -94,8 +94,8 @@ def loader_headroom(steps: int) -> None:
             trainer.optimizer.step()
             trainer.optimizer.zero_grad()
         train = steps * 8 / (time.perf_counter() - start)
-        print(f"  training, tiny preset, 2-s mixtures, batch 8: loader alone {loader:.1f} mixtures/s, loader + ACT step "
-              f"{train:.1f} mixtures/s (headroom {loader / train:.1f}x)")
+        print(f"  training, tiny preset, 2-s mixtures, batch 8, mixing {'in a loader worker' if workers else 'in the training process'}: loader alone "
+              f"{loader:.1f} mixtures/s, loader + ACT step {train:.1f} mixtures/s (headroom {loader / train:.1f}x)")
 
 
 def main() -> None:
@@ -110,7 +110,8 @@ def main() -> None:
         separator_rtfs("cuda", args.audiosep_src)
     else:
         print("GPU: not measured (no CUDA device)")
-    loader_headroom(args.steps)
+    for workers in (0, 1):  # mixing in the training process, then in a loader worker beside it
+        loader_headroom(args.steps, workers)
 
 
 if __name__ == "__main__":

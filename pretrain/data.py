@@ -93,9 +93,10 @@ class LatentBatches:
                                  shuffle=d.shuffle, strict=d.strict, decoder=self.decoder(seed), select=self.select(),
                                  partial=False)
         errors = pipeline.errors
-        # Bad samples are counted where they are read (a loader worker): each batch carries that worker's
+        # The training batch (a separation stream's mixing, say) is made where the samples are read, in the loader
+        # workers, off the training process. Bad samples are counted there too: each batch carries that worker's
         # running count, so the main process can report the total.
-        pipeline.append(wds.map(lambda batch: {**batch, "skipped": (_worker_id(), errors.skipped)}))
+        pipeline.append(wds.map(lambda batch: {**self.to_batch(batch), "skipped": (_worker_id(), errors.skipped)}))
         # its own generator: creating a loader must not draw from the global RNG that resume restores
         loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers,
                                generator=torch.Generator().manual_seed(seed))
@@ -113,7 +114,7 @@ class LatentBatches:
                 self.position += 1
                 worker, count = batch.pop("skipped")
                 self._skipped[(segment, worker)] = count
-                yield self.to_batch(batch)
+                yield batch
 
     @property
     def skipped(self) -> int:
