@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/capflow demo --workdir demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
