@@ -273,13 +273,13 @@ def test_editor_from_a_v_ddpm_bundle_trains_and_edits_in_v_prediction(tmp_path, 
     editor = InstructionEditor.from_pretrained(export)
     assert editor.objective == Objective("v-ddpm", EZAUDIO_SCHEDULER)
     source = torch.randn(1, editor.dit.config.latent_channels, 20, generator=torch.Generator().manual_seed(1))
-    got = editor.edit_latents(source, ["Add a chirp"], steps=4, t_start=0.5, seed=3)
+    got = editor.edit_latents(source, ["Add a chirp"], steps=4, t_start=0.25, seed=3)
 
     generator = torch.Generator().manual_seed(3)
     noise = torch.randn(source.shape, generator=generator)
     scheduler = DDIMScheduler(**EZAUDIO_SCHEDULER)
     scheduler.set_timesteps(4)
-    timesteps = scheduler.timesteps[2:]  # strength 0.5 of 4 steps
+    timesteps = scheduler.timesteps[1:]  # strength 1 - t_start = 0.75 of 4 steps: the last 3
     x = scheduler.add_noise(source, noise, timesteps[:1])
     text, mask = editor.text(["Add a chirp"])
     null, null_mask = editor.text([""])
