@@ -6,11 +6,9 @@ The DiT sampling loop is timed (the VAE runs once per clip either way, and text 
 instruction); text embeddings are random tensors of the encoder's width. CPU: the small preset; with CUDA
 also dit-l in bf16 (RFM-Editing reports 10.97 s per edit with 200 Euler steps; the target is 10x less).
 
-Memory: peak RSS of `InstructionEditor.edit` on 1- and 10-minute stereo 44.1-kHz inputs (the tiny models of
-`capflow tiny-models`, each length in a fresh process), which must stay flat in the input's length: windows go
-through the VAE and the sampler a `window_batch` at a time.
+Memory on long files (edit and separate): benchmarks/long_file_memory.py.
 
-    python benchmarks/edit_speed.py [--steps 50] [--preset small] [--no-memory]
+    python benchmarks/edit_speed.py [--steps 50] [--preset small]
 """
 
 from __future__ import annotations
@@ -61,53 +59,11 @@ def run(name: str, device: str, dtype: torch.dtype, steps: int) -> None:
                   f"{1 - t_start:.2f}); two-scale {two:7.3f} s (two-scale/instruction-only {two / only:.2f})")
 
 
-def _peak_rss(minutes: float, models: str, queue) -> None:
-    """In a fresh process: edit a `minutes`-long stereo 44.1-kHz clip with a tiny editor; report peak RSS (MB)."""
-    import resource
-
-    import numpy as np
-
-    from finetune.editor import EditSampler, InstructionEditor
-    from pretrain.pipeline import TextToAudio
-    from shards.audio import Audio
-
-    t2a = TextToAudio.from_pretrained(Path(models) / "t2a-untrained")
-    editor = InstructionEditor(t2a.dit.add_source_input(), t2a.codec, t2a.text_encoder, EditSampler(steps=2))
-    clip = Audio((0.1 * np.random.default_rng(0).standard_normal((2, int(44100 * 60 * minutes)))).astype(np.float32), 44100)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    editor.edit(clip, "Remove the noise", window_batch=4)
-    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-
-
-def memory() -> None:
-    import multiprocessing
-    import tempfile
-
-    from capflow.tiny import write_all_tiny_models
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_all_tiny_models(tmp)
-        ctx, peaks = multiprocessing.get_context("spawn"), {}
-        for minutes in (1, 10):
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_peak_rss, args=(minutes, tmp, queue))
-            proc.start()
-            peaks[minutes] = queue.get()
-            proc.join()
-    (b1, p1), (b10, p10) = peaks[1], peaks[10]
-    print(f"peak RSS of an edit (tiny models, stereo 44.1 kHz, window_batch 4): 1 min {p1:.0f} MB (input loaded: "
-          f"{b1:.0f}), 10 min {p10:.0f} MB (input loaded: {b10:.0f}); growth beyond the input "
-          f"{(p10 - b10) / max(1.0, p1 - b1):.2f}x (flat: ~1)")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS part")
     args = parser.parse_args()
-    if not args.no_memory:
-        memory()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run(args.preset, "cpu", torch.float32, args.steps)
     if torch.cuda.is_available():

@@ -98,6 +98,32 @@ def loader_headroom(steps: int, workers: int) -> None:
               f"{loader:.1f} mixtures/s, loader + ACT step {train:.1f} mixtures/s (headroom {loader / train:.1f}x)")
 
 
+@torch.no_grad()
+def ssl_features(device: str) -> None:
+    """The SSL branch's input path on a training batch (8 mixtures of 4 s at 44.1 kHz, the tiny wav2vec 2.0):
+    resampling and normalising the batch on the device (SSLEncoder) against the per-clip path transformers'
+    extractor takes (soxr per clip on the CPU, the extractor's numpy normalisation, then the device)."""
+    import numpy as np
+    import soxr
+
+    from capflow.tiny import write_all_tiny_models
+    from separation.ssl import SSLEncoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ssl = SSLEncoder(str(write_all_tiny_models(tmp)["ssl"]), device)
+    waves = torch.randn(8, 4 * 44100, device=device)
+
+    def per_clip():
+        clips = [soxr.resample(w, 44100, ssl.sample_rate) for w in waves.cpu().numpy()]
+        inputs = ssl.extractor([np.asarray(c, np.float32) for c in clips], sampling_rate=ssl.sample_rate,
+                               return_tensors="pt", padding=True).to(device)
+        return ssl.model(**inputs).last_hidden_state
+
+    batched, clipwise = best_of(lambda: ssl(waves, 44100), warmup=True), best_of(per_clip, warmup=True)
+    print(f"  SSL features on {device}, 8 x 4-s mixtures at 44.1 kHz (tiny encoder): batched on the device "
+          f"{batched * 1e3:.1f} ms, per clip through the CPU {clipwise * 1e3:.1f} ms ({clipwise / batched:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audiosep-src", default=None)
@@ -110,6 +136,11 @@ def main() -> None:
         separator_rtfs("cuda", args.audiosep_src)
     else:
         print("GPU: not measured (no CUDA device)")
+    ssl_features("cpu")
+    if torch.cuda.is_available():
+        ssl_features("cuda")
+    else:
+        print("  SSL features on cuda: not measured (no CUDA device)")
     for workers in (0, 1):  # mixing in the training process, then in a loader worker beside it
         loader_headroom(args.steps, workers)
 

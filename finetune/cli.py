@@ -113,7 +113,6 @@ def _edit(args) -> int:
     import torch
 
     from pretrain.pipeline import check_bundle
-    from shards import audio
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sampling = {k: v for k, v in {"steps": args.steps, "cfg": args.cfg, "cfg_source": args.cfg_source,
@@ -162,10 +161,8 @@ def _edit(args) -> int:
         return 0
     for job in jobs:
         start = time.perf_counter()
-        edited = editor.edit(audio.decode(job["input"]), job["instruction"], window_batch=args.window_batch, **sampling)
+        editor.edit_file(job["input"], job["output"], job["instruction"], window_batch=args.window_batch, **sampling)
         job["seconds"] = time.perf_counter() - start
-        Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
-        audio.write(job["output"], edited)
         print(f"{job['output']}  <- {job['input']} + {job['instruction']!r}")
     _write_manifest(args, jobs, text_is_caption=False)
     return 0
@@ -224,7 +221,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="DiT precision (auto: bf16 on GPUs, fp32 on CPUs; imagic always fine-tunes in fp32)")
     p.add_argument("--window-batch", type=int, default=8,
-                   help="windows of a long input edited per forward (memory is one batch, whatever the length)")
+                   help="windows of a long input edited per forward (memory is one batch whatever the input's length: "
+                        "files are streamed)")
     p.add_argument("--inpaint", default=None, metavar="START:END",
                    help="imagic and inpaint: fill this span (seconds), keep the rest")
     p.add_argument("--boundary", type=float, default=2.0,

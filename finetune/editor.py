@@ -13,7 +13,8 @@ branches in one batched forward: instruction-only CFG (v∅ + s·(v_I − v∅),
 InstructPix2Pix's two scales v∅∅ + s_src·(v_S − v∅∅) + s·(v_SI − v_S); both with CFG rescaling.
 Long inputs are edited in windows of the training duration that overlap by `overlap` seconds, a bounded batch
 of windows at a time (encoded, edited and decoded together), crossfaded linearly in the waveform
-(shards/windows.py, shared with the separator). Shape legend: b batch, c latent channels, n frames, a audio
+(shards/windows.py, shared with the separator); `edit_file` streams a file through it (shards/audio.py), so
+memory does not grow with the file's length. Shape legend: b batch, c latent channels, n frames, a audio
 channels, s samples.
 """
 
@@ -202,29 +203,47 @@ class InstructionEditor:
                                      t_start=t_start, method=method, eta=s.eta, generator=generator)
 
     # ---- audio ------------------------------------------------------------------------------------------
+    def _windowed(self, instruction: str, window_batch: int, kwargs: dict):
+        """The editor as `audio.through` runs it: windows of the training duration (whole latent frames), edited
+        `window_batch` at a time (encode, edit, decode) and crossfaded in the waveform. Window k draws its noise
+        from seed + k, so the result does not depend on `window_batch`."""
+        codec, s = self.codec, self.sampler
+        window = codec.frames(s.duration) * codec.hop
+        fade = min(round(s.overlap * codec.sample_rate), window // 2)
+        kwargs = dict(kwargs)
+        seed = kwargs.pop("seed", 0)
+
+        def process(pieces: torch.Tensor, indices: list[int]) -> torch.Tensor:  # (w, a, s) -> (w, a, s)
+            z = codec.encode(pieces.to(self.device))
+            edited = codec.decode(self.edit_latents(z, [instruction] * len(indices),
+                                                    seed=[seed + k for k in indices], **kwargs)).float()
+            n = pieces.shape[-1]  # the VAE's length may differ by a hop
+            return torch.nn.functional.pad(edited, (0, max(0, n - edited.shape[-1])))[..., :n]
+
+        return lambda blocks: windows.overlap_add(blocks, window, fade, window_batch, process)
+
     @torch.no_grad()
     def edit(self, clip: audio.Audio, instruction: str, window_batch: int = 8, **kwargs) -> audio.Audio:
         """Edit one clip (any rate, mono or stereo, any length); returned at its rate, channels and length.
         A clip longer than the training window is edited in windows of it that overlap by `sampler.overlap`
-        seconds, `window_batch` at a time (encode, edit, decode), crossfaded in the waveform: memory is that of
-        one batch of windows whatever the input's length. Window k draws its noise from seed + k, so the result
-        does not depend on `window_batch`."""
-        codec, s = self.codec, self.sampler
-        wave = torch.from_numpy(np.ascontiguousarray(audio.conform(clip, codec.sample_rate, codec.audio_channels)))
-        n = wave.shape[-1]
-        window = codec.frames(s.duration) * codec.hop  # whole latent frames
-        fade = min(round(s.overlap * codec.sample_rate), window // 2)
-        spans = windows.spans(n, window, window - fade)
-        out = windows.OverlapAdd((wave.shape[0],), n, fade, spans)
-        seed = kwargs.pop("seed", 0)
-        index = {span: k for k, span in enumerate(spans)}
-        for group in windows.batches(spans, window_batch):
-            z = codec.encode(torch.stack([wave[:, a:b] for a, b in group]).to(self.device))  # (w, c, frames)
-            seeds = [seed + index[span] for span in group]
-            edited = codec.decode(self.edit_latents(z, [instruction] * len(group), seed=seeds, **kwargs)).float()
-            for (a, b), piece in zip(group, edited.cpu()):  # (a, s) each; the VAE's length may differ by a hop
-                out.add(torch.nn.functional.pad(piece, (0, max(0, b - a - piece.shape[-1])))[..., : b - a], a, b)
-        return audio.restore(out.result().numpy(), codec.sample_rate, clip)
+        seconds, `window_batch` at a time, crossfaded (`edit_file` streams a file of any length)."""
+        codec = self.codec
+        pairs = audio.through([clip.samples], clip.sample_rate, clip.channels, codec.sample_rate,
+                              codec.audio_channels, self._windowed(instruction, window_batch, kwargs))
+        return audio.Audio(np.concatenate([y for _, y in pairs], axis=-1), clip.sample_rate)
+
+    @torch.no_grad()
+    def edit_file(self, source: str | Path, output: str | Path, instruction: str, window_batch: int = 8,
+                  **kwargs) -> float:
+        """Edit an audio file into `output` (same rate, channels and length), streamed: memory is that of one
+        batch of windows whatever the file's length, and `output` appears only once complete. Returns the
+        gain the output format needed (1.0 unless an integer format was scaled to fit)."""
+        codec = self.codec
+        with audio.Reader(source) as reader, audio.Writer(output, reader.sample_rate, reader.channels) as writer:
+            for _, edited in audio.through(reader, reader.sample_rate, reader.channels, codec.sample_rate,
+                                           codec.audio_channels, self._windowed(instruction, window_batch, kwargs)):
+                writer.write(edited)
+            return audio.finish([writer], output)
 
     def edit_many(self, clips: list[audio.Audio], instructions: list[str], **kwargs) -> list[audio.Audio]:
         if len(clips) != len(instructions):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from shards.cli import run_command
 
@@ -23,11 +22,9 @@ def _train(args) -> int:
 
 
 def _separate(args) -> int:
-    import numpy as np
     import torch
 
     from pretrain.pipeline import check_bundle
-    from shards import audio
     from shards.cli import check_jobs, read_batch
 
     from .pipeline import LanguageSeparator
@@ -57,20 +54,8 @@ def _separate(args) -> int:
               f"(and {manifest.with_name('no_processing.jsonl')} for the no-processing row)")
         return 0
     for job in jobs:
-        mixture = audio.decode(job["input"])
-        target, residual = separator.separate(mixture, job["query"], window_batch=args.window_batch)
-        outputs = [(job[k], clip) for k, clip in (("output", target), ("residual", residual)) if job.get(k)]
-        # target + residual = mixture after writing: float files keep every value; an integer format gets one
-        # gain for both outputs (each scaled on its own would no longer add up to the mixture)
-        integer = [c for p, c in outputs if not audio.holds_float(p)]
-        peak = max((float(np.abs(c.samples).max()) for c in integer), default=0.0)
-        gain = 0.999 / peak if peak > 1.0 else 1.0
-        if gain != 1.0:
-            print(f"{job['input']}: outputs exceed full scale; both scaled by {20 * np.log10(gain):.2f} dB to fit "
-                  "(write .wav to keep every value)", file=sys.stderr)
-        for path, clip in outputs:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            audio.write(path, audio.Audio(clip.samples * gain, clip.sample_rate))
+        separator.separate_file(job["input"], job["query"], job["output"], job.get("residual"),
+                                window_batch=args.window_batch)
         print(f"{job['output']}  <- {job['input']} + {job['query']!r}" + (f" (rest: {job['residual']})" if job.get("residual") else ""))
     return 0
 
@@ -87,7 +72,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("separate", help="extract what a text describes from a mixture (and the rest: 'remove X')")
     p.add_argument("--checkpoint", required=True, help="a separation bundle (the export of stage separator)")
     p.add_argument("--window-batch", type=int, default=8,
-                   help="windows of a long input separated per forward (memory is one batch, whatever the length)")
+                   help="windows of a long input separated per forward, all their channels (memory is one batch "
+                        "whatever the input's length: files are streamed)")
     p.add_argument("args", nargs="*", metavar="MIXTURE QUERY", help="input audio (any format, rate, channels, length) "
                                                                    "and the text query")
     p.add_argument("-o", "--output", default="target.wav", help="the extracted sound (--test-set: a directory)")

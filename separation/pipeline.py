@@ -7,12 +7,14 @@
 Text query -> CLAP text embedding -> (two-stage) the query model's predicted target audio embedding from
 the text embedding and the mixture -> the separator. Any decodable input, rate and channel count (each channel
 separated, the result returned at the input's rate); inputs longer than the training chunk are cut into
-windows that overlap by `overlap` seconds and are crossfaded. The residual (mixture − target) is "remove X".
-Shape legend: b batch, s samples.
+windows that overlap by `overlap` seconds and are crossfaded (shards/windows.py); `separate_file` streams a file
+through it (shards/audio.py), so memory does not grow with its length. The residual (mixture − target) is
+"remove X". Shape legend: b batch, s samples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -88,22 +90,40 @@ class LanguageSeparator:
         ssl = self.ssl(mixtures, self.sample_rate) if self.ssl is not None else None
         return self.asm(mixtures, emb, ssl)[0]
 
+    def _windowed(self, query: str, overlap: float, window_batch: int):
+        """The separator as `audio.through` runs it: every channel in windows of the training chunk that overlap
+        by `overlap` seconds, `window_batch` windows (all their channels) per forward, crossfaded."""
+        window = round(self.chunk * self.sample_rate)
+        fade = min(round(overlap * self.sample_rate), window // 4)
+
+        def process(pieces: torch.Tensor, indices: list[int]) -> torch.Tensor:  # (w, channels, s) -> same
+            w, c, n = pieces.shape
+            return self.separate_waves(pieces.reshape(w * c, n), [query] * (w * c)).float().reshape(w, c, n)
+
+        return lambda blocks: windows.overlap_add(blocks, window, fade, window_batch, process)
+
     @torch.no_grad()
     def separate(self, clip: audio.Audio, query: str, overlap: float = 0.5,
                  window_batch: int = 8) -> tuple[audio.Audio, audio.Audio]:
-        """(target, residual) of a clip at its own rate, channel count and length. Each channel is separated
-        in windows of the training chunk that overlap by `overlap` seconds, `window_batch` windows per forward,
-        crossfaded (shards/windows.py): memory is one batch of windows whatever the input's length. The
-        residual is the mixture minus the target, so the two sum to the input exactly."""
-        x = torch.from_numpy(np.ascontiguousarray(audio.resample(clip, self.sample_rate).samples))  # (channels, s)
-        n, window = x.shape[-1], round(self.chunk * self.sample_rate)
-        fade = min(round(overlap * self.sample_rate), window // 4)
-        spans = windows.spans(n, window, window - fade)
-        out = windows.OverlapAdd((x.shape[0],), n, fade, spans)
-        pieces = [(c, a, b) for a, b in spans for c in range(x.shape[0])]
-        for group in windows.batches(pieces, window_batch):
-            est = self.separate_waves(torch.stack([x[c, a:b] for c, a, b in group]), [query] * len(group)).float().cpu()
-            for (c, a, b), piece in zip(group, est):
-                out.add(piece, a, b, at=(c,))
-        target = audio.restore(out.result().numpy(), self.sample_rate, clip)
-        return target, audio.Audio(clip.samples - target.samples, clip.sample_rate)
+        """(target, residual) of a clip at its own rate, channel count and length (`separate_file` streams a file
+        of any length). The residual is the mixture minus the target, so the two sum to the input exactly."""
+        pairs = audio.through([clip.samples], clip.sample_rate, clip.channels, self.sample_rate, clip.channels,
+                              self._windowed(query, overlap, window_batch))
+        target = np.concatenate([y for _, y in pairs], axis=-1)
+        return audio.Audio(target, clip.sample_rate), audio.Audio(clip.samples - target, clip.sample_rate)
+
+    @torch.no_grad()
+    def separate_file(self, mixture: str | Path, query: str, output: str | Path | None,
+                      residual: str | Path | None = None, overlap: float = 0.5, window_batch: int = 8) -> float:
+        """Separate an audio file into `output` (the target) and optionally `residual` (the mixture minus the
+        target), at the file's rate, channels and length, streamed: memory is that of one batch of windows
+        whatever the file's length, and the outputs appear only once complete. Integer formats get one gain for
+        both, so that target + residual = mixture after writing; returns it."""
+        roles = [(path, rest) for path, rest in ((output, False), (residual, True)) if path]
+        with audio.Reader(mixture) as reader, contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(audio.Writer(p, reader.sample_rate, reader.channels)) for p, _ in roles]
+            for x, y in audio.through(reader, reader.sample_rate, reader.channels, self.sample_rate, reader.channels,
+                                      self._windowed(query, overlap, window_batch)):
+                for (_, rest), writer in zip(roles, writers):
+                    writer.write(x - y if rest else y)
+            return audio.finish(writers, mixture)

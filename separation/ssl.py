@@ -7,9 +7,10 @@ directory, frozen. `none` turns the SSL branch off (the paper's "w/o SSL" ablati
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
+
+from shards import sinc
 
 
 class SSLEncoder(nn.Module):
@@ -28,14 +29,20 @@ class SSLEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, waves: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """(b, s) mono at `sample_rate` -> (b, frames, dim)."""
-        import soxr
+        """(b, s) mono at `sample_rate` -> (b, frames, dim). On the encoder's device, batched: resampled there
+        (shards/sinc.py) and, for the wav2vec 2.0 family's extractor (wav2vec 2.0, HuBERT, WavLM), normalised
+        there as that extractor does (zero mean, unit variance per clip); other extractors (e.g. AST's
+        filterbanks) run on the CPU."""
+        from transformers import Wav2Vec2FeatureExtractor
 
         device = next(self.model.parameters()).device
-        audio = [soxr.resample(w, sample_rate, self.sample_rate) if sample_rate != self.sample_rate else w
-                 for w in waves.detach().float().cpu().numpy()]
-        inputs = self.extractor([np.asarray(a, dtype=np.float32) for a in audio], sampling_rate=self.sample_rate,
-                                return_tensors="pt", padding=True).to(device)
+        waves = sinc.resample(waves.detach().to(device, torch.float32), sample_rate, self.sample_rate)
+        if type(self.extractor) is Wav2Vec2FeatureExtractor:
+            if self.extractor.do_normalize:
+                waves = (waves - waves.mean(-1, keepdim=True)) / torch.sqrt(waves.var(-1, unbiased=False, keepdim=True) + 1e-7)
+            return self.model(input_values=waves).last_hidden_state.float()
+        inputs = self.extractor(list(waves.cpu().numpy()), sampling_rate=self.sample_rate, return_tensors="pt",
+                                padding=True).to(device)
         return self.model(**inputs).last_hidden_state.float()
 
 

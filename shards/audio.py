@@ -1,12 +1,22 @@
-"""Audio I/O: decode any container to float32 (channels, samples), mix, resample, pad/crop, encode FLAC.
+"""Audio I/O: decode any container to float32 (channels, samples), mix, resample, pad/crop, encode FLAC, write.
 
 soundfile (libsndfile) reads wav/flac/ogg/mp3; everything else AudioSet downloads come as (m4a, opus,
 webm, mp4) goes through PyAV. Resampling is soxr (high quality, fast on CPU).
+
+Long files stay out of memory: a `Reader` decodes a block at a time, `through` passes blocks through a model at
+its rate and channel count and back (soxr's streaming resampler, equal to its one-shot `resample` to the bit),
+and a `Writer` writes blocks through a temporary file renamed into place.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,25 +55,90 @@ class Audio:
         return self.samples.shape[0]
 
 
-def _decode_soundfile(src) -> Audio:
-    data, sr = sf.read(src, dtype="float32", always_2d=True)  # (samples, channels)
-    return Audio(np.ascontiguousarray(data.T), int(sr))
+BLOCK_SECONDS = 10.0  # what a Reader decodes at a time
 
 
-def _decode_pyav(src) -> Audio:
-    import av
+class Reader:
+    """An audio file (a path, or encoded bytes) decoded a block at a time: `sample_rate` and `channels` are
+    known on opening, iterating yields (channels, s) float32 blocks of about `seconds` each, checked finite;
+    a file without samples raises. Errors are AudioError naming the file. Use it as a context manager."""
 
-    with av.open(src) as container:
-        if not container.streams.audio:
-            raise AudioError("the container has no audio stream")
-        stream = container.streams.audio[0]
-        # Resample to planar float so every codec yields the same layout.
+    def __init__(self, src: str | Path | bytes, name: str | None = None, seconds: float | None = None):
+        self.label = name or (str(src) if not isinstance(src, bytes) else "<bytes>")
+        suffix = Path(name or (src if not isinstance(src, bytes) else "")).suffix.lower()
+        if isinstance(src, (str, Path)) and not Path(src).is_file():
+            raise AudioError(f"{self.label}: no such file")
+        self._handle = io.BytesIO(src) if isinstance(src, bytes) else str(src)
+        self._file = self._container = None
+        try:
+            if suffix in SOUNDFILE_SUFFIXES or (isinstance(src, bytes) and not suffix):
+                try:
+                    self._file = sf.SoundFile(self._handle)
+                except sf.LibsndfileError:
+                    if isinstance(self._handle, io.BytesIO):
+                        self._handle.seek(0)
+            if self._file is not None:
+                self.sample_rate, self.channels = int(self._file.samplerate), int(self._file.channels)
+            else:
+                import av
+
+                self._container = av.open(self._handle)
+                if not self._container.streams.audio:
+                    raise AudioError("the container has no audio stream")
+                stream = self._container.streams.audio[0]
+                self.sample_rate, self.channels = int(stream.rate), len(stream.layout.channels)
+        except AudioError as e:
+            self.close()
+            raise AudioError(f"{self.label}: {e}") from None
+        except Exception as e:  # decoder libraries raise many types; all mean "unreadable"
+            self.close()
+            raise AudioError(f"{self.label}: unreadable audio ({type(e).__name__}: {e})") from None
+        self.block = max(1, round((seconds or BLOCK_SECONDS) * self.sample_rate))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        total = 0
+        try:
+            for block in self._soundfile_blocks() if self._file is not None else self._pyav_blocks():
+                if not np.isfinite(block).all():
+                    raise AudioError("audio contains NaN or infinite samples")
+                total += block.shape[-1]
+                yield block
+        except AudioError as e:
+            raise AudioError(f"{self.label}: {e}") from None
+        except Exception as e:  # noqa: BLE001
+            raise AudioError(f"{self.label}: unreadable audio ({type(e).__name__}: {e})") from None
+        if total == 0:
+            raise AudioError(f"{self.label}: empty audio (0 samples)")
+
+    def _soundfile_blocks(self) -> Iterator[np.ndarray]:
+        for block in self._file.blocks(self.block, dtype="float32", always_2d=True):  # (samples, channels)
+            yield np.ascontiguousarray(block.T)
+
+    def _pyav_blocks(self) -> Iterator[np.ndarray]:
+        import av
+
+        stream = self._container.streams.audio[0]
+        # resampled to planar float so that every codec yields the same layout
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-        chunks = [out.to_ndarray() for frame in container.decode(stream) for out in resampler.resample(frame)]
-        chunks += [out.to_ndarray() for out in resampler.resample(None)]
-        if not chunks:
-            raise AudioError("no audio frames decoded")
-        return Audio(np.concatenate(chunks, axis=1).astype(np.float32), int(stream.rate))
+        chunks, held = [], 0
+        for frame in itertools.chain(self._container.decode(stream), [None]):  # None flushes the resampler
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().astype(np.float32, copy=False))
+                held += chunks[-1].shape[-1]
+            if chunks and (held >= self.block or frame is None):
+                yield np.concatenate(chunks, axis=1)
+                chunks, held = [], 0
+
+    def close(self) -> None:
+        for resource in (self._file, self._container):
+            if resource is not None:
+                resource.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def check_readable(path: str | Path) -> float | None:
@@ -94,31 +169,9 @@ def check_readable(path: str | Path) -> float | None:
 
 
 def decode(src: str | Path | bytes, name: str | None = None) -> Audio:
-    """Decode a file path or encoded bytes. Raises AudioError naming the file for unreadable/empty audio."""
-    label = name or (str(src) if not isinstance(src, bytes) else "<bytes>")
-    suffix = Path(name or (src if not isinstance(src, bytes) else "")).suffix.lower()
-    if isinstance(src, (str, Path)) and not Path(src).is_file():
-        raise AudioError(f"{label}: no such file")
-    handle = io.BytesIO(src) if isinstance(src, bytes) else str(src)
-    try:
-        if suffix in SOUNDFILE_SUFFIXES or (isinstance(src, bytes) and not suffix):
-            try:
-                audio = _decode_soundfile(handle)
-            except sf.LibsndfileError:
-                if isinstance(handle, io.BytesIO):
-                    handle.seek(0)
-                audio = _decode_pyav(handle)
-        else:
-            audio = _decode_pyav(handle)
-    except AudioError as e:
-        raise AudioError(f"{label}: {e}") from None
-    except Exception as e:  # decoder libraries raise many types; all mean "unreadable"
-        raise AudioError(f"{label}: unreadable audio ({type(e).__name__}: {e})") from None
-    if audio.samples.shape[-1] == 0:
-        raise AudioError(f"{label}: empty audio (0 samples)")
-    if not np.isfinite(audio.samples).all():
-        raise AudioError(f"{label}: audio contains NaN or infinite samples")
-    return audio
+    """Decode a file path or encoded bytes whole. Raises AudioError naming the file for unreadable/empty audio."""
+    with Reader(src, name) as reader:
+        return Audio(np.concatenate(list(reader), axis=1), reader.sample_rate)
 
 
 def to_mono(audio: Audio) -> Audio:
@@ -146,6 +199,71 @@ def restore(samples: np.ndarray, sample_rate: int, like: Audio) -> Audio:
     its channel count and its exact length."""
     out = conform(Audio(np.ascontiguousarray(samples, dtype=np.float32), sample_rate), like.sample_rate, like.channels)
     return Audio(fit_length(out, like.samples.shape[-1]).astype(np.float32), like.sample_rate)
+
+
+def _channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """(channels, s): as is when the count matches, else the mean repeated (mono to stereo, stereo to mono)."""
+    return x if x.shape[0] == channels else np.repeat(x.mean(0, keepdims=True), channels, axis=0)
+
+
+class _Resampler:
+    """soxr's streaming resampler on (channels, s) blocks (the identity when the rates agree)."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int):
+        self.stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ") \
+            if rate_in != rate_out else None
+        self.channels = channels
+
+    def __call__(self, x: np.ndarray | None, last: bool = False) -> np.ndarray:
+        if x is None:
+            x = np.zeros((self.channels, 0), np.float32)
+        if self.stream is None:
+            return x
+        return np.ascontiguousarray(self.stream.resample_chunk(np.ascontiguousarray(x.T), last=last).T)
+
+
+def through(blocks: Iterable[np.ndarray], sample_rate: int, channels: int, model_rate: int, model_channels: int,
+            model: Callable[[Iterator[np.ndarray]], Iterable]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream a signal, given as (channels, s) blocks at `sample_rate`, through `model` and back.
+
+    `model` maps an iterator of (model_channels, s) blocks at `model_rate` (the signal as `conform` makes it) to
+    an iterable of blocks of the same form, in order and as long in total. Their result comes back as `restore`
+    makes it: yields (input, output) pairs of equal length at the signal's rate and channel count, together
+    exactly as long as the input. Memory is the model's lag, whatever the signal's length."""
+    held: deque[np.ndarray] = deque()  # input not yet paired with output
+    read, ended = 0, False
+
+    def conformed() -> Iterator[np.ndarray]:
+        nonlocal read, ended
+        to_model = _Resampler(sample_rate, model_rate, channels)
+        for block in blocks:
+            held.append(block)
+            read += block.shape[-1]
+            yield _channels(to_model(block), model_channels)
+        ended = True
+        yield _channels(to_model(None, last=True), model_channels)
+
+    def paired(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pieces, need = [], y.shape[-1]
+        while need:
+            if not held:
+                raise RuntimeError("the model returned more than it was given")
+            block = held.popleft()
+            if block.shape[-1] > need:
+                block, rest = block[..., :need], block[..., need:]
+                held.appendleft(rest)
+            pieces.append(block)
+            need -= block.shape[-1]
+        return np.concatenate(pieces, axis=-1), y
+
+    back, written = _Resampler(model_rate, sample_rate, model_channels), 0
+    for last, out in itertools.chain(((False, o) for o in model(conformed())), [(True, None)]):
+        y = _channels(back(None if out is None else np.asarray(out, dtype=np.float32), last=last), channels)
+        if ended:  # the input's length is known: the output is cut, or padded at the very end, to it
+            y = fit_length(y, read - written) if last else y[..., :read - written]
+        if y.shape[-1]:
+            written += y.shape[-1]
+            yield paired(y)
 
 
 def fit_length(samples: np.ndarray, length: int, mode: str = "zero") -> np.ndarray:
@@ -192,26 +310,80 @@ def encode_flac(audio: Audio, bits: int = 16) -> bytes:
 
 # containers soundfile writes as 32-bit float: values past ±1 are kept, nothing is clipped
 FLOAT_SUFFIXES = {".wav", ".wave", ".w64", ".rf64", ".caf", ".aiff", ".aif", ".au"}
+log = logging.getLogger(__name__)
 
 
 def holds_float(path: str | Path) -> bool:
     return Path(path).suffix.lower() in FLOAT_SUFFIXES
 
 
-def write(path: str | Path, audio: Audio) -> float:
-    """Write audio to a file whose format follows the suffix, never clipping: wav/aiff/caf/w64 as 32-bit float
-    (every value kept); integer formats (flac, ogg, mp3) scaled down to fit when the peak exceeds 1, with a
-    warning. Returns the gain applied (1.0 unless scaled)."""
-    path, samples = Path(path), audio.samples
-    if holds_float(path):
-        sf.write(str(path), samples.T, audio.sample_rate, subtype="FLOAT")
-        return 1.0
-    peak = float(np.abs(samples).max()) if samples.size else 0.0
-    gain = 1.0 if peak <= 1.0 else 0.999 / peak
-    if gain != 1.0:
-        import logging
+class Writer:
+    """Writes (channels, s) blocks to `path` (its folder made if needed; its suffix gives the format) under a
+    temporary name; `finish`
+    renames it into place, so that a failed job leaves no partial file (nothing is written without `finish`).
+    Float formats (wav, aiff, caf, w64) keep every value. The others (flac, ogg, mp3) hold [-1, 1]: their blocks
+    go to a temporary float file first and `finish` writes them at one gain, scaled down when the peak exceeds
+    full scale, never clipped."""
 
-        logging.getLogger(__name__).warning("%s: peak %.3f exceeds full scale; scaled by %.2f dB to fit (write .wav to "
-                                            "keep every value)", path, peak, 20 * np.log10(gain))
-    sf.write(str(path), samples.T * gain, audio.sample_rate)
+    def __init__(self, path: str | Path, sample_rate: int, channels: int):
+        self.path, self.sample_rate, self.channels = Path(path), sample_rate, channels
+        self.float, self.peak = holds_float(path), 0.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._temporary(self.path.suffix if self.float else ".wav")
+        self._file = sf.SoundFile(str(self._tmp), "w", sample_rate, channels, subtype="FLOAT")
+
+    def _temporary(self, suffix: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+    def write(self, block: np.ndarray) -> None:
+        if block.size:
+            self.peak = max(self.peak, float(np.abs(block).max()))
+        self._file.write(np.ascontiguousarray(block.T))
+
+    def _finish(self, gain: float) -> None:
+        self._file.close()
+        if not self.float:
+            final = self._temporary(self.path.suffix)
+            try:
+                with sf.SoundFile(str(self._tmp)) as src, \
+                        sf.SoundFile(str(final), "w", self.sample_rate, self.channels) as dst:
+                    for block in src.blocks(1 << 18, dtype="float32", always_2d=True):
+                        dst.write(block * gain)
+            except BaseException:
+                final.unlink(missing_ok=True)
+                raise
+            self._tmp.unlink()
+            self._tmp = final
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp.exists():  # not finished: nothing is written
+            self.discard()
+
+
+def finish(writers: list[Writer], label: str | Path) -> float:
+    """Put every writer's file in place, integer formats at one gain (outputs that add up, e.g. a separated
+    target and its residual, still add up after writing); a warning says when it is below 1. Returns it."""
+    peak = max((w.peak for w in writers if not w.float), default=0.0)
+    gain = 0.999 / peak if peak > 1.0 else 1.0
+    if gain != 1.0:
+        log.warning("%s: peak %.3f exceeds full scale; scaled by %.2f dB to fit (write .wav to keep every value)",
+                    label, peak, 20 * np.log10(gain))
+    for w in writers:
+        w._finish(gain)
     return gain
+
+
+def write(path: str | Path, audio: Audio) -> float:
+    """Write a clip to a file whose format follows the suffix, never clipping (see `Writer`): returns the gain
+    applied (1.0 unless an integer format needed scaling)."""
+    with Writer(path, audio.sample_rate, audio.channels) as writer:
+        writer.write(audio.samples)
+        return finish([writer], path)

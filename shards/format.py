@@ -6,6 +6,9 @@ Bump SCHEMA_VERSION on any change a reader could notice, and describe the change
 from __future__ import annotations
 
 import re
+import tarfile
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -116,3 +119,35 @@ def sidecar_row(key: str, meta: dict, status: str = STATUS_OK, error: str | None
         "edit_clap": [clap[r] for r in EDIT_ROLES if clap.get(r) is not None],
         "edit_span_methods": [m for m in ((meta.get("span_method") or {}).get(e) for e in ("a", "b")) if m],
     }
+
+
+class UnsafeMember(ValueError):
+    """A tar member that is not a plain file named KEY.EXT with a safe key (a directory, a link, a path)."""
+
+
+def _raise(info: tarfile.TarInfo) -> None:
+    raise UnsafeMember(f"unsafe or unexpected tar member {info.name!r}")
+
+
+def tar_samples(tar: tarfile.TarFile, member: Callable[[tarfile.TarInfo], Any], size: int | None = None,
+                unsafe: Callable[[tarfile.TarInfo], None] = _raise) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, {ext: member(info)}) per sample of an open tar, its members grouped in order by key (the name up to
+    its first dot): the one grouping of tar members every shard reader uses. A member that is not a plain file
+    with a safe key goes to `unsafe` (raises UnsafeMember unless it is given another handler; skipped then).
+    With the file's `size`, a member ending past it raises EOFError: a seekable tar cut short would otherwise
+    read as a clean end of archive."""
+    key, sample = None, {}
+    for info in tar:
+        if size is not None and info.offset_data + info.size > size:
+            raise EOFError(f"member {info.name!r} ends at byte {info.offset_data + info.size}, the file has {size}")
+        k, _, ext = info.name.partition(".")
+        if not info.isfile() or not KEY_RE.match(k):
+            unsafe(info)
+            continue
+        if k != key and key is not None:
+            yield key, sample
+            sample = {}
+        key = k
+        sample[ext] = member(info)
+    if key is not None:
+        yield key, sample

@@ -61,26 +61,10 @@ def shard_urls(source: str | Path | list) -> list[str]:
     return list(wds.shardlists.expand_urls(str(source)))
 
 
-def _by_key(tar: tarfile.TarFile, member):
-    """(key, {ext: member(info)}) per sample of an open tar, its members grouped in order."""
-    key, sample = None, {}
-    for info in tar:
-        if not info.isfile():
-            continue
-        k, _, ext = info.name.partition(".")
-        if k != key and key is not None:
-            yield key, sample
-            sample = {}
-        key = k
-        sample[ext] = member(info)
-    if key is not None:
-        yield key, sample
-
-
 def iter_tar_samples(path: Path):
     """(key, {ext: bytes}) for each sample of a tar, read as a stream."""
     with tarfile.open(path, "r|") as tar:
-        yield from _by_key(tar, lambda info: tar.extractfile(info).read())
+        yield from fmt.tar_samples(tar, lambda info: tar.extractfile(info).read())
 
 
 def iter_tar_index(path: Path):
@@ -91,7 +75,7 @@ def iter_tar_index(path: Path):
             meta = json.loads(tar.extractfile(info).read()) if info.name.endswith("." + fmt.META) else None
             return (info.offset_data, info.size), meta
 
-        for key, members in _by_key(tar, member):
+        for key, members in fmt.tar_samples(tar, member, size=path.stat().st_size):
             yield key, members.get(fmt.META, (None, None))[1], {ext: span for ext, (span, _) in members.items()}
 
 

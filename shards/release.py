@@ -72,39 +72,23 @@ def release_row(key: str, meta: dict, flac: bytes | None) -> dict:
 def iter_shard(path: Path, shard: str, with_audio: bool, members: list[str]):
     """(key, meta, flac or None) per sample, reading only json (and flac when asked): other members are
     skipped by seeking. Raises ReleaseError on a truncated tar, an unsafe member name or an incomplete sample."""
-    key, found, meta, flac = None, set(), None, None
-    size = path.stat().st_size
-
-    def finish():
-        missing = [m for m in members if m not in found]
-        if missing:
-            raise ReleaseError(f"{shard}: sample {key} lacks member(s) {missing}; run `capflow shards validate` and "
-                               "rewrite the shard (rerun the job that made it)")
-        return key, json.loads(meta), flac
-
+    wanted = {fmt.META} | ({fmt.AUDIO} if with_audio else set())
     try:
         with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                name = info.name
-                if info.offset_data + info.size > size:  # seeking past the end would read as a clean end
-                    raise EOFError(f"member {name!r} ends past the end of the file")
-                k, _, ext = name.partition(".")
-                if not info.isfile() or not fmt.KEY_RE.match(k) or "/" in name:
-                    raise ReleaseError(f"{shard}: unsafe or unexpected tar member {name!r}; refusing to release it")
-                if k != key:
-                    if key is not None:
-                        yield finish()
-                    key, found, meta, flac = k, set(), None, None
-                found.add(ext)
-                if ext == fmt.META:
-                    meta = tar.extractfile(info).read()
-                elif ext == fmt.AUDIO and with_audio:
-                    flac = tar.extractfile(info).read()
+            def read(info: tarfile.TarInfo) -> bytes | None:
+                return tar.extractfile(info).read() if info.name.partition(".")[2] in wanted else None
+
+            for key, found in fmt.tar_samples(tar, read, size=path.stat().st_size):
+                missing = [m for m in members if m not in found]
+                if missing:
+                    raise ReleaseError(f"{shard}: sample {key} lacks member(s) {missing}; run `capflow shards validate` "
+                                       "and rewrite the shard (rerun the job that made it)")
+                yield key, json.loads(found[fmt.META]), found.get(fmt.AUDIO)
+    except fmt.UnsafeMember as e:
+        raise ReleaseError(f"{shard}: {e}; refusing to release it") from None
     except (tarfile.TarError, EOFError) as e:
         raise ReleaseError(f"{shard}: tar is truncated or corrupt ({type(e).__name__}: {e}); run `capflow shards "
                            "validate` and rerun the job that made it") from None
-    if key is not None:
-        yield finish()
 
 
 class _SplitWriter:

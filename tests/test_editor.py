@@ -200,7 +200,7 @@ def test_edit_loss_drops_instruction_and_source(tiny_models, edit_latents):
     assert seen["instructions"] == ["", ""] and not seen["source"].any()
 
 
-def test_edit_any_rate_channels_and_length_and_t_start_zero(tmp_path, tiny_models, edit_latents):
+def test_edit_any_rate_channels_and_length_and_t_start_zero(tmp_path, tiny_models, edit_latents, monkeypatch):
     export = run_finetune(_cfg(tmp_path / "run", edit_latents, tiny_models, steps=2))
     editor = InstructionEditor.from_pretrained(export)
     rng = np.random.default_rng(0)
@@ -216,6 +216,13 @@ def test_edit_any_rate_channels_and_length_and_t_start_zero(tmp_path, tiny_model
     one = editor.edit(clip, "Remove the noise", steps=2, window_batch=1)
     three = editor.edit(clip, "Remove the noise", steps=2, window_batch=3)
     np.testing.assert_allclose(one.samples, three.samples, atol=1e-4)
+    # a file is streamed (here in 1-s blocks) to the same edit, and written only once complete
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1.0)
+    audio.write(tmp_path / "in.wav", clip)
+    assert editor.edit_file(tmp_path / "in.wav", tmp_path / "edits" / "out.wav", "Remove the noise", steps=2,
+                            window_batch=3) == 1.0
+    np.testing.assert_allclose(audio.decode(tmp_path / "edits" / "out.wav").samples, three.samples, atol=1e-5)
+    assert [p.name for p in (tmp_path / "edits").iterdir()] == ["out.wav"]
     with pytest.raises(ValueError, match="capflow-t2a"):
         InstructionEditor.from_pretrained(tiny_models["t2a-untrained"])
 

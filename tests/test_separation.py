@@ -61,6 +61,21 @@ def test_pqmf_reconstructs_and_the_separator_keeps_any_length():
         assert est.shape == (2, n) and spec.shape[1] == 8 and cond.shape[1] == 4 * asm.config.cond_dim
 
 
+def test_ssl_features_are_computed_on_the_device_as_the_extractor_would(tiny_models):
+    """The SSL branch resamples and normalises the batch on the encoder's device: the same features as the
+    model's own feature extractor given each clip resampled by soxr (on a GPU, shards/sinc.py's method,
+    tested against soxr)."""
+    from separation.ssl import SSLEncoder
+
+    ssl = SSLEncoder(str(tiny_models["ssl"]))
+    waves = torch.randn(3, 22050) * torch.tensor([[0.1], [1.0], [3.0]])
+    with torch.no_grad():
+        clips = [audio.resample(audio.Audio(w[None], 22050), 16000).samples[0] for w in waves.numpy()]
+        inputs = ssl.extractor(clips, sampling_rate=16000, return_tensors="pt")
+        expected = ssl.model(**inputs).last_hidden_state
+    torch.testing.assert_close(ssl(waves, 22050), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_query_model_takes_the_mixtures_clap_embedding_unless_ablated():
     from separation.query import QueryModel, preset
 
@@ -117,7 +132,7 @@ def test_two_stage_bundle_separates_with_the_query_models_embedding(tmp_path, ti
 
 
 @pytest.mark.timeout(400)
-def test_tiny_separator_reaches_a_positive_sdri_and_separates_files(tmp_path, tiny_models, data):
+def test_tiny_separator_reaches_a_positive_sdri_and_separates_files(tmp_path, tiny_models, data, monkeypatch):
     # the ACT ablations off (no discriminator, no denoiser) to fit a CPU test: L1 alone trains the mask
     export = run_separation(_cfg(tmp_path / "s", data[0], tiny_models, steps=100, one_stage=True,
                                  act={"adversarial": 0.0, "denoiser": False}))
@@ -129,6 +144,13 @@ def test_tiny_separator_reaches_a_positive_sdri_and_separates_files(tmp_path, ti
     target, rest = separator.separate(clip, "sine tone")  # stereo, another rate, longer than the 0.5-s chunk
     assert target.samples.shape == clip.samples.shape and target.sample_rate == 22050
     assert rest.samples.shape == clip.samples.shape
+    # a file is streamed (here in 0.3-s blocks) to the same separation; target + residual = mixture as written
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.3)
+    audio.write(tmp_path / "mix.wav", clip)
+    separator.separate_file(tmp_path / "mix.wav", "sine tone", tmp_path / "t.wav", tmp_path / "r.wav")
+    written = audio.decode(tmp_path / "t.wav").samples
+    np.testing.assert_allclose(written, target.samples, atol=1e-5)
+    np.testing.assert_allclose(written + audio.decode(tmp_path / "r.wav").samples, clip.samples, atol=1e-6)
 
 
 @pytest.mark.timeout(300)

@@ -324,3 +324,31 @@ def test_ontology_relates_ancestors_and_descendants_and_collapses_weak_labels(tm
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="ontology.json"):
         Ontology.load(tmp_path / "bad.json")
+
+
+def test_every_tar_reader_refuses_an_unsafe_member_and_a_cut_tar(tmp_path):
+    """validate, release and the index readers group tar members by key with one iterator
+    (format.tar_samples): each refuses a path-like member and a tar whose last member ends past the file."""
+    import io
+    import tarfile
+
+    from shards.reader import iter_tar_index
+
+    d = tmp_path / "s"
+    _write_set(d, n=4, failures=False)
+    path = d / "t-000000.tar"
+    clean = path.read_bytes()
+    with tarfile.open(path, "a") as tar:
+        info = tarfile.TarInfo("sub/evil.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    write_manifest(d)
+    assert any("unsafe or unexpected tar member 'sub/evil.json'" in str(p) for p in validate(d))
+    with pytest.raises(ValueError, match="t-000000: unsafe or unexpected tar member 'sub/evil.json'; refusing"):
+        release(d, tmp_path / "r", license="mit", progress=False)
+    with pytest.raises(ValueError, match="unsafe or unexpected tar member"):
+        list(iter_tar_index(path))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(clean[:len(clean) // 2])
+    with pytest.raises(EOFError, match="ends at byte"):
+        list(iter_tar_index(cut))
