@@ -196,9 +196,7 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     editor = InstructionEditor.from_pretrained(editor_dir)
     _step(15, f"edit a clip and the held-out edit groups -> {workdir / 'edits'}")
     source = next(p for p in sorted((workdir / "corpus" / "audio").glob("*.flac")) if _decodes(p))
-    edited = editor.edit(audio.decode(source), "Remove the hum", steps=4)
-    (workdir / "edits").mkdir(exist_ok=True)
-    audio.write(workdir / "edits" / "remove_the_hum.wav", edited)
+    editor.edit_file(source, workdir / "edits" / "remove_the_hum.wav", "Remove the hum", steps=4)  # streamed
     edits = edit_test_set(editor, edit_cfg.output, workdir / "edits" / "test", steps=4)
     _step(16, f"evaluate the edits per operation -> {workdir / 'edits' / 'eval'}")
     report = evaluate(EvalConfig(generated=str(edits), models=str(workdir / "models"), out=str(workdir / "edits" / "eval"),
@@ -225,10 +223,8 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     separator_export = run_separation(demo_separation_config(workdir, "separator"))
     _step(19, f"separate held-out mixtures and one file -> {workdir / 'separation'}")
     separator = LanguageSeparator.from_pretrained(separator_export)
-    target, rest = separator.separate(clip, "clicking")
-    (workdir / "separation").mkdir(exist_ok=True)
-    audio.write(workdir / "separation" / "clicking.wav", target)
-    audio.write(workdir / "separation" / "without_clicking.wav", rest)
+    separator.separate_file(source, "clicking", workdir / "separation" / "clicking.wav",
+                            residual=workdir / "separation" / "without_clicking.wav")  # streamed, file to file
     manifest = separation_test_set(separator, workdir / "shards" / "audio", workdir / "separation" / "test", mixtures=4,
                                    ontology=workdir / "corpus" / "ontology.json")
     for name in ("separations", "no_processing"):
