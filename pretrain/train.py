@@ -292,12 +292,13 @@ class Trainer:
         flag = torch.tensor([float(torch.isfinite(value).all())], device=self.acc.device)
         return bool(self.acc.reduce(flag, "sum").item() == self.acc.num_processes)
 
-    def _clip_grad_norm(self) -> float | None:
-        """Clip and return the total gradient norm (DeepSpeed clips inside its step and reports it)."""
+    def _clip_grad_norm(self) -> torch.Tensor | None:
+        """Clip and return the total gradient norm, left on the device: the finiteness check is the step's one
+        host sync, and the log reads the value (DeepSpeed clips inside its step and reports it)."""
         if self.is_deepspeed:
             norm = self.model.get_global_grad_norm()
-            return None if norm is None else float(norm)
-        return float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+            return None if norm is None else torch.as_tensor(float(norm))
+        return self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
 
     def _skip(self, what: str, batch: dict) -> None:
         """Count a skipped micro-batch or optimizer step; too many in a row stop the run."""
@@ -430,7 +431,7 @@ class Trainer:
             # NaN: the step is skipped on every rank and counted like a non-finite loss (DeepSpeed skips its own
             # step on such gradients and reports an infinite norm)
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip(f"non-finite gradient norm ({grad_norm})", batch)
+            self._skip(f"non-finite gradient norm ({float(grad_norm)})", batch)
             return None
         st.nan_in_row = 0
         lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at
@@ -452,7 +453,7 @@ class Trainer:
             stats = self.step()
             if stats is None:  # a non-finite gradient: the step was skipped
                 continue
-            grad_norm, lr = stats["grad_norm"], stats["lr"]
+            lr = stats["lr"]
             window_loss += stats["loss_sum"]
             window_micro += stats["micro_batches"]
             window_samples += stats["samples"]
@@ -467,6 +468,7 @@ class Trainer:
                 sums = self.acc.reduce(torch.stack([torch.as_tensor(window_loss, dtype=torch.float32, device=dev),
                                                     torch.tensor(float(window_micro), device=dev)]), "sum")
                 avg = float(sums[0] / sums[1].clamp(min=1))
+                grad_norm = None if stats["grad_norm"] is None else float(stats["grad_norm"])  # this step's
                 metrics = {"loss": avg, "lr": lr, "samples_per_s": rate,
                            "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
                            "bad_samples": self.stream.skipped}
