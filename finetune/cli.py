@@ -161,7 +161,8 @@ def _edit(args) -> int:
         return 0
     for job in jobs:
         start = time.perf_counter()
-        editor.edit_file(job["input"], job["output"], job["instruction"], window_batch=args.window_batch, **sampling)
+        editor.edit_file(job["input"], job["output"], job["instruction"], window_batch=args.window_batch,
+                         progress=sys.stderr.isatty(), **sampling)
         job["seconds"] = time.perf_counter() - start
         print(f"{job['output']}  <- {job['input']} + {job['instruction']!r}")
     _write_manifest(args, jobs, text_is_caption=False)

@@ -234,13 +234,14 @@ class InstructionEditor:
 
     @torch.no_grad()
     def edit_file(self, source: str | Path, output: str | Path, instruction: str, window_batch: int = 8,
-                  **kwargs) -> float:
+                  progress: bool = False, **kwargs) -> float:
         """Edit an audio file into `output` (same rate, channels and length), streamed: memory is that of one
-        batch of windows whatever the file's length, and `output` appears only once complete. Returns the
-        gain the output format needed (1.0 unless an integer format was scaled to fit)."""
+        batch of windows whatever the file's length, and `output` appears only once complete (`progress`: a bar
+        in seconds of audio). Returns the gain the output format needed (1.0 unless an integer format was
+        scaled to fit)."""
         codec = self.codec
         with audio.Reader(source) as reader, audio.Writer(output, reader.sample_rate, reader.channels) as writer:
-            for _, edited in audio.through(reader, reader.sample_rate, reader.channels, codec.sample_rate,
+            for _, edited in audio.through(reader.progress(Path(source).name, progress), reader.sample_rate, reader.channels, codec.sample_rate,
                                            codec.audio_channels, self._windowed(instruction, window_batch, kwargs)):
                 writer.write(edited)
             return audio.finish([writer], output)

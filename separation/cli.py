@@ -55,7 +55,7 @@ def _separate(args) -> int:
         return 0
     for job in jobs:
         separator.separate_file(job["input"], job["query"], job["output"], job.get("residual"),
-                                window_batch=args.window_batch)
+                                window_batch=args.window_batch, progress=sys.stderr.isatty())
         print(f"{job['output']}  <- {job['input']} + {job['query']!r}" + (f" (rest: {job['residual']})" if job.get("residual") else ""))
     return 0
 

@@ -114,15 +114,17 @@ class LanguageSeparator:
 
     @torch.no_grad()
     def separate_file(self, mixture: str | Path, query: str, output: str | Path | None,
-                      residual: str | Path | None = None, overlap: float = 0.5, window_batch: int = 8) -> float:
+                      residual: str | Path | None = None, overlap: float = 0.5, window_batch: int = 8,
+                      progress: bool = False) -> float:
         """Separate an audio file into `output` (the target) and optionally `residual` (the mixture minus the
         target), at the file's rate, channels and length, streamed: memory is that of one batch of windows
-        whatever the file's length, and the outputs appear only once complete. Integer formats get one gain for
-        both, so that target + residual = mixture after writing; returns it."""
+        whatever the file's length, and the outputs appear only once complete (`progress`: a bar in seconds of
+        audio). Integer formats get one gain for both, so that target + residual = mixture after writing;
+        returns it."""
         roles = [(path, rest) for path, rest in ((output, False), (residual, True)) if path]
         with audio.Reader(mixture) as reader, contextlib.ExitStack() as stack:
             writers = [stack.enter_context(audio.Writer(p, reader.sample_rate, reader.channels)) for p, _ in roles]
-            for x, y in audio.through(reader, reader.sample_rate, reader.channels, self.sample_rate, reader.channels,
+            for x, y in audio.through(reader.progress(Path(mixture).name, progress), reader.sample_rate, reader.channels, self.sample_rate, reader.channels,
                                       self._windowed(query, overlap, window_batch)):
                 for (_, rest), writer in zip(roles, writers):
                     writer.write(x - y if rest else y)

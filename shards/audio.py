@@ -59,9 +59,10 @@ BLOCK_SECONDS = 10.0  # what a Reader decodes at a time
 
 
 class Reader:
-    """An audio file (a path, or encoded bytes) decoded a block at a time: `sample_rate` and `channels` are
-    known on opening, iterating yields (channels, s) float32 blocks of about `seconds` each, checked finite;
-    a file without samples raises. Errors are AudioError naming the file. Use it as a context manager."""
+    """An audio file (a path, or encoded bytes) decoded a block at a time: `sample_rate`, `channels` and
+    `seconds` (the header's length, None when it does not say) are known on opening; iterating yields
+    (channels, s) float32 blocks of about `seconds` each (BLOCK_SECONDS by default), checked finite; a file
+    without samples raises. Errors are AudioError naming the file. Use it as a context manager."""
 
     def __init__(self, src: str | Path | bytes, name: str | None = None, seconds: float | None = None):
         self.label = name or (str(src) if not isinstance(src, bytes) else "<bytes>")
@@ -79,6 +80,7 @@ class Reader:
                         self._handle.seek(0)
             if self._file is not None:
                 self.sample_rate, self.channels = int(self._file.samplerate), int(self._file.channels)
+                self.seconds = self._file.frames / self.sample_rate if self._file.frames > 0 else None
             else:
                 import av
 
@@ -87,6 +89,7 @@ class Reader:
                     raise AudioError("the container has no audio stream")
                 stream = self._container.streams.audio[0]
                 self.sample_rate, self.channels = int(stream.rate), len(stream.layout.channels)
+                self.seconds = self._container.duration / 1e6 if self._container.duration else None
         except AudioError as e:
             self.close()
             raise AudioError(f"{self.label}: {e}") from None
@@ -109,6 +112,17 @@ class Reader:
             raise AudioError(f"{self.label}: unreadable audio ({type(e).__name__}: {e})") from None
         if total == 0:
             raise AudioError(f"{self.label}: empty audio (0 samples)")
+
+    def progress(self, desc: str, enabled: bool = True) -> Iterator[np.ndarray]:
+        """The blocks, with a progress bar in seconds of audio read (on stderr; off when not `enabled`)."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=self.seconds, desc=desc, unit="s", disable=not enabled,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]"
+                  if self.seconds else None) as bar:
+            for block in self:
+                yield block
+                bar.update(block.shape[-1] / self.sample_rate)
 
     def _soundfile_blocks(self) -> Iterator[np.ndarray]:
         for block in self._file.blocks(self.block, dtype="float32", always_2d=True):  # (samples, channels)
