@@ -5,12 +5,17 @@ JSONL/CSV manifest. A source never decodes audio; it says where each clip should
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
+from shards import audio
 from shards.audio import AUDIO_SUFFIXES, is_audio_path
 from shards.config import Strict
 from shards.format import make_key
@@ -24,6 +29,7 @@ class Item:
     labels: list[str] = field(default_factory=list)  # display names
     strong: list[dict] = field(default_factory=list)  # {"label", "start", "end"} in seconds, time-ordered
     extra: dict = field(default_factory=dict)  # source-specific ids (ytid, start, end) and human captions
+    span: tuple[float, float] | None = None  # (start, end) seconds of a clip cut from a longer file
     key: str = field(init=False)  # `{source}-{id}`, made conforming once (sorting 2 M items asks often)
 
     def __post_init__(self):
@@ -31,7 +37,8 @@ class Item:
 
     def meta(self) -> dict:
         return {"key": self.key, "source": self.source, "id": self.id, "path": str(self.path),
-                "labels": self.labels, "strong_labels": self.strong, **self.extra}
+                "labels": self.labels, "strong_labels": self.strong, **self.extra,
+                **({"span": list(self.span)} if self.span else {})}
 
 
 class SourceConfig(Strict):
@@ -51,6 +58,11 @@ class SourceConfig(Strict):
     # manifest (JSONL or CSV with a `path` column; optional `id`, `labels`, `caption`, `split`: rows of one clip merge)
     manifest: str | None = None
     limit: int | None = None  # first N items (after sorting), for quick runs
+    # Long recordings: a file longer than this is cut into consecutive clips of it (keys `{id}_{start_ms}`; a file
+    # of one clip keeps its key); a last piece under `min_segment_seconds` is left out. Planning reads each file's
+    # header once. None: every file is one clip, whatever its length (the ALM hears its first max_seconds).
+    segment_seconds: float | None = Field(default=None, gt=0)
+    min_segment_seconds: float = Field(default=1.0, ge=0)
 
 
 def _read_label_names(cfg: SourceConfig) -> dict[str, str]:
@@ -209,7 +221,7 @@ def manifest_items(cfg: SourceConfig) -> list[Item]:
     for n, row in enumerate(rows):
         if "path" not in row:
             raise ValueError(f"{path}: row {n + 1} has no 'path' field")
-        audio = Path(cfg.audio_dir) / row["path"] if cfg.audio_dir else Path(row["path"])
+        file = Path(cfg.audio_dir) / row["path"] if cfg.audio_dir else Path(row["path"])
         labels = row.get("labels") or []
         if isinstance(labels, str):
             labels = [x for x in labels.split(",") if x]
@@ -218,7 +230,7 @@ def manifest_items(cfg: SourceConfig) -> list[Item]:
         # AudioCaps rows name their AudioSet segment (youtube_id, start_time): kept, it identifies the audio
         segment = {k: row[src] for k, src in (("ytid", "youtube_id"), ("ytid", "ytid"), ("start", "start_time"),
                                               ("start", "start")) if row.get(src) not in (None, "")}
-        item = items.setdefault(item_id, Item(source=cfg.name or "manifest", id=item_id, path=audio, labels=labels,
+        item = items.setdefault(item_id, Item(source=cfg.name or "manifest", id=item_id, path=file, labels=labels,
                                               extra={"human_captions": [], "split": row.get("split") or "train",
                                                      **segment}))
         if row.get("caption"):
@@ -234,13 +246,36 @@ def load_items(cfg: SourceConfig) -> list[Item]:
     if cfg.kind not in SOURCES:
         raise ValueError(f"unknown source kind {cfg.kind!r}; valid: {sorted(SOURCES)}")
     _check_files(cfg)
-    items = sorted(SOURCES[cfg.kind](cfg), key=lambda it: it.key)
+    items = SOURCES[cfg.kind](cfg)
+    if cfg.segment_seconds:
+        items = [clip for it in items for clip in segments(it, cfg.segment_seconds, cfg.min_segment_seconds)]
+    items = sorted(items, key=lambda it: it.key)
     seen: dict[str, Item] = {}
     for it in items:
         if it.key in seen:
             raise ValueError(f"two items map to the key {it.key!r}: {seen[it.key].id!r} and {it.id!r}")
         seen[it.key] = it
     return items[: cfg.limit] if cfg.limit else items
+
+
+def segments(item: Item, seconds: float, min_seconds: float = 1.0) -> list[Item]:
+    """A file's consecutive clips of `seconds` (the last one shorter, left out under `min_seconds`), with its
+    strong labels cut to each clip's time; the item itself when it is one clip. Its length comes from the file's
+    header; a missing or unreadable file stays one item (and becomes its status row)."""
+    try:
+        total = audio.check_readable(item.path)
+    except audio.AudioError:
+        return [item]
+    if total is None or total <= seconds:
+        return [item]
+    starts = [k * seconds for k in range(math.ceil(total / seconds))]
+    spans = [(a, min(a + seconds, total)) for a in starts if min(a + seconds, total) - a >= min_seconds]
+    if len(spans) <= 1:
+        return [dataclasses.replace(item, span=spans[0]) if spans else item]
+    return [dataclasses.replace(
+        item, id=f"{item.id}_{round(a * 1000)}", span=(a, b),
+        strong=[{**e, "start": max(e["start"], a) - a, "end": min(e["end"], b) - a}
+                for e in item.strong if e["end"] > a and e["start"] < b]) for a, b in spans]
 
 
 def partition(items: list[Item], unit_size: int) -> list[list[Item]]:

@@ -75,12 +75,13 @@ class CaptionWorker:
                 failures.append((item, "missing", f"no audio file {item.path}"))
                 continue
             try:
-                clip = audio.decode(item.path)
+                clip = audio.decode(item.path, span=item.span)
             except audio.AudioError as e:
                 failures.append((item, "unreadable", str(e)))
                 continue
-            # FLAC sources go into the shard byte for byte; anything else is re-encoded once.
-            flac = item.path.read_bytes() if item.path.suffix.lower() == ".flac" else audio.encode_flac(clip)
+            # FLAC sources go into the shard byte for byte; anything else (a clip cut from a file too) is encoded once.
+            whole_flac = item.path.suffix.lower() == ".flac" and item.span is None
+            flac = item.path.read_bytes() if whole_flac else audio.encode_flac(clip)
             clips.append((item, clip, flac))
             self.timings["decode"] += time.perf_counter() - start
         return clips, failures

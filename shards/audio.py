@@ -62,9 +62,11 @@ class Reader:
     """An audio file (a path, or encoded bytes) decoded a block at a time: `sample_rate`, `channels` and
     `seconds` (the header's length, None when it does not say) are known on opening; iterating yields
     (channels, s) float32 blocks of about `seconds` each (BLOCK_SECONDS by default), checked finite; a file
-    without samples raises. Errors are AudioError naming the file. Use it as a context manager."""
+    without samples raises. `span` (start, end) in seconds reads that stretch only. Errors are AudioError
+    naming the file. Use it as a context manager."""
 
-    def __init__(self, src: str | Path | bytes, name: str | None = None, seconds: float | None = None):
+    def __init__(self, src: str | Path | bytes, name: str | None = None, seconds: float | None = None,
+                 span: tuple[float, float] | None = None):
         self.label = name or (str(src) if not isinstance(src, bytes) else "<bytes>")
         suffix = Path(name or (src if not isinstance(src, bytes) else "")).suffix.lower()
         if isinstance(src, (str, Path)) and not Path(src).is_file():
@@ -97,6 +99,11 @@ class Reader:
             self.close()
             raise AudioError(f"{self.label}: unreadable audio ({type(e).__name__}: {e})") from None
         self.block = max(1, round((seconds or BLOCK_SECONDS) * self.sample_rate))
+        # [first, last) sample of a span; soundfile seeks to it, PyAV decodes from the start and drops the rest
+        self.first = round(span[0] * self.sample_rate) if span else 0
+        self.last = round(span[1] * self.sample_rate) if span else None
+        if span and self.seconds is not None:
+            self.seconds = max(0.0, min(span[1], self.seconds) - span[0])
 
     def __iter__(self) -> Iterator[np.ndarray]:
         total = 0
@@ -125,7 +132,10 @@ class Reader:
                 bar.update(block.shape[-1] / self.sample_rate)
 
     def _soundfile_blocks(self) -> Iterator[np.ndarray]:
-        for block in self._file.blocks(self.block, dtype="float32", always_2d=True):  # (samples, channels)
+        if self.first:
+            self._file.seek(min(self.first, self._file.frames))
+        frames = -1 if self.last is None else max(0, self.last - self.first)
+        for block in self._file.blocks(self.block, frames=frames, dtype="float32", always_2d=True):  # (samples, ch)
             yield np.ascontiguousarray(block.T)
 
     def _pyav_blocks(self) -> Iterator[np.ndarray]:
@@ -134,14 +144,23 @@ class Reader:
         stream = self._container.streams.audio[0]
         # resampled to planar float so that every codec yields the same layout
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-        chunks, held = [], 0
+        chunks, held, at = [], 0, 0  # `at`: samples decoded so far
         for frame in itertools.chain(self._container.decode(stream), [None]):  # None flushes the resampler
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().astype(np.float32, copy=False))
-                held += chunks[-1].shape[-1]
+                x = out.to_ndarray().astype(np.float32, copy=False)
+                a = max(self.first - at, 0)
+                b = x.shape[-1] if self.last is None else min(x.shape[-1], self.last - at)
+                at += x.shape[-1]
+                if a < b:
+                    chunks.append(x[:, a:b])
+                    held += b - a
             if chunks and (held >= self.block or frame is None):
                 yield np.concatenate(chunks, axis=1)
                 chunks, held = [], 0
+            if self.last is not None and at >= self.last:
+                if chunks:
+                    yield np.concatenate(chunks, axis=1)
+                return
 
     def close(self) -> None:
         for resource in (self._file, self._container):
@@ -182,9 +201,10 @@ def check_readable(path: str | Path) -> float | None:
         raise AudioError(f"{path}: not a readable audio file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def decode(src: str | Path | bytes, name: str | None = None) -> Audio:
-    """Decode a file path or encoded bytes whole. Raises AudioError naming the file for unreadable/empty audio."""
-    with Reader(src, name) as reader:
+def decode(src: str | Path | bytes, name: str | None = None, span: tuple[float, float] | None = None) -> Audio:
+    """Decode a file path or encoded bytes whole, or its `span` (start, end) in seconds. Raises AudioError naming
+    the file for unreadable/empty audio."""
+    with Reader(src, name, span=span) as reader:
         return Audio(np.concatenate(list(reader), axis=1), reader.sample_rate)
 
 

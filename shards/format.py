@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4  # 2: sidecar split, candidate_kinds; 3: edit-group sets (kind "edit", edit_* columns);
-# 4: edit_span_methods, group identities
+SCHEMA_VERSION = 5  # 2: sidecar split, candidate_kinds; 3: edit-group sets (kind "edit", edit_* columns);
+# 4: edit_span_methods, group identities; 5: json `span` of clips cut from longer files
 MANIFEST_NAME = "manifest.json"
 TAR_MTIME = 0  # fixed member mtime: identical input gives byte-identical tars
 TAR_USER = "capflow"

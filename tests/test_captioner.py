@@ -375,3 +375,50 @@ def test_a_lost_unit_fails_validate_and_release(reference_run, tmp_path):
     assert any("1 of 3 planned units have no shard (units [1])" in p for p in problems), problems
     with pytest.raises(ReleaseError, match="planned units have no shard"):
         release(out, tmp_path / "release", progress=False)
+
+
+def test_long_recordings_are_cut_into_clips_read_by_seeking(tiny_models, tmp_path):
+    """source.segment_seconds: a 25-s file becomes clips [0, 10), [10, 20), [20, 25) keyed by start; a file of
+    one clip keeps its key (a 10.4-s m4a is cut to 10 s, its 0.4-s tail under min_segment_seconds); a shorter
+    file stays whole. Each clip's shard audio is that stretch of the file, decoded by seeking (soundfile) or
+    by dropping what precedes it (PyAV)."""
+    av = pytest.importorskip("av")
+    import soundfile as sf
+
+    from shards import audio
+    from shards.reader import iter_tar_samples
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "audio"
+    src.mkdir()
+    long = (0.1 * rng.standard_normal((int(22050 * 25), 2))).astype(np.float32)  # within full scale
+    sf.write(src / "long.wav", long, 22050, subtype="FLOAT")
+    sf.write(src / "short.ogg", (0.3 * rng.standard_normal(16000 * 5)).astype(np.float32), 16000)
+    with av.open(str(src / "mid.m4a"), "w") as out:
+        stream = out.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray((0.3 * rng.standard_normal((1, int(16000 * 10.4)))).astype(np.float32),
+                                           format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    source = SourceConfig(kind="folder", audio_dir=str(src), segment_seconds=10.0)
+    items = {it.key: it for it in load_items(source)}
+    assert sorted(items) == ["folder-long_0", "folder-long_10000", "folder-long_20000", "folder-mid", "folder-short"]
+    assert items["folder-long_20000"].span == (20.0, 25.0) and items["folder-short"].span is None
+    assert items["folder-mid"].span == (0.0, 10.0)
+    np.testing.assert_array_equal(audio.decode(src / "mid.m4a", span=(2.5, 7.0)).samples,
+                                  audio.decode(src / "mid.m4a").samples[:, 40000:112000])
+
+    cfg = CaptionConfig.model_validate({
+        "source": source.model_dump(), "output": str(tmp_path / "out"), "unit_size": 8, "labels": {"enabled": False},
+        "alm": {"model": str(tiny_models["alm"]), "sampling": {"n": 1, "max_new_tokens": 4}},
+        "clap": {"model": str(tiny_models["clap"]), "threshold": -1.0}, "ray": {"workers": 0}})
+    run_caption_job(cfg, progress=False)
+    shards = sorted((tmp_path / "out").glob("*.tar"))
+    clips = {key: sample for path in shards for key, sample in iter_tar_samples(path)}
+    assert sorted(clips) == sorted(items)
+    second = audio.decode(clips["folder-long_10000"]["flac"])
+    assert second.sample_rate == 22050 and second.samples.shape == (2, 22050 * 10)
+    np.testing.assert_allclose(second.samples, long[22050 * 10: 22050 * 20].T, atol=1e-4)  # 16-bit FLAC
+    assert json.loads(clips["folder-long_20000"]["json"])["span"] == [20.0, 25.0]
+    assert audio.decode(clips["folder-mid"]["flac"]).samples.shape == (1, 160000)
