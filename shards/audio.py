@@ -222,10 +222,7 @@ def resample(audio: Audio, sample_rate: int) -> Audio:
 def conform(audio: Audio, sample_rate: int, channels: int) -> np.ndarray:
     """(channels, s) samples at `sample_rate`: resampled, mono repeated or stereo averaged as needed (a clip as
     a model that wants this rate and channel count hears it)."""
-    x = resample(audio, sample_rate).samples
-    if x.shape[0] == channels:
-        return x
-    return np.repeat(x.mean(0, keepdims=True), channels, axis=0)
+    return _channels(resample(audio, sample_rate).samples, channels)
 
 
 def restore(samples: np.ndarray, sample_rate: int, like: Audio) -> Audio:
@@ -353,18 +350,20 @@ def holds_float(path: str | Path) -> bool:
 
 class Writer:
     """Writes (channels, s) blocks to `path` (its folder made if needed; its suffix gives the format) under a
-    temporary name; `finish`
-    renames it into place, so that a failed job leaves no partial file (nothing is written without `finish`).
-    Float formats (wav, aiff, caf, w64) keep every value. The others (flac, ogg, mp3) hold [-1, 1]: their blocks
-    go to a temporary float file first and `finish` writes them at one gain, scaled down when the peak exceeds
-    full scale, never clipped."""
+    temporary name that `finish` renames into place: a failed job leaves no partial file, and nothing is
+    written without `finish`. Float formats (wav, aiff, caf, w64) keep every value. The others (flac, ogg, mp3)
+    hold [-1, 1]: given the `gain` up front (a clip in memory, whose peak is known) they are written directly
+    at it; otherwise their blocks go to a temporary float file and `finish` writes them at one gain, scaled
+    down when the peak exceeds full scale, never clipped."""
 
-    def __init__(self, path: str | Path, sample_rate: int, channels: int):
+    def __init__(self, path: str | Path, sample_rate: int, channels: int, gain: float | None = None):
         self.path, self.sample_rate, self.channels = Path(path), sample_rate, channels
-        self.float, self.peak = holds_float(path), 0.0
+        self.float, self.peak, self.gain = holds_float(path), 0.0, gain
+        self.direct = self.float or gain is not None  # written in its own format as the blocks come
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self._temporary(self.path.suffix if self.float else ".wav")
-        self._file = sf.SoundFile(str(self._tmp), "w", sample_rate, channels, subtype="FLOAT")
+        self._tmp = self._temporary(self.path.suffix if self.direct else ".wav")
+        self._file = sf.SoundFile(str(self._tmp), "w", sample_rate, channels,
+                                  subtype="FLOAT" if self.float or not self.direct else None)
 
     def _temporary(self, suffix: str) -> Path:
         return self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
@@ -372,11 +371,14 @@ class Writer:
     def write(self, block: np.ndarray) -> None:
         if block.size:
             self.peak = max(self.peak, float(np.abs(block).max()))
-        self._file.write(np.ascontiguousarray(block.T))
+        data = np.ascontiguousarray(block.T)
+        if self.gain not in (None, 1.0) and not self.float:
+            data = data * self.gain
+        self._file.write(data)
 
     def _finish(self, gain: float) -> None:
         self._file.close()
-        if not self.float:
+        if not self.direct:
             final = self._temporary(self.path.suffix)
             try:
                 with sf.SoundFile(str(self._tmp)) as src, \
@@ -402,22 +404,30 @@ class Writer:
             self.discard()
 
 
-def finish(writers: list[Writer], label: str | Path) -> float:
-    """Put every writer's file in place, integer formats at one gain (outputs that add up, e.g. a separated
-    target and its residual, still add up after writing); a warning says when it is below 1. Returns it."""
-    peak = max((w.peak for w in writers if not w.float), default=0.0)
+def fit_gain(peak: float, label: str | Path) -> float:
+    """The gain that brings `peak` within full scale (1.0 when it is), with a warning when below 1."""
     gain = 0.999 / peak if peak > 1.0 else 1.0
     if gain != 1.0:
         log.warning("%s: peak %.3f exceeds full scale; scaled by %.2f dB to fit (write .wav to keep every value)",
                     label, peak, 20 * np.log10(gain))
+    return gain
+
+
+def finish(writers: list[Writer], label: str | Path) -> float:
+    """Put every writer's file in place, integer formats written after the fact at one gain (outputs that add
+    up, e.g. a separated target and its residual, still add up after writing). Returns it."""
+    gain = fit_gain(max((w.peak for w in writers if not w.direct), default=0.0), label)
     for w in writers:
         w._finish(gain)
     return gain
 
 
 def write(path: str | Path, audio: Audio) -> float:
-    """Write a clip to a file whose format follows the suffix, never clipping (see `Writer`): returns the gain
-    applied (1.0 unless an integer format needed scaling)."""
-    with Writer(path, audio.sample_rate, audio.channels) as writer:
+    """Write a clip to a file whose format follows the suffix, never clipping (see `Writer`), in one pass:
+    returns the gain applied (1.0 unless an integer format needed scaling)."""
+    peak = float(np.abs(audio.samples).max()) if audio.samples.size and not holds_float(path) else 0.0
+    gain = fit_gain(peak, path)
+    with Writer(path, audio.sample_rate, audio.channels, gain=gain) as writer:
         writer.write(audio.samples)
-        return finish([writer], path)
+        finish([writer], path)
+    return gain
