@@ -1,6 +1,8 @@
 """Captioning speed at Qwen2-Audio-7B size on one GPU (issue #20), in one run: the transformers engine's
-clips/s with one clip per decode (the old engine) and with `clips_per_decode` clips, against plain
-`generate(num_return_sequences=n)` one clip at a time and 8 clips per call, with peak GPU memory of each.
+clips/s with one clip per decode (the old engine) and with `clips_per_decode` clips, for each KV cache of the
+sampling loop (`decode`: dynamic, static, compiled = static + the decode step compiled with CUDA graphs),
+against plain `generate(num_return_sequences=n)` one clip at a time and 8 clips per call, with peak GPU memory
+of each and the compiled decode's first-call (compile) time.
 
 The model is built from its config with random weights (Whisper-large-v3 encoder + 7B Qwen LM, 8.4 B
 parameters, bf16; nothing downloaded) around the tiny processor of `capflow tiny-models`; 10-s clips, 20
@@ -39,13 +41,17 @@ def clips(count: int, seconds: float = 10.0, rate: int = 16000) -> list[np.ndarr
     return [(0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32) for _ in range(count)]
 
 
-def decode_rates(engine: TransformersEngine, waves: list[np.ndarray], per_decode: list[int], samples: int) -> dict:
-    """{clips_per_decode: clips/s} of the engine on the same requests (after a warm-up decode of each size)."""
+def decode_rates(engine: TransformersEngine, waves: list[np.ndarray], per_decode: list[int], samples: int,
+                 decode: str = "dynamic") -> dict:
+    """{clips_per_decode: clips/s} of the engine on the same requests (after a warm-up decode of each size,
+    whose seconds go to engine.timings["warm-up"])."""
     rates = {}
     for size in per_decode:
-        engine.cfg = engine.cfg.model_copy(update={"clips_per_decode": size})
+        engine.cfg = engine.cfg.model_copy(update={"clips_per_decode": size, "decode": decode})
+        start = time.perf_counter()
         engine.generate([Request(DEFAULT_PROMPT, w, seed=0, n=samples) for w in waves[:size]])  # warm-up
         sync()
+        engine.timings["warm-up"] = time.perf_counter() - start
         start = time.perf_counter()
         engine.generate([Request(DEFAULT_PROMPT, w, seed=i, n=samples) for i, w in enumerate(waves)])
         sync()
@@ -136,11 +142,15 @@ def main() -> None:
               f"{args.samples} samples x {args.tokens} tokens, top-k 50, top-p 0.95")
         waves = clips(args.clips)
         few = waves[: max(args.clips // 2, 1)]
-        for size in (1, args.clips_per_decode):
-            rates, mem = peak(decode_rates, engine, few if size == 1 else waves, [size], args.samples)
+        many = args.clips_per_decode
+        for size, decode in ((1, "dynamic"), (many, "dynamic"), (many, "static"), (many, "compiled")):
+            rates, mem = peak(decode_rates, engine, few if size == 1 else waves, [size], args.samples, decode)
             rate = rates[size]
-            print(f"engine, {size} clip(s) per decode: {rate:6.2f} clips/s  ({rate * args.samples * args.tokens:7.0f} "
-                  f"new tokens/s), peak {mem:5.1f} GiB")
+            print(f"engine, {size} clip(s) per decode, {decode:8s} cache: {rate:6.2f} clips/s  "
+                  f"({rate * args.samples * args.tokens:7.0f} new tokens/s), peak {mem:5.1f} GiB, "
+                  f"first decode {engine.timings['warm-up']:5.1f} s")
+        engine._static = None  # free the static cache before the plain-generate rows
+        torch.cuda.empty_cache()
         for per_call in (1, 8):
             rate, mem = peak(plain_rate, engine, few, per_call, args.samples, args.tokens)
             print(f"plain generate(num_return_sequences={args.samples}), {per_call} clip(s) per call: {rate:6.2f} clips/s, "

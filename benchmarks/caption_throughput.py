@@ -4,7 +4,7 @@ and encoder forward passes per clip (one process, no Ray start-up in these numbe
 - planning: driver time and peak memory to read an AudioSet-format segment list, partition it and hash its
   units, per million rows (a synthetic list of --plan-rows rows, measured in a child process);
 - decode batching (CPU proxy of benchmarks/caption_gpu.py): the ALM engine's clips/s with one clip per decode
-  and with 8, on the same 10-s clips;
+  and with 8, on the same 10-s clips, and with 8 through the static KV cache (`alm.decode: static`);
 - layouts: the same job on local Ray in the `pools` layout (ALM, LLM and CLAP actor pools fed by unit
   writers) and the `combined` layout (each actor holds every model), clips/s of each, start-up included.
 
@@ -157,6 +157,7 @@ def main() -> None:
         whisper_ms = (time.perf_counter() - t0) * 100
         date = time.strftime("%Y-%m-%d")
         batching = decode_rates(worker.alm, noise_clips(16), [1, 8], args.samples)
+        static = decode_rates(worker.alm, noise_clips(16), [8], args.samples, decode="static")[8]
         plan_rows, plan_s, plan_bytes = planning(tmp, args.plan_rows)
         torch.set_num_threads(os.cpu_count() or 1)
         rates = layouts(tmp, models, args.layout_clips, args.samples)
@@ -174,7 +175,8 @@ def main() -> None:
     print(f"audio-encoder passes per clip: {sum(encoder_passes) / clips:.2f} (with {args.samples} samples/clip), "
           f"{sum(encoder_passes) / max(len(encoder_passes), 1):.1f} clips per pass")
     print(f"decode batching, tiny ALM, 16 clips x {args.samples} samples: 1 clip per decode {batching[1]:.2f} clips/s, "
-          f"8 per decode {batching[8]:.2f} clips/s -> {batching[8] / batching[1]:.2f}x")
+          f"8 per decode {batching[8]:.2f} clips/s -> {batching[8] / batching[1]:.2f}x; 8 per decode with the static "
+          f"cache {static:.2f} clips/s -> {static / batching[8]:.2f}x the dynamic one")
     per_m = 1e6 / plan_rows
     print(f"planning {plan_rows:,} AudioSet rows: {plan_s:.2f} s, peak +{plan_bytes / 2**20:.0f} MiB -> per million rows "
           f"{plan_s * per_m:.1f} s and {plan_bytes * per_m / 2**30:.2f} GiB")

@@ -86,6 +86,7 @@ class CaptionConfig(Strict):
                 # which requests share a decode changes which random draws a sample gets, not its distribution:
                 # an operator may lower it after running out of memory and resume
                 engine.pop("clips_per_decode")
+                engine.pop("decode")  # the KV cache's kind: the same samples (tests/test_captioner.py)
                 engine["vllm"] = {k: v for k, v in engine["vllm"].items() if k not in VLLM_SCHEDULING}
         return data
 

@@ -5,7 +5,10 @@
   decode together, `clips_per_decode` at a time: the audio encoder and the prompt prefill (minus the last
   prompt token) run once per request at batch `clips_per_decode`, the KV cache is repeated n times per
   request, and the sampled continuations run at batch clips_per_decode x n. No padding is involved, so a
-  request's samples come from the same distribution whatever it is batched with.
+  request's samples come from the same distribution whatever it is batched with. `decode` picks the KV cache
+  of the sampling loop: `dynamic` (grows by concatenation: every step copies the whole cache), `static` (one
+  preallocated cache written in place, reused across decodes) or `compiled` (static, and transformers
+  compiles the decode step with CUDA graphs; CUDA only).
 - `vllm` (extra `capflow[vllm]`): vLLM's offline engine; `SamplingParams(n=...)` shares the prefill.
 """
 
@@ -16,6 +19,7 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,6 +51,9 @@ class EngineConfig(Strict):
     # clip's 20 samples is bound by launch overhead, not the GPU; 8 clips x 20 samples x ~350 tokens of KV cache
     # is ~28 GB at Qwen2-Audio-7B size (lower it on smaller GPUs). vLLM schedules its own batches.
     clips_per_decode: int = Field(8, ge=1)
+    # transformers engine: the sampling loop's KV cache (see the module docstring). `static` and `compiled` run
+    # every decode at batch clips_per_decode x n (a short last chunk is padded) so that shapes never change.
+    decode: Literal["dynamic", "static", "compiled"] = "dynamic"
     vllm: dict = {}  # extra keyword arguments for vllm.LLM (tensor_parallel_size, max_model_len, ...)
 
 
@@ -111,6 +118,15 @@ class TransformersEngine:
         # transformers >= 5.24 names the KV cache `cache` (`past_key_values` before, deprecated after)
         self._cache = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._fe_takes_device = features is not None and "device" in inspect.signature(features.__call__).parameters
+        # the preallocated cache of `decode: static | compiled`, reused while its (rows, capacity) hold
+        self._static, self._static_shape = None, None
+        if cfg.decode != "dynamic":
+            from transformers import StaticCache
+            from transformers.cache_utils import StaticLayer
+
+            if any(type(layer) is not StaticLayer for layer in StaticCache(config=self.model.config, max_cache_len=1).layers):
+                raise ValueError(f"alm.decode={cfg.decode!r} needs full attention in every layer and {cfg.model} has "
+                                 "sliding-window or other layers: use decode: dynamic")
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, for the benchmark
 
     @property
@@ -136,17 +152,43 @@ class TransformersEngine:
         # Prefill everything but the last prompt token once per request (audio encoder included) ...
         prefill = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **batch)
         cache = getattr(prefill, self._cache)
-        n = reqs[0].n
-        cache.batch_repeat_interleave(n)
+        n, s = reqs[0].n, self.cfg.sampling
+        if self.cfg.decode == "dynamic":
+            cache.batch_repeat_interleave(n)
+        else:
+            cache = self._static_copy(cache, n, ids.shape[1] + s.max_new_tokens)
         # ... then sample n continuations per request from the shared cache (generate feeds only the last token).
         torch.manual_seed(reqs[0].seed)
-        s = self.cfg.sampling
         out = self.model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
                                   **{self._cache: cache}, do_sample=True, top_k=s.top_k, top_p=s.top_p,
-                                  temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+                                  temperature=s.temperature, max_new_tokens=s.max_new_tokens,
+                                  disable_compile=self.cfg.decode != "compiled")
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         self.timings["generate"] += time.perf_counter() - start
         return [texts[i * n: (i + 1) * n] for i in range(len(reqs))]
+
+    def _static_copy(self, prefilled, n: int, length: int):
+        """The prefilled cache, each request's rows repeated n times, copied into the engine's StaticCache. The
+        cache holds `length` tokens rounded up to 64 and is reused while that and the batch hold, so a compiled
+        decode step keeps its buffers (and CUDA graphs) from one decode to the next."""
+        from transformers import StaticCache
+
+        batch, _, prompt, _ = prefilled.layers[0].keys.shape
+        rows = batch * n
+        capacity = -(-length // 64) * 64
+        if self._static is None or self._static_shape != (rows, capacity):
+            self._static = None  # the old cache is freed before the new one is allocated
+            self._static = StaticCache(config=self.model.config, max_cache_len=capacity)
+            self._static_shape = (rows, capacity)
+        self._static.reset()  # zeros, so that nothing of the previous decode lingers past the prompt
+        for layer, source in zip(self._static.layers, prefilled.layers):
+            if not layer.is_initialized:
+                layer.lazy_initialization(*[t.new_empty((rows, *t.shape[1:2], 0, t.shape[3]))
+                                            for t in (source.keys, source.values)])
+            for to, block in ((layer.keys, source.keys), (layer.values, source.values)):
+                to.view(batch, n, *to.shape[1:])[:, :, :, :prompt].copy_(block.unsqueeze(1))
+            layer.cumulative_length.fill_(prompt)
+        return self._static
 
     def generate(self, requests: list[Request]) -> list[list[str]]:
         start = time.perf_counter()
@@ -159,7 +201,10 @@ class TransformersEngine:
         for members in groups.values():
             for at in range(0, len(members), self.cfg.clips_per_decode):
                 chunk = members[at: at + self.cfg.clips_per_decode]
-                for i, texts in zip(chunk, self._sample([requests[i] for i in chunk], [inputs[i] for i in chunk])):
+                # a static cache keeps one batch size: a short chunk is padded with its last request
+                pad = self.cfg.clips_per_decode - len(chunk) if self.cfg.decode != "dynamic" else 0
+                padded = chunk + chunk[-1:] * pad
+                for i, texts in zip(chunk, self._sample([requests[i] for i in padded], [inputs[i] for i in padded])):
                     out[i] = texts
         return out
 

@@ -207,7 +207,8 @@ def test_scheduling_knobs_are_not_identity():
                                                                           "max_model_len": 4096}}})
     retuned = base.model_copy(update={"batch_clips": 8,
                                       "clap": base.clap.model_copy(update={"text_batch": 4, "device": "cuda:1"}),
-                                      "alm": base.alm.model_copy(update={"device": "cuda:0", "vllm": {
+                                      "alm": base.alm.model_copy(update={"device": "cuda:0", "decode": "compiled",
+                                                                         "clips_per_decode": 2, "vllm": {
                                           "gpu_memory_utilization": 0.8, "max_model_len": 4096}}),
                                       "ray": base.ray.model_copy(update={"workers": 3})})
     assert retuned.identity() == base.identity()
