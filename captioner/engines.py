@@ -6,9 +6,10 @@
   prompt token) run once per request at batch `clips_per_decode`, the KV cache is repeated n times per
   request, and the sampled continuations run at batch clips_per_decode x n. No padding is involved, so a
   request's samples come from the same distribution whatever it is batched with. `decode` picks the KV cache
-  of the sampling loop: `dynamic` (grows by concatenation: every step copies the whole cache), `static` (one
-  preallocated cache written in place, reused across decodes) or `compiled` (static, and transformers
-  compiles the decode step with CUDA graphs; CUDA only).
+  of the sampling loop: `static` (one preallocated cache written in place, reused across decodes), `dynamic`
+  (transformers' default: it grows by concatenation, so every step copies the whole cache) or `compiled`
+  (static, and transformers compiles the decode step with CUDA graphs; CUDA only). All three sample the same
+  texts from the same seed.
 - `vllm` (extra `capflow[vllm]`): vLLM's offline engine; `SamplingParams(n=...)` shares the prefill.
 """
 
@@ -51,9 +52,9 @@ class EngineConfig(Strict):
     # clip's 20 samples is bound by launch overhead, not the GPU; 8 clips x 20 samples x ~350 tokens of KV cache
     # is ~28 GB at Qwen2-Audio-7B size (lower it on smaller GPUs). vLLM schedules its own batches.
     clips_per_decode: int = Field(8, ge=1)
-    # transformers engine: the sampling loop's KV cache (see the module docstring). `static` and `compiled` run
-    # every decode at batch clips_per_decode x n (a short last chunk is padded) so that shapes never change.
-    decode: Literal["dynamic", "static", "compiled"] = "dynamic"
+    # transformers engine: the sampling loop's KV cache (see the module docstring). `compiled` runs every decode
+    # at batch clips_per_decode x n (a short chunk is padded with its last clip) so that shapes never change.
+    decode: Literal["static", "dynamic", "compiled"] = "static"
     vllm: dict = {}  # extra keyword arguments for vllm.LLM (tensor_parallel_size, max_model_len, ...)
 
 
@@ -201,8 +202,8 @@ class TransformersEngine:
         for members in groups.values():
             for at in range(0, len(members), self.cfg.clips_per_decode):
                 chunk = members[at: at + self.cfg.clips_per_decode]
-                # a static cache keeps one batch size: a short chunk is padded with its last request
-                pad = self.cfg.clips_per_decode - len(chunk) if self.cfg.decode != "dynamic" else 0
+                # a compiled decode keeps one batch size: a short chunk is padded with its last request
+                pad = self.cfg.clips_per_decode - len(chunk) if self.cfg.decode == "compiled" else 0
                 padded = chunk + chunk[-1:] * pad
                 for i, texts in zip(chunk, self._sample([requests[i] for i in padded], [inputs[i] for i in padded])):
                     out[i] = texts

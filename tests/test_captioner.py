@@ -131,33 +131,35 @@ def test_batched_decode_gives_each_clip_its_own_samples(tiny_models):
 
 
 def test_static_cache_decode_samples_what_the_dynamic_decode_samples(tiny_models):
-    """decode: static copies each clip's prefill n times into one preallocated cache, reused across decodes; with
-    the same seed it samples exactly the dynamic decode's texts. A short last chunk is padded to the batch, so the
-    cache is allocated once, and the padding's texts are dropped."""
+    """decode: static copies each clip's prefill n times into one preallocated cache, reused while the batch holds;
+    with the same seed it samples exactly the dynamic decode's texts. decode: compiled (not compiled on a CPU)
+    pads a short last chunk to the batch, so its cache is allocated once, and drops the padding's texts."""
     sampling = SamplingConfig(n=3, max_new_tokens=10)
     rng = np.random.default_rng(5)
     waves = [(0.3 * rng.standard_normal(16000 * 2)).astype(np.float32) for _ in range(5)]
     requests = [Request("Describe.", w, seed=i, n=3) for i, w in enumerate(waves)]
     engines = {decode: TransformersEngine(EngineConfig(model=str(tiny_models["alm"]), sampling=sampling,
                                                        clips_per_decode=2, decode=decode))
-               for decode in ("dynamic", "static")}
+               for decode in ("dynamic", "static", "compiled")}
     dynamic = engines["dynamic"].generate(requests[:4])
-    static = engines["static"]
-    allocations = []
-    original = static._static_copy
-
-    def counted(*args):
-        before = static._static
-        cache = original(*args)
-        allocations.append(cache is not before)
-        return cache
-
-    static._static_copy = counted
-    assert static.generate(requests[:4]) == dynamic  # two full chunks of 2 clips x 3 samples
     assert len({tuple(t) for t in dynamic}) == 4  # each clip's texts differ: a row mix-up would show
-    padded = static.generate(requests)  # 5 clips: the last chunk is padded with the fifth
-    assert [len(t) for t in padded] == [3] * 5 and padded[:4] == dynamic
-    assert allocations == [True] + [False] * 4  # one cache for all five decodes
+    allocations = {}
+    for decode in ("static", "compiled"):
+        engine = engines[decode]
+        original, allocations[decode] = engine._static_copy, []
+
+        def counted(*args, engine=engine, original=original, log=allocations[decode]):
+            before = engine._static
+            cache = original(*args)
+            log.append(cache is not before)
+            return cache
+
+        engine._static_copy = counted
+        assert engine.generate(requests[:4]) == dynamic  # two full chunks of 2 clips x 3 samples
+        five = engine.generate(requests)  # the last chunk holds one clip
+        assert [len(t) for t in five] == [3] * 5 and five[:4] == dynamic
+    assert allocations["static"] == [True, False, False, False, True]  # the 1-clip chunk gets its own cache
+    assert allocations["compiled"] == [True, False, False, False, False]  # ... or is padded to 2 clips
 
 
 def test_a_writer_keeps_an_engine_request_in_flight_while_it_scores_and_writes(corpus, tiny_models, tmp_path):
