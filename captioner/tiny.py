@@ -90,6 +90,40 @@ def write_tiny_alm(directory: str | Path, seed: int = 0) -> Path:
     return Path(directory)
 
 
+AUDIO_CHAT = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+              "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'audio' %}"
+              "<sound>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_tiny_af3(directory: str | Path, seed: int = 0) -> Path:
+    """A tiny Audio Flamingo 3 (AF-Whisper encoder + projector + Qwen2 LM) with its processor and a ChatML
+    template that puts AF3's <sound> placeholder where the user turn has audio."""
+    import torch
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+        AutoConfig,
+        WhisperFeatureExtractor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(QWEN_SPECIALS + ["<sound>"], eos="<|im_end|>", pad="<|endoftext|>",
+                                byte_level=True, vocab_size=600)
+    audio = AutoConfig.for_model("audioflamingo3_encoder", num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2,
+                                 encoder_ffn_dim=64, d_model=32, max_source_positions=1500)
+    config = AudioFlamingo3Config(audio_config=audio, text_config=_qwen2_text_config(len(tokenizer), tokenizer),
+                                  audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"))
+    model = AudioFlamingo3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000)
+    AudioFlamingo3Processor(feature_extractor=features, tokenizer=tokenizer, chat_template=AUDIO_CHAT).save_pretrained(directory)
+    return Path(directory)
+
+
 def write_tiny_llm(directory: str | Path, seed: int = 0) -> Path:
     """A tiny Qwen2 causal LM with a ChatML chat template (the label-enrichment LLM)."""
     import torch

@@ -162,6 +162,27 @@ def test_static_cache_decode_samples_what_the_dynamic_decode_samples(tiny_models
     assert allocations["compiled"] == [True, False, False, False, False]  # ... or is padded to 2 clips
 
 
+def test_audio_flamingo_3_captions_through_the_engine(tmp_path):
+    """Audio Flamingo 3 (configs/caption/audioset-af3.yaml) loads and captions through the same engine: its audio
+    encoder runs once per decode of same-length clips, and its static and dynamic decodes agree."""
+    from captioner.tiny import write_tiny_af3
+
+    model = write_tiny_af3(tmp_path / "af3")
+    rng = np.random.default_rng(2)
+    waves = [(0.3 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (3, 3, 1.5)]
+    requests = [Request("Describe.", w, seed=i, n=2) for i, w in enumerate(waves)]
+    texts = {}
+    for decode in ("dynamic", "static"):
+        engine = TransformersEngine(EngineConfig(model=str(model), decode=decode,
+                                                 sampling=SamplingConfig(n=2, max_new_tokens=6)))
+        encoded: list[int] = []
+        engine.model.model.audio_tower.register_forward_hook(lambda m, args, out, log=encoded: log.append(args[0].shape[0]))
+        texts[decode] = engine.generate(requests)
+        assert sorted(encoded) == [1, 2]  # the two 3-s clips share one encoder pass
+    assert [len(t) for t in texts["static"]] == [2, 2, 2] and texts["static"] == texts["dynamic"]
+    assert len({tuple(t) for t in texts["static"]}) == 3
+
+
 def test_a_writer_keeps_an_engine_request_in_flight_while_it_scores_and_writes(corpus, tiny_models, tmp_path):
     """The engines caption chunk k+1 while CLAP scores chunk k: the ALM never waits for the writer's CLAP and I/O."""
     import threading
