@@ -15,5 +15,5 @@ part() {  # part NAME SECONDS COMMAND...
   echo "rc=$? after $((SECONDS - start)) s" >> "$OUT/$name.log"
   grep -v -i "warn\|Loading weights\|Writing model" "$OUT/$name.log" | tail -20
 }
-part caption_gpu 190 python3 benchmarks/caption_gpu.py
+part caption_gpu 240 python3 benchmarks/caption_gpu.py
 part train_throughput 330 python3 benchmarks/train_throughput.py --gpu-only

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import time
 from collections import defaultdict
@@ -27,6 +28,8 @@ import torch
 from pydantic import Field
 
 from shards.config import Strict
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Can you briefly describe what you hear in this audio?"  # AF-AudioSet's captioning prompt
 
@@ -109,7 +112,17 @@ class TransformersEngine:
         dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
                  "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
         self.processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model_type = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code).model_type
+        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model_type = config.model_type
+        if cfg.decode != "dynamic":
+            from transformers import StaticCache
+            from transformers.cache_utils import StaticLayer
+
+            if any(type(layer) is not StaticLayer for layer in StaticCache(config=config, max_cache_len=1).layers):
+                raise ValueError(f"decode: {cfg.decode} needs full attention in every layer and {cfg.model} has "
+                                 "sliding-window or other layers: use decode: dynamic")
+        if cfg.decode == "compiled" and not self.device.startswith("cuda"):
+            log.warning("decode: compiled compiles the decode step on CUDA only; on %s it runs as static", self.device)
         # Audio-language models (Qwen2-Audio, Audio Flamingo 3) are registered as seq2seq-causal LMs.
         auto = AutoModelForSeq2SeqLM if model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES else AutoModelForCausalLM
         self.model = auto.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
@@ -121,13 +134,6 @@ class TransformersEngine:
         self._fe_takes_device = features is not None and "device" in inspect.signature(features.__call__).parameters
         # the preallocated cache of `decode: static | compiled`, reused while its (rows, capacity) hold
         self._static, self._static_shape = None, None
-        if cfg.decode != "dynamic":
-            from transformers import StaticCache
-            from transformers.cache_utils import StaticLayer
-
-            if any(type(layer) is not StaticLayer for layer in StaticCache(config=self.model.config, max_cache_len=1).layers):
-                raise ValueError(f"alm.decode={cfg.decode!r} needs full attention in every layer and {cfg.model} has "
-                                 "sliding-window or other layers: use decode: dynamic")
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, for the benchmark
 
     @property

@@ -162,6 +162,18 @@ def test_static_cache_decode_samples_what_the_dynamic_decode_samples(tiny_models
     assert allocations["compiled"] == [True, False, False, False, False]  # ... or is padded to 2 clips
 
 
+def test_a_sliding_window_model_refuses_the_static_cache_before_its_weights_load(tiny_models, tmp_path):
+    model = tmp_path / "llm"
+    shutil.copytree(tiny_models["llm"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "use_sliding_window": True, "sliding_window": 16,
+                                                   "layer_types": ["sliding_attention", "full_attention"]}))
+    for weights in model.glob("*.safetensors"):
+        weights.unlink()  # the refusal comes from the config, before any weight is read
+    with pytest.raises(ValueError, match="sliding-window .* use decode: dynamic"):
+        TransformersEngine(EngineConfig(model=str(model), decode="static"))
+
+
 def test_audio_flamingo_3_captions_through_the_engine(tmp_path):
     """Audio Flamingo 3 (configs/caption/audioset-af3.yaml) loads and captions through the same engine: its audio
     encoder runs once per decode of same-length clips, and its static and dynamic decodes agree."""
