@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from shards import format as fmt
-from shards.config import JobFailed, config_hash, save_config
-from shards.manifest import manifest_path, open_shard_set, write_manifest
+from shards.config import JobFailed
 from shards.units import (
-    check_done_units,
     dispatch_units,
-    init_ray,
-    pending_units,
-    run_units_in_process,
+    run_unit_job,
     worker_count,
-    write_failed_unit,
 )
-from shards.writer import sweep_stale_tmp, write_json_atomic
+from shards.writer import write_json_atomic
 
 from .config import CaptionConfig, unit_deadline
 from .pools import UnitWriter, plan_pools, start_pools
@@ -47,7 +40,7 @@ def unit_hash(items) -> str:
     return hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest()[:16]
 
 
-def _run_on_ray(cfg: CaptionConfig, units, todo, out, extras, on_done, on_failed) -> dict[int, str]:
+def _run_on_ray(cfg: CaptionConfig, units, out, todo, extras, on_done, on_failed) -> dict[int, str]:
     import ray
 
     cfg_dict = cfg.model_dump(mode="json")
@@ -77,47 +70,15 @@ def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress
     items = load_items(cfg.source)
     units = partition(items, cfg.unit_size)
     hashes = [unit_hash(u) for u in units]
-    out = Path(cfg.output)
-    address = ray_address or cfg.ray.address
-    in_process = cfg.ray.workers == 0 and not address
-    if not in_process:  # a cluster that cannot be joined is one line, before anything is written
-        init_ray(cfg.ray.env_vars, address)
-    identity = cfg.identity()
-    job_hash = config_hash(identity)
     partitioning = {"items": len(items), "unit_size": cfg.unit_size, "units": len(units), "order": "sorted by key",
                     "unit_hashes": hashes}
-    if manifest_path(out).exists():
-        open_shard_set(out, identity, partitioning=partitioning)  # refuses naming the config keys that changed
-    check_done_units(out, job_hash, hashes)  # the done markers decide, with or without a manifest
-    open_shard_set(out, identity, partitioning=partitioning)
-    save_config(cfg, out)
-    if swept := sweep_stale_tmp(out):
-        log.info("removed %d temporary files of killed writers", swept)
-    todo = pending_units(out, cfg.prefix, len(units))
-    extras = {i: {"job_hash": job_hash, "unit_hash": hashes[i]} for i in todo}
-    log.info("%d clips in %d units; %d already done, %d to do", len(items), len(units), len(units) - len(todo), len(todo))
-    bar = tqdm(total=sum(len(units[i]) for i in todo), unit="clip", desc="captioning", disable=not progress)
-    timings: Counter[str] = Counter()
-    start = time.perf_counter()
-
-    def on_done(result: dict) -> None:
-        bar.update(result["rows"])
-        timings.update(result.get("timings", {}))
-
-    def on_failed(i: int, error: str) -> None:  # every clip of a unit that exhausted its retries: a failed row
-        on_done(write_failed_unit(out, cfg.prefix, i, [(it.key, it.meta()) for it in units[i]], error, extras[i]))
-
-    if todo:
-        if in_process:
-            failed = run_units_in_process(CaptionWorker(cfg), units, todo, out, extras, on_done, cfg.ray.max_retries,
-                                          on_failed)
-        else:
-            failed = _run_on_ray(cfg, units, todo, out, extras, on_done, on_failed)
-    else:
-        failed = {}
-    bar.close()
-    manifest = write_manifest(out, partitioning=partitioning)
-    summary = summarize(out, manifest, failed, time.perf_counter() - start, dict(timings))
+    log.info("%d clips in %d units", len(items), len(units))
+    out = Path(cfg.output)
+    manifest, failed, timings, seconds = run_unit_job(
+        cfg, ray_address, cfg.identity(), partitioning, units, hashes,
+        rows=lambda i: [(it.key, it.meta()) for it in units[i]], local_worker=lambda: CaptionWorker(cfg),
+        on_ray=lambda *run: _run_on_ray(cfg, units, out, *run), desc="captioning", progress=progress)
+    summary = summarize(out, manifest, failed, seconds, timings)
     write_json_atomic(out / SUMMARY_NAME, summary)
     if summary["ok"] == 0:
         raise NoClipsCaptioned(f"no clip was captioned into {out}: statuses {summary['failures'] or '{}'}, failed "

@@ -21,26 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from captioner.clap import ClapScorer
 from captioner.engines import make_engine
 from shards import audio
 from shards import format as fmt
 from shards.audio import conform
-from shards.config import JobFailed, config_hash, save_config
-from shards.manifest import manifest_path, open_shard_set, write_manifest
+from shards.config import JobFailed
 from shards.mix import group_gain, place, seeded_rng
 from shards.units import (
-    check_done_units,
     dispatch_units,
-    init_ray,
-    pending_units,
-    run_units_in_process,
+    run_unit_job,
     worker_count,
-    write_failed_unit,
 )
-from shards.writer import ShardWriter, sweep_stale_tmp, write_json_atomic
+from shards.writer import ShardWriter, write_json_atomic
 
 from .clips import index_clips, read_clip
 from .config import EditDataConfig
@@ -209,53 +203,28 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
                         "events the background lacks must exist in the same split")
     units = [groups[i: i + cfg.unit_size] for i in range(0, len(groups), cfg.unit_size)]
     hashes = [group_unit_hash(u) for u in units]
-    out, identity = Path(cfg.output), cfg.identity()
-    address = ray_address or cfg.ray.address
-    in_process = cfg.ray.workers == 0 and not address
-    if not in_process:  # a cluster that cannot be joined is one line, before anything is written
-        init_ray(cfg.ray.env_vars, address)
-    job_hash = config_hash(identity)
     splits = Counter(g.split for g in groups)
     partitioning = {"clips": len(clips), "groups": len(groups), "unit_size": cfg.unit_size, "units": len(units),
                     "splits": dict(splits), "unit_hashes": hashes}
-    if manifest_path(out).exists():
-        open_shard_set(out, identity, partitioning=partitioning, kind="edit")
-    check_done_units(out, job_hash, hashes)
-    open_shard_set(out, identity, partitioning=partitioning, kind="edit")
-    save_config(cfg, out)
-    sweep_stale_tmp(out)
-    todo = pending_units(out, cfg.prefix, len(units))
-    extras = {i: {"job_hash": job_hash, "unit_hash": hashes[i]} for i in todo}
-    log.info("%d clips -> %d groups (%s) in %d units; %d done, %d to do", len(clips), len(groups),
-             ", ".join(f"{k} {v}" for k, v in sorted(splits.items())), len(units), len(units) - len(todo), len(todo))
-    bar = tqdm(total=sum(len(units[i]) for i in todo), unit="group", desc="edit groups", disable=not progress)
-    timings: Counter[str] = Counter()
-    start = time.perf_counter()
+    log.info("%d clips -> %d groups (%s)", len(clips), len(groups), ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
+    out = Path(cfg.output)
 
-    def on_done(result: dict) -> None:
-        bar.update(result["rows"])
-        timings.update(result.get("timings", {}))
+    def on_ray(todo, extras, on_done, on_failed):
+        import ray
 
-    def on_failed(i: int, error: str) -> None:  # every group of a unit that exhausted its retries: a failed row
-        on_done(write_failed_unit(out, cfg.prefix, i, [(g.key, {"split": g.split}) for g in units[i]], error, extras[i]))
+        Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(EditDataWorker)
+        count = worker_count(cfg.ray.workers)  # "auto": one per GPU, as captioning
+        cfg_dict = cfg.model_dump(mode="json")
+        ray_units = [[asdict(g) for g in u] for u in units]
+        return dispatch_units(lambda k: Worker.remote(cfg_dict), count, ray_units, todo, out, extras, on_done,
+                              cfg.ray.max_retries, on_failed)
 
-    failed = {}
-    if todo:
-        if in_process:
-            failed = run_units_in_process(EditDataWorker(cfg, clap=clap, llm=llm), units, todo, out, extras, on_done,
-                                          cfg.ray.max_retries, on_failed)
-        else:
-            import ray
-
-            Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(EditDataWorker)
-            count = worker_count(cfg.ray.workers)  # "auto": one per GPU, as captioning
-            cfg_dict = cfg.model_dump(mode="json")
-            ray_units = [[asdict(g) for g in u] for u in units]
-            failed = dispatch_units(lambda k: Worker.remote(cfg_dict), count, ray_units, todo, out, extras, on_done,
-                                    cfg.ray.max_retries, on_failed)
-    bar.close()
-    manifest = write_manifest(out, partitioning=partitioning)
-    summary = summarize(out, manifest, failed, time.perf_counter() - start, dict(timings))
+    manifest, failed, timings, seconds = run_unit_job(
+        cfg, ray_address, cfg.identity(), partitioning, units, hashes,
+        rows=lambda i: [(g.key, {"split": g.split}) for g in units[i]],
+        local_worker=lambda: EditDataWorker(cfg, clap=clap, llm=llm), on_ray=on_ray,
+        kind="edit", unit="group", desc="edit groups", progress=progress)
+    summary = summarize(out, manifest, failed, seconds, timings)
     write_json_atomic(out / SUMMARY_NAME, summary)
     if summary["ok"] == 0:
         raise JobFailed(f"no edit group was written into {out}: statuses {summary['failures'] or '{}'}, failed "

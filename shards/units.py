@@ -10,6 +10,8 @@
 - `dispatch_units`: units over resident worker actors, a deadline per unit, a dead or hung worker replaced,
   a failed unit retried, then handed to `on_failed` (which writes it as a shard of failed rows).
 - `run_units_in_process`: the same retry-then-report policy in this process.
+- `run_unit_job`: a job's frame around them: refuse a resume of another job, run the pending units with a
+  progress bar, write their failures as rows, then the manifest.
 - `check_done_units`: a rerun refuses shards of another job or of other items.
 - `pending_units` / `write_failed_unit`: a unit is done when its stats file exists and it did not fail; a
   failed unit's shard holds one `failed` row per input item (FORMAT.md: one row per input item, failures
@@ -26,8 +28,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import format as fmt
-from .config import JobFailed
-from .manifest import ConfigMismatch, done_shards
+from .config import JobFailed, config_hash, save_config
+from .manifest import ConfigMismatch, done_shards, manifest_path, open_shard_set, write_manifest
 from .writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -279,3 +281,53 @@ def run_units_in_process(worker, units, todo, out, extras, on_done, retries: int
             if on_failed is not None:
                 on_failed(i, failed[i])
     return failed
+
+
+def run_unit_job(cfg, ray_address: str | None, identity: dict, partitioning: dict, units: list, hashes: list[str],
+                 rows, local_worker, on_ray, *, kind: str = "audio", unit: str = "clip", desc: str = "units",
+                 progress: bool = True) -> tuple[dict, dict[int, str], dict, float]:
+    """Unit job `cfg` (its `output`, `prefix` and `ray` section) into its shard set. A resume must match
+    `identity`, and the finished shards must be this job's `units` (their `hashes`). The pending units run in
+    this process on `local_worker()` when `ray.workers` is 0 and no cluster is named, else through
+    `on_ray(todo, extras, on_done, on_failed)` (which returns the failed units) after joining the cluster,
+    before anything is written. `rows(i)` lists unit i's input items as (key, metadata) for its failed rows.
+    Returns (manifest, failed units, seconds per stage, seconds)."""
+    from tqdm.auto import tqdm
+
+    from .writer import sweep_stale_tmp
+
+    address = ray_address or cfg.ray.address
+    in_process = cfg.ray.workers == 0 and not address
+    if not in_process:  # a cluster that cannot be joined is one line, before anything is written
+        init_ray(cfg.ray.env_vars, address)
+    out = Path(cfg.output)
+    job_hash = config_hash(identity)
+    if manifest_path(out).exists():
+        open_shard_set(out, identity, partitioning=partitioning, kind=kind)  # refuses naming the keys that changed
+    check_done_units(out, job_hash, hashes)  # the done markers decide, with or without a manifest
+    open_shard_set(out, identity, partitioning=partitioning, kind=kind)
+    save_config(cfg, out)
+    if swept := sweep_stale_tmp(out):
+        log.info("removed %d temporary files of killed writers", swept)
+    todo = pending_units(out, cfg.prefix, len(units))
+    extras = {i: {"job_hash": job_hash, "unit_hash": hashes[i]} for i in todo}
+    log.info("%d units: %d already done, %d to do", len(units), len(units) - len(todo), len(todo))
+    bar = tqdm(total=sum(len(units[i]) for i in todo), unit=unit, desc=desc, disable=not progress)
+    timings: Counter[str] = Counter()
+    start = time.perf_counter()
+
+    def on_done(result: dict) -> None:
+        bar.update(result["rows"])
+        timings.update(result.get("timings", {}))
+
+    def on_failed(i: int, error: str) -> None:  # every item of a unit that exhausted its retries: a failed row
+        on_done(write_failed_unit(out, cfg.prefix, i, rows(i), error, extras[i]))
+
+    if not todo:
+        failed = {}
+    elif in_process:
+        failed = run_units_in_process(local_worker(), units, todo, out, extras, on_done, cfg.ray.max_retries, on_failed)
+    else:
+        failed = on_ray(todo, extras, on_done, on_failed)
+    bar.close()
+    return write_manifest(out, partitioning=partitioning), failed, dict(timings), time.perf_counter() - start
