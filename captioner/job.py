@@ -72,12 +72,12 @@ def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress
     hashes = [unit_hash(u) for u in units]
     partitioning = {"items": len(items), "unit_size": cfg.unit_size, "units": len(units), "order": "sorted by key",
                     "unit_hashes": hashes}
-    log.info("%d clips in %d units", len(items), len(units))
     out = Path(cfg.output)
     manifest, failed, timings, seconds = run_unit_job(
         cfg, ray_address, cfg.identity(), partitioning, units, hashes,
         rows=lambda i: [(it.key, it.meta()) for it in units[i]], local_worker=lambda: CaptionWorker(cfg),
-        on_ray=lambda *run: _run_on_ray(cfg, units, out, *run), desc="captioning", progress=progress)
+        on_ray=lambda *run: _run_on_ray(cfg, units, out, *run), plan=f"{len(items)} clips", desc="captioning",
+        progress=progress)
     summary = summarize(out, manifest, failed, seconds, timings)
     write_json_atomic(out / SUMMARY_NAME, summary)
     if summary["ok"] == 0:

@@ -63,6 +63,26 @@ def _qwen2_text_config(vocab_size: int, tokenizer):
                        tie_word_embeddings=True)
 
 
+TINY_WHISPER = dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+                    max_source_positions=1500)  # the audio encoders' size (Whisper-large's 128 mel bins)
+AUDIO_CHAT = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+              "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'audio' %}"
+              "<sound>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _save_audio_lm(directory: str | Path, model, tokenizer, processor_class, **processor_kwargs) -> Path:
+    """The model, and its processor: a 16-kHz 128-mel Whisper feature extractor around `tokenizer`."""
+    from transformers import WhisperFeatureExtractor
+
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000)
+    processor_class(feature_extractor=features, tokenizer=tokenizer, **processor_kwargs).save_pretrained(directory)
+    return Path(directory)
+
+
 def write_tiny_alm(directory: str | Path, seed: int = 0) -> Path:
     """A tiny Qwen2-Audio (Whisper-style encoder + Qwen2 LM) with its processor and chat template."""
     import torch
@@ -71,29 +91,15 @@ def write_tiny_alm(directory: str | Path, seed: int = 0) -> Path:
         Qwen2AudioEncoderConfig,
         Qwen2AudioForConditionalGeneration,
         Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
     )
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(QWEN_SPECIALS + AUDIO_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>",
                                 byte_level=True, vocab_size=600)
-    audio = Qwen2AudioEncoderConfig(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2,
-                                    encoder_ffn_dim=64, d_model=32, max_source_positions=1500)
-    config = Qwen2AudioConfig(audio_config=audio, text_config=_qwen2_text_config(len(tokenizer), tokenizer),
+    config = Qwen2AudioConfig(audio_config=Qwen2AudioEncoderConfig(**TINY_WHISPER),
+                              text_config=_qwen2_text_config(len(tokenizer), tokenizer),
                               audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
-    model = Qwen2AudioForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(directory)
-    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000)
-    Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(directory)
-    return Path(directory)
-
-
-AUDIO_CHAT = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-              "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'audio' %}"
-              "<sound>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return _save_audio_lm(directory, Qwen2AudioForConditionalGeneration(config), tokenizer, Qwen2AudioProcessor)
 
 
 def write_tiny_af3(directory: str | Path, seed: int = 0) -> Path:
@@ -105,23 +111,16 @@ def write_tiny_af3(directory: str | Path, seed: int = 0) -> Path:
         AudioFlamingo3ForConditionalGeneration,
         AudioFlamingo3Processor,
         AutoConfig,
-        WhisperFeatureExtractor,
     )
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(QWEN_SPECIALS + ["<sound>"], eos="<|im_end|>", pad="<|endoftext|>",
                                 byte_level=True, vocab_size=600)
-    audio = AutoConfig.for_model("audioflamingo3_encoder", num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2,
-                                 encoder_ffn_dim=64, d_model=32, max_source_positions=1500)
-    config = AudioFlamingo3Config(audio_config=audio, text_config=_qwen2_text_config(len(tokenizer), tokenizer),
+    config = AudioFlamingo3Config(audio_config=AutoConfig.for_model("audioflamingo3_encoder", **TINY_WHISPER),
+                                  text_config=_qwen2_text_config(len(tokenizer), tokenizer),
                                   audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"))
-    model = AudioFlamingo3ForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(directory)
-    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000)
-    AudioFlamingo3Processor(feature_extractor=features, tokenizer=tokenizer, chat_template=AUDIO_CHAT).save_pretrained(directory)
-    return Path(directory)
+    return _save_audio_lm(directory, AudioFlamingo3ForConditionalGeneration(config), tokenizer,
+                          AudioFlamingo3Processor, chat_template=AUDIO_CHAT)
 
 
 def write_tiny_llm(directory: str | Path, seed: int = 0) -> Path:

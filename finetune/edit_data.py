@@ -206,7 +206,6 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
     splits = Counter(g.split for g in groups)
     partitioning = {"clips": len(clips), "groups": len(groups), "unit_size": cfg.unit_size, "units": len(units),
                     "splits": dict(splits), "unit_hashes": hashes}
-    log.info("%d clips -> %d groups (%s)", len(clips), len(groups), ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
     out = Path(cfg.output)
 
     def on_ray(todo, extras, on_done, on_failed):
@@ -223,6 +222,7 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
         cfg, ray_address, cfg.identity(), partitioning, units, hashes,
         rows=lambda i: [(g.key, {"split": g.split}) for g in units[i]],
         local_worker=lambda: EditDataWorker(cfg, clap=clap, llm=llm), on_ray=on_ray,
+        plan=f"{len(clips)} clips -> {len(groups)} groups ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})",
         kind="edit", unit="group", desc="edit groups", progress=progress)
     summary = summarize(out, manifest, failed, seconds, timings)
     write_json_atomic(out / SUMMARY_NAME, summary)

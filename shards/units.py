@@ -284,14 +284,14 @@ def run_units_in_process(worker, units, todo, out, extras, on_done, retries: int
 
 
 def run_unit_job(cfg, ray_address: str | None, identity: dict, partitioning: dict, units: list, hashes: list[str],
-                 rows, local_worker, on_ray, *, kind: str = "audio", unit: str = "clip", desc: str = "units",
-                 progress: bool = True) -> tuple[dict, dict[int, str], dict, float]:
+                 rows, local_worker, on_ray, *, plan: str, kind: str = "audio", unit: str = "clip",
+                 desc: str = "units", progress: bool = True) -> tuple[dict, dict[int, str], dict, float]:
     """Unit job `cfg` (its `output`, `prefix` and `ray` section) into its shard set. A resume must match
     `identity`, and the finished shards must be this job's `units` (their `hashes`). The pending units run in
     this process on `local_worker()` when `ray.workers` is 0 and no cluster is named, else through
     `on_ray(todo, extras, on_done, on_failed)` (which returns the failed units) after joining the cluster,
     before anything is written. `rows(i)` lists unit i's input items as (key, metadata) for its failed rows.
-    Returns (manifest, failed units, seconds per stage, seconds)."""
+    `plan` says what the units hold, for the log. Returns (manifest, failed units, seconds per stage, seconds)."""
     from tqdm.auto import tqdm
 
     from .writer import sweep_stale_tmp
@@ -311,7 +311,7 @@ def run_unit_job(cfg, ray_address: str | None, identity: dict, partitioning: dic
         log.info("removed %d temporary files of killed writers", swept)
     todo = pending_units(out, cfg.prefix, len(units))
     extras = {i: {"job_hash": job_hash, "unit_hash": hashes[i]} for i in todo}
-    log.info("%d units: %d already done, %d to do", len(units), len(units) - len(todo), len(todo))
+    log.info("%s in %d units; %d already done, %d to do", plan, len(units), len(units) - len(todo), len(todo))
     bar = tqdm(total=sum(len(units[i]) for i in todo), unit=unit, desc=desc, disable=not progress)
     timings: Counter[str] = Counter()
     start = time.perf_counter()
