@@ -187,13 +187,13 @@ class TransformersEngine:
             self._static = None  # the old cache is freed before the new one is allocated
             self._static = StaticCache(config=self.model.config, max_cache_len=capacity)
             self._static_shape = (rows, capacity)
-        self._static.reset()  # zeros, so that nothing of the previous decode lingers past the prompt
         for layer, source in zip(self._static.layers, prefilled.layers):
             if not layer.is_initialized:
                 layer.lazy_initialization(*[t.new_empty((rows, *t.shape[1:2], 0, t.shape[3]))
                                             for t in (source.keys, source.values)])
             for to, block in ((layer.keys, source.keys), (layer.values, source.values)):
                 to.view(batch, n, *to.shape[1:])[:, :, :, :prompt].copy_(block.unsqueeze(1))
+                to[:, :, prompt:].zero_()  # masked until written, and nothing of the previous decode lingers
             layer.cumulative_length.fill_(prompt)
         return self._static
 

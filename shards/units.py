@@ -27,10 +27,12 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from . import format as fmt
 from .config import JobFailed, config_hash, save_config
 from .manifest import ConfigMismatch, done_shards, manifest_path, open_shard_set, write_manifest
-from .writer import ShardWriter
+from .writer import ShardWriter, sweep_stale_tmp
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +294,6 @@ def run_unit_job(cfg, ray_address: str | None, identity: dict, partitioning: dic
     `on_ray(todo, extras, on_done, on_failed)` (which returns the failed units) after joining the cluster,
     before anything is written. `rows(i)` lists unit i's input items as (key, metadata) for its failed rows.
     `plan` says what the units hold, for the log. Returns (manifest, failed units, seconds per stage, seconds)."""
-    from tqdm.auto import tqdm
-
-    from .writer import sweep_stale_tmp
-
     address = ray_address or cfg.ray.address
     in_process = cfg.ray.workers == 0 and not address
     if not in_process:  # a cluster that cannot be joined is one line, before anything is written
