@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of one lent-GPU session, one `timeout` per part, output under $OUT (see
-# ../shared/gpu/README.md): captioning at Qwen2-Audio-7B size (issue #20) and the training loop at dit-l
-# (issue #22). Run from the project root with the carried wheels: bash benchmarks/gpu_session.sh
+# ../shared/gpu/README.md): the separator's RTF, captioning at Qwen2-Audio-7B size (issue #20) and the
+# training loop at dit-l (issue #22). Run from the project root with the carried wheels: bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -15,5 +15,7 @@ part() {  # part NAME SECONDS COMMAND...
   echo "rc=$? after $((SECONDS - start)) s" >> "$OUT/$name.log"
   grep -v -i "warn\|Loading weights\|Writing model" "$OUT/$name.log" | tail -20
 }
-part caption_gpu 240 python3 benchmarks/caption_gpu.py
-part train_throughput 330 python3 benchmarks/train_throughput.py --gpu-only
+# one device call of at most 600 s: the parts below take at most 565 s; each part's slowest row runs last
+part separate_speed 50 python3 benchmarks/separate_speed.py --gpu-only
+part caption_gpu 220 python3 benchmarks/caption_gpu.py
+part train_throughput 280 python3 benchmarks/train_throughput.py --gpu-only --gpu-modes compiled,eager

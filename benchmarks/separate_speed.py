@@ -62,6 +62,34 @@ def separator_rtfs(device: str, audiosep_src: str | None) -> None:
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters (random weights, its own code)")
 
 
+@torch.no_grad()
+def gpu_precisions(seconds: float = 10.0) -> None:
+    """The paper preset's separator + query model on the GPU under each numeric setting, batch 1 (the paper's
+    RTF) and 8 windows per forward (what `separate` runs), with the bf16 output's SNR against fp32."""
+    cfg = preset("paper", ssl_dim=0)
+    asm = Separator(cfg).cuda().eval()
+    query = QueryModel(query_preset("paper", sample_rate=cfg.sample_rate)).cuda().eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, int(seconds * cfg.sample_rate), device="cuda", generator=g)
+    e = torch.randn(8, cfg.embed_dim, device="cuda", generator=g)
+
+    def run(batch: int, dtype) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            return asm(x[:batch], query(e[:batch], x[:batch], e[:batch]))[0].float()
+
+    reference = run(8, None)
+    for name, tf32, dtype in (("fp32", False, None), ("tf32", True, None), ("bf16 autocast", False, torch.bfloat16)):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        one = rtf(lambda dtype=dtype: run(1, dtype), seconds)
+        eight = rtf(lambda dtype=dtype: run(8, dtype), 8 * seconds)
+        y = run(8, dtype)
+        snr = 10 * torch.log10(reference.pow(2).sum() / (y - reference).pow(2).sum().clamp(min=1e-20))
+        print(f"  paper preset {name:<14} RTF batch 1 {one:.4f}, 8 windows per forward {eight:.4f} (per second of "
+              f"audio); output SNR against fp32 {snr:5.1f} dB")
+    torch.backends.cudnn.allow_tf32 = True  # torch's defaults
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def loader_headroom(steps: int, workers: int) -> None:
     from capflow.tiny import write_all_tiny_models
     from separation.config import SeparationConfig
@@ -128,12 +156,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audiosep-src", default=None)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU rows (no CPU rows, no loader)")
     args = parser.parse_args()
+    if args.gpu_only:
+        if torch.cuda.is_available():
+            separator_rtfs("cuda", args.audiosep_src)
+            gpu_precisions()
+            ssl_features("cuda")
+        else:
+            print("GPU: not measured (no CUDA device)")
+        return
     print(f"CPU ({os.cpu_count()} cores), 10-s inputs, batch 1, random weights:")
     separator_rtfs("cpu", args.audiosep_src)
     if torch.cuda.is_available():
         print("GPU:")
         separator_rtfs("cuda", args.audiosep_src)
+        gpu_precisions()
     else:
         print("GPU: not measured (no CUDA device)")
     ssl_features("cpu")

@@ -108,6 +108,23 @@ def time_loop(trainer: Trainer, steps: int, warmup: int = 3) -> tuple[float, flo
     return sum(times) / steps, float(np.median(times)), save, time.perf_counter() - start
 
 
+def busy(fn, steps: int = 3) -> tuple[float, str]:
+    """(the share of fn's wall time that the GPU spends in kernels over `steps` calls, the top kernels table):
+    near 1 means the step is GPU-bound, lower means the GPU waits on the host (launches, syncs, data)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+    return kernels / wall, events.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60)
+
+
 def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) -> None:
     """One Trainer (one compile where compiled) times the raw step, then the loop."""
     trainer = Trainer(cfg)
@@ -119,6 +136,8 @@ def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) 
         flops = model_flops(trainer.unwrapped.config, params, cfg.data.micro_batch_size, FRAMES, text_len=0)
     raw = time_raw_step(trainer, steps)
     loop, median, save, export = time_loop(trainer, steps)
+    if mfu:
+        loop_busy, table = busy(trainer.step)
     b = cfg.data.micro_batch_size
     line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
             f"({b / loop:6.1f} samples/s), loop/raw speed {raw / loop:.2f} (target >= 0.9)")
@@ -128,6 +147,8 @@ def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) 
     retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
     print(f"{' ' * len(label)}  median loop step {median * 1e3:.1f} ms; checkpoint save {save:.2f} s, export "
           f"{export:.2f} s (not in the step times); allocator retries {retries}")
+    if mfu:
+        print(f"{' ' * len(label)}  GPU busy in kernels {loop_busy:.0%} of the loop's steps; top kernels:\n{table}")
 
 
 def main() -> None:

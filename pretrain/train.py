@@ -405,6 +405,10 @@ class Trainer:
         """One optimizer step: `accumulation` finite micro-batches, clipping, AdamW, schedule, EMA. Returns the
         step's numbers, or None when its gradient was not finite (skipped on every rank and counted)."""
         st = self.state
+        # Outside DeepSpeed the losses are checked with the gradient norm, in the step's one host sync: a sync
+        # between forward and backward would leave the GPU idle while the backward is launched. DeepSpeed steps
+        # inside its last backward, so there each loss is checked before it (and skips its micro-batch alone).
+        late_check = not self.is_deepspeed
         done = samples = frames = 0
         loss_sum = torch.zeros((), device=self.acc.device)  # read at log time: no host sync per micro-batch
         while done < self.accumulation:
@@ -415,7 +419,7 @@ class Trainer:
                     self._discriminator_step(batch)
                 with self.acc.autocast():
                     loss = self.loss(batch)
-                finite = self._all_finite(loss)
+                finite = late_check or self._all_finite(loss)
                 if finite:
                     self.acc.backward(loss)
             if not finite:
@@ -426,12 +430,14 @@ class Trainer:
             samples += batch["latent"].shape[0]
             frames += int(batch["valid"].sum())
         grad_norm = self._clip_grad_norm()
-        if grad_norm is not None and not self._all_finite(grad_norm):
-            # a finite loss with a non-finite gradient would make the weights, the EMA and every later checkpoint
-            # NaN: the step is skipped on every rank and counted like a non-finite loss (DeepSpeed skips its own
-            # step on such gradients and reports an infinite norm)
+        checked = [loss_sum] * late_check + [grad_norm] * (grad_norm is not None)
+        if checked and not self._all_finite(torch.stack([torch.as_tensor(v, device=self.acc.device) for v in checked])):
+            # a non-finite loss or gradient would make the weights, the EMA and every later checkpoint NaN: the
+            # step is skipped on every rank and counted (DeepSpeed skips its own step on such gradients and
+            # reports an infinite norm)
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip(f"non-finite gradient norm ({float(grad_norm)})", batch)
+            what = "loss" if late_check and not torch.isfinite(loss_sum) else f"gradient norm ({float(grad_norm)})"
+            self._skip(f"non-finite {what}", batch)
             return None
         st.nan_in_row = 0
         lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at

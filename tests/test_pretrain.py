@@ -100,6 +100,22 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, latents):
         trainer.train()
 
 
+def test_one_host_sync_per_step_and_a_nan_loss_skips_its_window(tmp_path, latents):
+    """The losses are checked with the gradient norm at the step's end (no sync between forward and backward);
+    a NaN loss anywhere in an accumulation window skips that optimizer step, counted once."""
+    trainer = Trainer(_cfg(tmp_path, latents, steps=3, save_every=100, batch_size=8))  # 2 micro-batches per step
+    checks, all_finite = [], trainer._all_finite
+    trainer._all_finite = lambda value: checks.append(trainer.state.micro) or all_finite(value)
+    clean = trainer.batches
+    trainer.batches = ({**b, "latent": b["latent"] * float("nan")} if i == 2 else b for i, b in enumerate(clean))
+    trainer.train()
+    # one per optimizer step (the one with the NaN micro-batch is skipped), then the final save's weight check
+    assert checks == [2, 4, 6, 8, 8], checks
+    assert trainer.state.nan_skipped == 1 and trainer.state.step == 3 and trainer.state.micro == 8
+    assert all(torch.isfinite(p).all() for p in trainer.unwrapped.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.ema.shadow_params)
+
+
 def _nan_gradient(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """The loss plus a term worth 0 whose gradient is NaN: sqrt(u) at u = 0 has slope inf, times du = 1 − 1."""
     p = next(model.parameters())
