@@ -9,7 +9,9 @@
   of the sampling loop: `static` (one preallocated cache written in place, reused across decodes), `dynamic`
   (transformers' default: it grows by concatenation, so every step copies the whole cache) or `compiled`
   (static, and transformers compiles the decode step with CUDA graphs; CUDA only). All three sample the same
-  texts from the same seed.
+  texts from the same seed. `auto` (the default) is compiled on CUDA (4.39 clips/s on an H100 at Qwen2-Audio-7B
+  size against 2.68 static and 2.47 dynamic, after a 47-s compile), static elsewhere, dynamic for models with
+  sliding-window layers.
 - `vllm` (extra `capflow[vllm]`): vLLM's offline engine; `SamplingParams(n=...)` shares the prefill.
 """
 
@@ -57,7 +59,7 @@ class EngineConfig(Strict):
     clips_per_decode: int = Field(8, ge=1)
     # transformers engine: the sampling loop's KV cache (see the module docstring). `compiled` runs every decode
     # at batch clips_per_decode x n (a short chunk is padded with its last clip) so that shapes never change.
-    decode: Literal["static", "dynamic", "compiled"] = "static"
+    decode: Literal["auto", "static", "dynamic", "compiled"] = "auto"
     vllm: dict = {}  # extra keyword arguments for vllm.LLM (tensor_parallel_size, max_model_len, ...)
 
 
@@ -118,7 +120,11 @@ class TransformersEngine:
             from transformers import StaticCache
             from transformers.cache_utils import StaticLayer
 
-            if any(type(layer) is not StaticLayer for layer in StaticCache(config=config, max_cache_len=1).layers):
+            full_attention = all(type(layer) is StaticLayer for layer in StaticCache(config=config, max_cache_len=1).layers)
+            if cfg.decode == "auto":
+                decode = "dynamic" if not full_attention else "compiled" if self.device.startswith("cuda") else "static"
+                self.cfg = cfg = cfg.model_copy(update={"decode": decode})
+            elif not full_attention:
                 raise ValueError(f"decode: {cfg.decode} needs full attention in every layer and {cfg.model} has "
                                  "sliding-window or other layers: use decode: dynamic")
         if cfg.decode == "compiled" and not self.device.startswith("cuda"):

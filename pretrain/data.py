@@ -98,7 +98,8 @@ class LatentBatches:
         # running count, so the main process can report the total.
         pipeline.append(wds.map(lambda batch: {**self.to_batch(batch), "skipped": (_worker_id(), errors.skipped)}))
         # its own generator: creating a loader must not draw from the global RNG that resume restores
-        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers,
+        # pinned batches copy to the GPU without blocking the host (compute_loss copies them non_blocking)
+        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
                                generator=torch.Generator().manual_seed(seed))
         return iter(loader)
 

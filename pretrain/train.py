@@ -129,17 +129,17 @@ def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encode
                  device, objective: Objective = FLOW) -> torch.Tensor:
     """The loss of one micro-batch: draw the mask, the times and the noise, predict the objective's target
     (flow velocity, or v for a v-DDPM) from the noisy latent and the visible context, score masked valid frames."""
-    x1 = batch["latent"].to(device)  # (b, c, n)
+    x1 = batch["latent"].to(device, non_blocking=True)  # (b, c, n)
     b, _, n = x1.shape
     m = cfg.masking
-    mask = span_mask(b, n, span, tuple(m.ratio), m.full_mask_prob).to(device)  # (b, n)
+    mask = span_mask(b, n, span, tuple(m.ratio), m.full_mask_prob).to(device, non_blocking=True)  # (b, n)
     text = text_mask = None
     if text_encoder is not None:
         text, text_mask = text_encoder(batch["caption"])  # (b, l, e), (b, l)
     x_t, t, target = objective.point(x1, torch.randn_like(x1), cfg.flow.timesteps, cfg.flow.logit_mean,
                                      cfg.flow.logit_std)
     v = model(x_t, t, context=x1, mask=mask, text=text, text_mask=text_mask)
-    return flow_loss(v, target, mask & batch["valid"].to(device))
+    return flow_loss(v, target, mask & batch["valid"].to(device, non_blocking=True))
 
 
 class Trainer:

@@ -129,6 +129,10 @@ def test_two_stage_bundle_separates_with_the_query_models_embedding(tmp_path, ti
     torch.testing.assert_close(out, expected)
     assert not torch.allclose(out, text_only)  # the text embedding alone is the one-stage path, not this one
     assert not torch.allclose(out, separator.separate_waves(mixture, ["noise burst"]))
+    # --dtype bf16 (the CUDA default) autocasts the query model and the separator: close to fp32, not it
+    bf16 = LanguageSeparator.from_pretrained(export, dtype="bf16").separate_waves(mixture, ["sine tone"])
+    snr = 10 * torch.log10(out.pow(2).sum() / (bf16 - out).pow(2).sum())
+    assert bf16.dtype == torch.float32 and separator.dtype == "fp32" and 20 < snr < 100, snr
 
 
 @pytest.mark.timeout(400)
