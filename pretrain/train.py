@@ -435,6 +435,8 @@ class Trainer:
             # a non-finite loss or gradient would make the weights, the EMA and every later checkpoint NaN: the
             # step is skipped on every rank and counted (DeepSpeed skips its own step on such gradients and
             # reports an infinite norm)
+            if self.acc.scaler is not None:  # fp16: the loss scaler skips the step itself and lowers its scale
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             what = "loss" if late_check and not torch.isfinite(loss_sum) else f"gradient norm ({float(grad_norm)})"
             self._skip(f"non-finite {what}", batch)

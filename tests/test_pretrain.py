@@ -122,6 +122,26 @@ def _nan_gradient(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     return loss + torch.sqrt(p.sum() - p.sum())
 
 
+def test_fp16_overflow_lets_the_loss_scaler_skip_the_step_and_lower_its_scale(tmp_path, latents, monkeypatch):
+    """fp16 on CUDA: an overflowing gradient is the GradScaler's to handle. Skipped without telling it, its scale
+    never dropped and the next step's unscale_ raised ("unscale_() has already been called ..."). accelerate gives
+    no scaler on a CPU, so the test puts a real torch GradScaler where accelerate keeps its own."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    trainer = Trainer(_cfg(tmp_path, latents, steps=3, save_every=100))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    monkeypatch.setattr(type(trainer.acc), "mixed_precision", property(lambda self: "fp16"))
+    trainer.acc.native_amp, trainer.acc.scaler = True, scaler
+    trainer.optimizer = AcceleratedOptimizer(trainer.optimizer.optimizer, scaler=scaler)
+    trainer.acc._optimizers = [trainer.optimizer]
+    loss, calls = trainer.loss, []
+    trainer.loss = lambda batch: (calls.append(1), _nan_gradient(loss(batch), trainer.model) if len(calls) == 2 else loss(batch))[1]
+    trainer.train()
+    assert trainer.state.step == 3 and trainer.state.nan_skipped == 1
+    assert scaler.get_scale() == 2.0**9  # halved once, by the scaler itself
+    assert all(torch.isfinite(p).all() for p in trainer.unwrapped.parameters())
+
+
 def test_nan_gradient_with_a_finite_loss_skips_the_step_and_is_never_saved(tmp_path, latents):
     trainer = Trainer(_cfg(tmp_path, latents, steps=3, save_every=1))
     loss, calls = trainer.loss, []
