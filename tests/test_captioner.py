@@ -176,9 +176,16 @@ def test_a_sliding_window_model_refuses_the_static_cache_before_its_weights_load
         TransformersEngine(EngineConfig(model=str(model)))
 
 
-def test_decode_auto_is_static_on_a_cpu(tiny_models):
-    """The default decode is compiled on CUDA (4.39 clips/s against 2.68 static on an H100), static elsewhere."""
+def test_decode_auto_compiles_only_audio_models_on_cuda(tiny_models):
+    """The default decode is compiled for an ALM on CUDA (4.39 clips/s against 2.68 static on an H100); a text
+    LLM's prompts vary in length (padded chunks, recompiles), so it decodes static; a CPU never compiles."""
+    from captioner.engines import auto_decode
+
     assert EngineConfig(model="m").decode == "auto"
+    assert auto_decode(full_attention=True, cuda=True, audio=True) == "compiled"
+    assert auto_decode(full_attention=True, cuda=True, audio=False) == "static"
+    assert auto_decode(full_attention=True, cuda=False, audio=True) == "static"
+    assert auto_decode(full_attention=False, cuda=True, audio=True) == "dynamic"
     assert TransformersEngine(EngineConfig(model=str(tiny_models["alm"]))).cfg.decode == "static"
 
 
