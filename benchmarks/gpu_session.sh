@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of one lent-GPU session, one `timeout` per part, output under $OUT (see
 # ../shared/gpu/README.md): the separator's RTF, captioning at Qwen2-Audio-7B size (issue #20) and the
-# training loop at dit-l (issue #22). Run from the project root with the carried wheels: bash benchmarks/gpu_session.sh
+# training loop at dit-l (issue #22). Run from the project root with the carried wheels: bash benchmarks/gpu_session.sh [PART ...]
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -15,7 +15,17 @@ part() {  # part NAME SECONDS COMMAND...
   echo "rc=$? after $((SECONDS - start)) s" >> "$OUT/$name.log"
   grep -v -i "warn\|Loading weights\|Writing model" "$OUT/$name.log" | tail -20
 }
-# one device call of at most 600 s: the parts below take at most 565 s; each part's slowest row runs last
-part separate_speed 50 python3 benchmarks/separate_speed.py --gpu-only
-part caption_gpu 220 python3 benchmarks/caption_gpu.py
-part train_throughput 280 python3 benchmarks/train_throughput.py --gpu-only --gpu-modes compiled,eager
+# The parts named on the command line, by default the first three: one device call of at most 600 s (they take
+# at most 565 s); each part's slowest row runs last. generate_speed (dit-l seconds per 10-s clip, ~2 min) fits a
+# second call: bash benchmarks/gpu_session.sh generate_speed
+for name in "${@:-separate_speed caption_gpu train_throughput}"; do
+  for one in $name; do
+    case $one in
+      separate_speed) part separate_speed 50 python3 benchmarks/separate_speed.py --gpu-only ;;
+      caption_gpu) part caption_gpu 220 python3 benchmarks/caption_gpu.py ;;
+      train_throughput) part train_throughput 280 python3 benchmarks/train_throughput.py --gpu-only --gpu-modes compiled,eager ;;
+      generate_speed) part generate_speed 180 python3 benchmarks/generate_speed.py ;;
+      *) echo "unknown part $one (separate_speed, caption_gpu, train_throughput, generate_speed)"; exit 2 ;;
+    esac
+  done
+done
