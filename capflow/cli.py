@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=shards_cli.LOG_FORMAT,
+                        datefmt="%H:%M:%S")
     if not args.verbose:
-        pretrain_cli.quiet_libraries()
+        shards_cli.quiet_libraries()
     return run_command(args, f"capflow {args.command}", verbose=args.verbose)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from shards.cli import run_command
+from shards.cli import package_main
 
 
 def _synth(args) -> int:
@@ -50,8 +48,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m captioner")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_command(args, f"python -m captioner {args.command}")
+    return package_main("captioner", add_commands, argv)

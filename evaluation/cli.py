@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def _evaluate(args) -> int:
@@ -46,9 +45,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shards.cli import run_command
+    from shards.cli import package_main
 
-    parser = argparse.ArgumentParser(prog="python -m evaluation")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return run_command(args, f"python -m evaluation {args.command}")
+    return package_main("evaluation", add_commands, argv)

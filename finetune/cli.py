@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
-from shards.cli import run_command
+from shards.cli import package_main
 
 
 def _edit_data(args) -> int:
@@ -246,11 +245,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-"):  # `accelerate launch -m finetune --config C` means training
-        argv = ["finetune", *argv]
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_command(args, f"python -m finetune {args.command}")
+    return package_main("finetune", add_commands, argv, default="finetune")  # `accelerate launch -m finetune --config C`

@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
-import sys
 from pathlib import Path
 
-from shards.cli import run_command
-
-
-def quiet_libraries() -> None:
-    """accelerate/DeepSpeed log every file they save at INFO; keep the step line readable."""
-    for name in ("accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+from shards.cli import package_main
 
 
 def _model_info(args) -> int:
@@ -167,12 +159,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-"):  # `accelerate launch -m pretrain --config C` means training
-        argv = ["pretrain", *argv]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    quiet_libraries()
-    args = parser.parse_args(argv)
-    return run_command(args, f"python -m pretrain {args.command}")
+    return package_main("pretrain", add_commands, argv, default="pretrain")  # `accelerate launch -m pretrain --config C`

@@ -4,10 +4,9 @@ separation --config C` alone trains, for `accelerate launch -m separation --conf
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from shards.cli import run_command
+from shards.cli import package_main
 
 
 def _train(args) -> int:
@@ -127,11 +126,4 @@ def extend_model_info(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m separation")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-"):
-        argv = ["train-separator", *argv]
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_command(args, f"python -m separation {args.command}")
+    return package_main("separation", add_commands, argv, default="train-separator")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -143,6 +144,29 @@ def run_command(args, prog: str, verbose: bool = False) -> int:
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def quiet_libraries() -> None:
+    """accelerate/DeepSpeed log every file they save at INFO; keep the step line readable."""
+    for name in ("accelerate", "DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def package_main(package: str, add_commands, argv: list[str] | None, default: str | None = None) -> int:
+    """`python -m PACKAGE COMMAND ...` with capflow's logging and errors. With `default`, arguments that start with
+    an option run that command: `accelerate launch -m pretrain --config C` trains."""
+    parser = argparse.ArgumentParser(prog=f"python -m {package}")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if default and argv and argv[0].startswith("-"):
+        argv = [default, *argv]
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    quiet_libraries()
+    return run_command(args, f"python -m {package} {args.command}")
 
 
 def main(argv: list[str] | None = None) -> int:
