@@ -65,7 +65,7 @@ def separator_rtfs(device: str, audiosep_src: str | None) -> None:
 @torch.no_grad()
 def gpu_precisions(seconds: float = 10.0) -> None:
     """The paper preset's separator + query model on the GPU under each numeric setting, batch 1 (the paper's
-    RTF) and 8 windows per forward (what `separate` runs), with the bf16 output's SNR against fp32."""
+    RTF) and 8 windows per forward (what `separate` runs), with each output's SNR against strict fp32."""
     cfg = preset("paper", ssl_dim=0)
     asm = Separator(cfg).cuda().eval()
     query = QueryModel(query_preset("paper", sample_rate=cfg.sample_rate)).cuda().eval()
@@ -77,7 +77,8 @@ def gpu_precisions(seconds: float = 10.0) -> None:
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
             return asm(x[:batch], query(e[:batch], x[:batch], e[:batch]))[0].float()
 
-    reference = run(8, None)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    reference = run(8, None)  # strict fp32 (torch's defaults leave TF32 on in cuDNN)
     for name, tf32, dtype in (("fp32", False, None), ("tf32", True, None), ("bf16 autocast", False, torch.bfloat16)):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         one = rtf(lambda dtype=dtype: run(1, dtype), seconds)

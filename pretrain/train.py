@@ -430,8 +430,8 @@ class Trainer:
             samples += batch["latent"].shape[0]
             frames += int(batch["valid"].sum())
         grad_norm = self._clip_grad_norm()
-        checked = [loss_sum] * late_check + [grad_norm] * (grad_norm is not None)
-        if checked and not self._all_finite(torch.stack([torch.as_tensor(v, device=self.acc.device) for v in checked])):
+        checked = [v for v in (loss_sum if late_check else None, grad_norm) if v is not None]
+        if checked and not self._all_finite(torch.stack([v.to(self.acc.device) for v in checked])):
             # a non-finite loss or gradient would make the weights, the EMA and every later checkpoint NaN: the
             # step is skipped on every rank and counted (DeepSpeed skips its own step on such gradients and
             # reports an infinite norm)

@@ -135,7 +135,12 @@ def test_fp16_overflow_lets_the_loss_scaler_skip_the_step_and_lower_its_scale(tm
     trainer.optimizer = AcceleratedOptimizer(trainer.optimizer.optimizer, scaler=scaler)
     trainer.acc._optimizers = [trainer.optimizer]
     loss, calls = trainer.loss, []
-    trainer.loss = lambda batch: (calls.append(1), _nan_gradient(loss(batch), trainer.model) if len(calls) == 2 else loss(batch))[1]
+
+    def overflowing(batch):  # the second micro-batch's gradient is not finite
+        calls.append(1)
+        return _nan_gradient(loss(batch), trainer.model) if len(calls) == 2 else loss(batch)
+
+    trainer.loss = overflowing
     trainer.train()
     assert trainer.state.step == 3 and trainer.state.nan_skipped == 1
     assert scaler.get_scale() == 2.0**9  # halved once, by the scaler itself
