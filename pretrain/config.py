@@ -60,8 +60,9 @@ class OptimConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
-    # AdamW's implementation: "fused" (one kernel per step, CUDA only), "foreach" (multi-tensor), or "auto"
-    # (fused on CUDA, foreach elsewhere)
+    # AdamW's implementation: "fused" (one kernel per step, GPUs and CPUs; it skips a non-finite step on the device,
+    # so the loop never waits for the GPU), "foreach" (multi-tensor; each step's skip is decided on the host), or
+    # "auto" (fused)
     implementation: Literal["auto", "fused", "foreach"] = "auto"
 
 

@@ -47,29 +47,24 @@ def sample_timesteps(batch: int, kind: str = "logit_normal", mean: float = 0.0, 
 
 
 def span_mask(batch: int, frames: int, span: int, ratio: tuple[float, float] = (0.25, 1.0),
-              full_mask_prob: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+              full_mask_prob: float = 0.0, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Masked-audio-modeling mask (b, n), True = frame hidden from the context and generated.
 
     Per sample a ratio r ~ U(ratio); frames are grouped into spans of `span` frames (0.2 s minimum span,
     EzAudio §2.3) and ceil(r·n / span) random spans are hidden, so the masked fraction is r rounded up to
-    whole spans. With probability full_mask_prob every frame is hidden (no audio context at all).
+    whole spans. With probability full_mask_prob every frame is hidden (no audio context at all). Drawn for the
+    whole batch at once, on `device` (the generator's), without reading anything back to the host.
     """
     if span < 1 or not 0 < ratio[0] <= ratio[1] <= 1:
         raise ValueError(f"span must be >= 1 and 0 < ratio[0] <= ratio[1] <= 1, got span={span}, ratio={ratio}")
     num_spans = math.ceil(frames / span)
-    mask = torch.zeros(batch, frames, dtype=torch.bool)
-    r = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(batch, generator=generator)
-    full = torch.rand(batch, generator=generator) < full_mask_prob
-    for i in range(batch):
-        if full[i]:
-            mask[i] = True
-            continue
-        k = max(1, math.ceil(r[i].item() * frames / span))
-        chosen = torch.randperm(num_spans, generator=generator)[:k]
-        span_hidden = torch.zeros(num_spans, dtype=torch.bool)
-        span_hidden[chosen] = True
-        mask[i] = span_hidden.repeat_interleave(span)[:frames]
-    return mask
+    r = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(batch, generator=generator, device=device)
+    full = torch.rand(batch, generator=generator, device=device) < full_mask_prob
+    hidden_spans = (r * frames / span).ceil().clamp_min(1)  # (b,)
+    # each sample's spans in a random order (the rank of a uniform draw): the first hidden_spans are hidden
+    rank = torch.rand(batch, num_spans, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
+    hidden = (rank < hidden_spans[:, None]) | full[:, None]  # (b, spans)
+    return hidden.repeat_interleave(span, dim=1)[:, :frames]
 
 
 def flow_loss(v_pred: torch.Tensor, v_target: torch.Tensor, mask: torch.Tensor | None = None,

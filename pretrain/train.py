@@ -6,9 +6,11 @@ separator stages through the hooks of `Trainer`), on accelerate: single process,
 
 Per optimizer step: `accumulation` micro-batches; each draws a mask (span masking, or a full mask with
 probability full_mask_prob), noise and times, and regresses the flow-matching velocity on masked, valid
-frames. A non-finite loss skips its micro-batch on every rank, a non-finite gradient norm its optimizer step
-(the discriminator's alike); both are counted, too many in a row stop the run, and non-finite weights are never
-saved. The logged loss is the mean over every rank's micro-batches; the logged LR is the one the step ran at.
+frames. A non-finite loss or gradient norm skips the step's weight update on every rank (the discriminator's
+alike); skips are counted, too many in a row stop the run, and non-finite weights are never saved. With a fused
+AdamW the skip is decided on the device, so a step reads nothing back and the GPU never waits for the host; the
+numbers are read at each log and checkpoint. The logged loss is the mean over every rank's micro-batches; the
+logged LR is the one the step ran at.
 Shape legend: b batch, c latent channels, n latent frames, l text tokens.
 """
 
@@ -132,7 +134,7 @@ def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encode
     x1 = batch["latent"].to(device, non_blocking=True)  # (b, c, n)
     b, _, n = x1.shape
     m = cfg.masking
-    mask = span_mask(b, n, span, tuple(m.ratio), m.full_mask_prob).to(device, non_blocking=True)  # (b, n)
+    mask = span_mask(b, n, span, tuple(m.ratio), m.full_mask_prob, device=device)  # (b, n)
     text = text_mask = None
     if text_encoder is not None:
         text, text_mask = text_encoder(batch["caption"])  # (b, l, e), (b, l)
@@ -191,9 +193,9 @@ class Trainer:
         model = self.build_model(latent_info)
         self.span = max(1, round(cfg.masking.span_seconds * float(latent_info.get("frame_rate", 1.0))))
         o = cfg.optim
-        fused = o.implementation == "fused" or (o.implementation == "auto" and self.acc.device.type == "cuda")
+        self.fused = o.implementation != "foreach"
         optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
-                                      **({"fused": True} if fused else {"foreach": True}))
+                                      **({"fused": True} if self.fused else {"foreach": True}))
         if cfg.model.compile:
             model.compile()  # in place: parameter names, state dicts and checkpoints stay the module's own
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -237,6 +239,8 @@ class Trainer:
         self.batches = iter(self.stream)
         self.validator = None
         self.last_val_clap = None
+        self._pending: list[dict] = []  # steps whose numbers are still on the device (see _settle)
+        self._window: list[dict] = []  # settled steps since the last log
 
     # ---- what a stage brings (a subclass overrides these; the loop below is the one loop) --------------
     def provenance(self) -> tuple[CodecConfig | None, dict, list[str]]:
@@ -286,31 +290,42 @@ class Trainer:
         """The parameters the optimizer and the EMA follow (a frozen base model's are left out)."""
         return [p for p in self.unwrapped.parameters() if p.requires_grad]
 
-    def _all_finite(self, value: torch.Tensor | float) -> bool:
-        """True when the value is finite on every rank (every rank then takes the same branch)."""
-        value = torch.as_tensor(value, device=self.acc.device)
-        flag = torch.tensor([float(torch.isfinite(value).all())], device=self.acc.device)
-        return bool(self.acc.reduce(flag, "sum").item() == self.acc.num_processes)
+    def _finite_everywhere(self, *values: torch.Tensor) -> torch.Tensor:
+        """A device bool: every value is finite on every rank (an all-reduce on the device, no host read)."""
+        dev = self.acc.device
+        flag = torch.stack([torch.isfinite(torch.as_tensor(v, device=dev)).all() for v in values]).all()
+        return self.acc.reduce(flag.float().reshape(1), "sum")[0] == self.acc.num_processes
+
+    def _all_finite(self, *values: torch.Tensor | float) -> bool:
+        """True when every value is finite on every rank (a host read: every rank then takes the same branch)."""
+        return bool(self._finite_everywhere(*values))
 
     def _clip_grad_norm(self) -> torch.Tensor | None:
-        """Clip and return the total gradient norm, left on the device: the finiteness check is the step's one
-        host sync, and the log reads the value (DeepSpeed clips inside its step and reports it)."""
+        """Clip and return the total gradient norm, left on the device (DeepSpeed clips inside its step and
+        reports it)."""
         if self.is_deepspeed:
             norm = self.model.get_global_grad_norm()
-            return None if norm is None else torch.as_tensor(float(norm))
+            return None if norm is None else torch.as_tensor(float(norm), device=self.acc.device)
         return self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
 
-    def _skip(self, what: str, batch: dict) -> None:
+    @property
+    def sync_free(self) -> bool:
+        """Whether the step's skip decision stays on the device: fused AdamW skips its own update when its
+        `found_inf` tensor is set, so the host never waits for the GPU between steps. DeepSpeed (it steps
+        inside the last backward), fp16 loss scaling (accelerate reads the scale), a discriminator (checked per
+        micro-batch) and a foreach AdamW decide on the host."""
+        return self.fused and not self.is_deepspeed and self.acc.scaler is None and self.discriminator is None
+
+    def _skip(self, what: str, step: int, keys: list[str]) -> None:
         """Count a skipped micro-batch or optimizer step; too many in a row stop the run."""
         st = self.state
         st.nan_skipped += 1
         st.nan_in_row += 1
         if self.acc.is_main_process:
-            log.warning("%s at step %d (micro-batch %d, keys %s): skipped (%d so far)", what, st.step, st.micro,
-                        batch["key"][:4], st.nan_skipped)
+            log.warning("%s at step %d (keys %s): skipped (%d so far)", what, step, keys[:4], st.nan_skipped)
         if st.nan_in_row >= self.cfg.max_nan_in_row:
-            raise RuntimeError(f"{st.nan_in_row} non-finite losses or gradients in a row at step {st.step} (micro-batch "
-                               f"{st.micro}); last keys {batch['key']}. Lower the learning rate or check the data.")
+            raise RuntimeError(f"{st.nan_in_row} non-finite losses or gradients in a row at step {step}; last keys "
+                               f"{keys[:8]}. Lower the learning rate or check the data.")
 
     def _discriminator_step(self, batch: dict) -> None:
         """The adversarial objective's step on this micro-batch, before the generator's: a non-finite loss is
@@ -319,14 +334,14 @@ class Trainer:
             d_loss = self.discriminator_loss(batch)
         self.last_d_loss = d_loss.item()
         if not self._all_finite(d_loss):
-            self._skip("non-finite discriminator loss", batch)
+            self._skip("non-finite discriminator loss", self.state.step + 1, batch["key"])
             return
         self.acc.backward(d_loss)
         if self.acc.sync_gradients:  # the window's end: accelerate steps opt_d only here
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.discriminator.parameters() if p.grad is not None])
             if not self._all_finite(norm):
                 self.opt_d.zero_grad(set_to_none=True)
-                self._skip("non-finite discriminator gradients", batch)
+                self._skip("non-finite discriminator gradients", self.state.step + 1, batch["key"])
                 return
         self.opt_d.step()
         self.opt_d.zero_grad(set_to_none=True)
@@ -401,16 +416,22 @@ class Trainer:
             yield
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def step(self) -> dict | None:
-        """One optimizer step: `accumulation` finite micro-batches, clipping, AdamW, schedule, EMA. Returns the
-        step's numbers, or None when its gradient was not finite (skipped on every rank and counted)."""
+    def step(self) -> dict:
+        """One optimizer step: `accumulation` micro-batches, clipping, AdamW, schedule, EMA. Returns the step's
+        numbers, left on the device: `_settle` reads them at the next log or checkpoint.
+
+        A non-finite loss (on any rank, in any micro-batch of the window) or gradient norm skips the weights'
+        update on every rank; the step still counts, and the schedule and the EMA (of unchanged weights) go on,
+        as under a loss scaler. On the sync-free path (`sync_free`) the step reads nothing back from the
+        device, so the GPU never waits for the host; the skip is counted when the step is settled."""
         st = self.state
-        # Outside DeepSpeed the losses are checked with the gradient norm, in the step's one host sync: a sync
-        # between forward and backward would leave the GPU idle while the backward is launched. DeepSpeed steps
-        # inside its last backward, so there each loss is checked before it (and skips its micro-batch alone).
-        late_check = not self.is_deepspeed
-        done = samples = frames = 0
-        loss_sum = torch.zeros((), device=self.acc.device)  # read at log time: no host sync per micro-batch
+        # DeepSpeed steps inside its last backward, so each loss is checked before it (a host read) and a
+        # non-finite one skips its micro-batch alone.
+        check_each = self.is_deepspeed
+        done = samples = 0
+        loss_sum = torch.zeros((), device=self.acc.device)
+        frames = torch.zeros((), dtype=torch.long)  # valid latent frames (host data: no device read)
+        keys = []
         while done < self.accumulation:
             batch = next(self.batches)
             st.micro += 1
@@ -419,79 +440,96 @@ class Trainer:
                     self._discriminator_step(batch)
                 with self.acc.autocast():
                     loss = self.loss(batch)
-                finite = late_check or self._all_finite(loss)
+                finite = not check_each or self._all_finite(loss)
                 if finite:
                     self.acc.backward(loss)
             if not finite:
-                self._skip("non-finite loss", batch)
+                self._skip("non-finite loss", st.step + 1, batch["key"])
                 continue
             done += 1
             loss_sum += loss.detach().float()
             samples += batch["latent"].shape[0]
-            frames += int(batch["valid"].sum())
+            frames += batch["valid"].sum()
+            keys += batch["key"]
         grad_norm = self._clip_grad_norm()
-        checked = [v for v in (loss_sum if late_check else None, grad_norm) if v is not None]
-        if checked and not self._all_finite(torch.stack([v.to(self.acc.device) for v in checked])):
-            # a non-finite loss or gradient would make the weights, the EMA and every later checkpoint NaN: the
-            # step is skipped on every rank and counted (DeepSpeed skips its own step on such gradients and
-            # reports an infinite norm)
-            if self.acc.scaler is not None:  # fp16: the loss scaler skips the step itself and lowers its scale
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            what = "loss" if late_check and not torch.isfinite(loss_sum) else f"gradient norm ({float(grad_norm)})"
-            self._skip(f"non-finite {what}", batch)
-            return None
-        st.nan_in_row = 0
+        ok = self._finite_everywhere(loss_sum, *([] if grad_norm is None else [grad_norm]))
         lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at
-        self.optimizer.step()  # under DeepSpeed these are no-ops: the engine stepped in backward
+        if self.sync_free:
+            self.optimizer.optimizer.found_inf = (~ok).float()  # fused AdamW: no update, no moment, no step count
+            self.optimizer.step()
+            del self.optimizer.optimizer.found_inf  # as torch's GradScaler does: a later step() reads none
+        elif self.acc.scaler is not None or bool(ok):  # fp16: the loss scaler skips (and lowers its scale) itself
+            self.optimizer.step()  # under DeepSpeed a no-op: the engine stepped (or skipped) in backward
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.step(self.trainable())
         st.step += 1
         st.samples += samples * self.acc.num_processes
-        return {"loss_sum": loss_sum, "micro_batches": done, "samples": samples, "frames": frames,
-                "grad_norm": grad_norm, "lr": lr}
+        return {"step": st.step, "ok": ok, "loss_sum": loss_sum, "grad_norm": grad_norm, "micro_batches": done,
+                "samples": samples, "frames": frames, "lr": lr, "keys": keys}
+
+    def _settle(self) -> None:
+        """Read the pending steps' numbers back (the loop's host read, once per log or checkpoint): count the
+        skipped ones (too many in a row stop the run) and keep the others for the log."""
+        if not self._pending:
+            return
+        dev, nan = self.acc.device, float("nan")
+        values = torch.stack([torch.stack([s["ok"].float(), s["loss_sum"],
+                                           torch.as_tensor(nan if s["grad_norm"] is None else s["grad_norm"], device=dev)])
+                              for s in self._pending]).tolist()
+        frames = torch.stack([s["frames"] for s in self._pending]).tolist()
+        for s, (ok, loss_sum, norm), n in zip(self._pending, values, frames):
+            s.update(loss_sum=loss_sum, grad_norm=None if s["grad_norm"] is None else norm, frames=n)
+            if ok:
+                self.state.nan_in_row = 0
+                self._window.append(s)
+            else:
+                what = ("non-finite loss" if not math.isfinite(loss_sum) else
+                        f"non-finite gradient norm ({norm})" if not math.isfinite(norm) else "non-finite loss on another rank")
+                self._skip(what, s["step"], s["keys"])
+        self._pending = []
+
+    def _log(self) -> None:
+        """The window's numbers since the last log: the loss is the mean over every rank's micro-batches."""
+        cfg, st = self.cfg, self.state
+        self._settle()
+        window, now = self._window, time.time()
+        elapsed = now - self._last_log
+        dev = self.acc.device
+        local = [sum(s["loss_sum"] for s in window), sum(s["micro_batches"] for s in window)]
+        total_loss, total_micro = self.acc.reduce(torch.tensor(local, dtype=torch.float32, device=dev), "sum").tolist()
+        avg = total_loss / max(total_micro, 1)
+        samples = sum(s["samples"] for s in window) * self.acc.num_processes
+        frames = sum(s["frames"] for s in window) * self.acc.num_processes
+        eta = (cfg.steps - st.step) * (now - self._started[0]) / max(1, st.step - self._started[1])
+        metrics = {"loss": avg, "samples_per_s": samples / max(elapsed, 1e-9),
+                   "frames_per_s": frames / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
+                   "bad_samples": self.stream.skipped}
+        grad_norm = window[-1]["grad_norm"] if window else None  # the last step's
+        if window:
+            metrics["lr"] = window[-1]["lr"]
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        if self.discriminator is not None:
+            metrics["d_loss"] = self.last_d_loss
+        self.acc.log(metrics, step=st.step)
+        if self.acc.is_main_process:
+            log.info("step %d/%d | loss %.4f | grad %s | lr %s | %.1f samples/s | %.0f frames/s | eta %s%s",
+                     st.step, cfg.steps, avg, "n/a" if grad_norm is None else f"{grad_norm:.3f}",
+                     f"{metrics['lr']:.2e}" if window else "n/a", metrics["samples_per_s"], metrics["frames_per_s"],
+                     timedelta(seconds=int(eta)),
+                     f" | skipped {st.nan_skipped} nan, {self.stream.skipped} bad samples"
+                     if st.nan_skipped or self.stream.skipped else "")
+        self._window, self._last_log = [], now
 
     def train(self) -> Path:
         cfg, st = self.cfg, self.state
-        start, start_step, last_log = time.time(), st.step, time.time()
-        window_loss, window_micro, window_samples, frames = 0.0, 0, 0, 0
+        self._started, self._last_log = (time.time(), st.step), time.time()
         while st.step < cfg.steps:
-            stats = self.step()
-            if stats is None:  # a non-finite gradient: the step was skipped
-                continue
-            lr = stats["lr"]
-            window_loss += stats["loss_sum"]
-            window_micro += stats["micro_batches"]
-            window_samples += stats["samples"]
-            frames += stats["frames"]
-
+            self._pending.append(self.step())
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
-                elapsed = time.time() - last_log
-                rate = window_samples * self.acc.num_processes / max(elapsed, 1e-9)
-                eta = (cfg.steps - st.step) * (time.time() - start) / max(1, st.step - start_step)
-                # the mean over every rank's micro-batches of the window, not rank 0's alone
-                dev = self.acc.device
-                sums = self.acc.reduce(torch.stack([torch.as_tensor(window_loss, dtype=torch.float32, device=dev),
-                                                    torch.tensor(float(window_micro), device=dev)]), "sum")
-                avg = float(sums[0] / sums[1].clamp(min=1))
-                grad_norm = None if stats["grad_norm"] is None else float(stats["grad_norm"])  # this step's
-                metrics = {"loss": avg, "lr": lr, "samples_per_s": rate,
-                           "frames_per_s": frames * self.acc.num_processes / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
-                           "bad_samples": self.stream.skipped}
-                if grad_norm is not None:
-                    metrics["grad_norm"] = grad_norm
-                if self.discriminator is not None:
-                    metrics["d_loss"] = self.last_d_loss
-                self.acc.log(metrics, step=st.step)
-                if self.acc.is_main_process:
-                    log.info("step %d/%d | loss %.4f | grad %s | lr %.2e | %.1f samples/s | %.0f frames/s | eta %s%s",
-                             st.step, cfg.steps, avg, "n/a" if grad_norm is None else f"{grad_norm:.3f}",
-                             metrics["lr"], rate, metrics["frames_per_s"], timedelta(seconds=int(eta)),
-                             f" | skipped {st.nan_skipped} nan, {self.stream.skipped} bad samples"
-                             if st.nan_skipped or self.stream.skipped else "")
-                window_loss, window_micro, window_samples, frames, last_log = 0.0, 0, 0, 0, time.time()
+                self._log()
             if cfg.validation.every and st.step % cfg.validation.every == 0:
                 self.validate()
             if st.step % cfg.save_every == 0 or st.step == cfg.steps:
@@ -504,6 +542,7 @@ class Trainer:
 
     # ---- checkpoints, export, validation ------------------------------------------------------------
     def save(self) -> Path:
+        self._settle()  # the skip counters go into the checkpoint's loop state
         if not self.weights_finite():  # never a checkpoint that `--resume latest` would pick up poisoned
             raise RuntimeError(f"non-finite weights at step {self.state.step}: not saved. Resume from the last "
                                f"checkpoint under {checkpoint_dir(self.out)} with a lower learning rate.")
