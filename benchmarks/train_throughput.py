@@ -20,6 +20,7 @@ import logging
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,21 @@ def busy(fn, steps: int = 3) -> tuple[float, str]:
     return kernels / wall, events.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60)
 
 
+def syncs_per_step(trainer: Trainer, steps: int = 3) -> float:
+    """Host syncs per Trainer.step, counted by CUDA's sync debug mode (each waits for the GPU's queue to drain;
+    the loop is built to make none)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                trainer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
 def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) -> None:
     """One Trainer (one compile where compiled) times the raw step, then the loop."""
     trainer = Trainer(cfg)
@@ -148,6 +164,7 @@ def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) 
     loop, median, save, export = time_loop(trainer, steps)
     if mfu:
         loop_busy, table = busy(trainer.step)
+        syncs = syncs_per_step(trainer)
     b = cfg.data.micro_batch_size
     line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
             f"({b / loop:6.1f} samples/s), loop/raw speed {raw / loop:.2f} (target >= 0.9)")
@@ -158,7 +175,8 @@ def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) 
     print(f"{' ' * len(label)}  median loop step {median * 1e3:.1f} ms; checkpoint save {save:.2f} s, export "
           f"{export:.2f} s (not in the step times); allocator retries {retries}")
     if mfu:
-        print(f"{' ' * len(label)}  GPU busy in kernels {loop_busy:.0%} of the loop's steps; top kernels:\n{table}")
+        print(f"{' ' * len(label)}  host syncs per loop step {syncs:.1f}; GPU busy in kernels {loop_busy:.0%} of the "
+              f"loop's steps; top kernels:\n{table}")
 
 
 def main() -> None:
