@@ -25,7 +25,19 @@ from pretrain.dit import EzAudioDiT, preset  # noqa: E402
 from pretrain.info import model_info  # noqa: E402
 
 VARIANTS = {"sola": {}, "full": {"adaln": "full"}, "single": {"adaln": "single"}, "sola-no-skip": {"long_skip": False}}
-H200_BF16_DENSE_FLOPS = 989e12  # NVIDIA H100/H200 SXM datasheet, dense bf16
+# dense bf16 peaks from NVIDIA's datasheets (SXM parts), by a substring of torch.cuda.get_device_name()
+BF16_DENSE_PEAK = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12}
+
+
+def peak_flops() -> float | None:
+    """This GPU's dense bf16 peak, or None for a card not in the table (MFU is then not printed)."""
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in BF16_DENSE_PEAK.items() if k in name), None)
+
+
+def mfu(flops: float, seconds: float) -> str:
+    peak = peak_flops()
+    return "MFU n/a (card not in BF16_DENSE_PEAK)" if peak is None else f"MFU {flops / seconds / peak:.1%}"
 
 
 def _batch(cfg, b, n, device, dtype):
@@ -113,11 +125,25 @@ def interleaved(benches: dict[str, Bench], rounds: int) -> dict[str, float]:
     return best
 
 
-def model_flops(cfg, params: int, b: int, n: int, text_len: int = 100) -> float:
-    """Training FLOPs of one step: 6·params·tokens for the matmuls + attention score/value products."""
-    blocks, d = 2 * cfg.depth + 1, cfg.width
-    attn = 12 * blocks * b * n * d * (n + text_len)  # (QKᵀ + AV) × (fwd + 2·bwd) for self and cross
-    return 6 * params * b * n + attn
+def step_flops(cfg, b: int, n: int, text_len: int = 100) -> int:
+    """FLOPs of one training forward + backward of the DiT at this config, counted by torch's FlopCounterMode on
+    the meta device (no memory, no compute): the matmuls, convolutions and attention products the model runs,
+    so per-sample layers (time embedding, AdaLN) count once per sample, not once per frame as 6·params·tokens
+    would have them. The optimizer's element-wise work is not counted (the MFU convention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = EzAudioDiT(cfg)
+        x = torch.empty(b, cfg.latent_channels, n)
+        extra = {}
+        if cfg.text_dim is not None and text_len:
+            extra = {"text": torch.empty(b, text_len, cfg.text_dim), "text_mask": torch.ones(b, text_len, dtype=torch.bool)}
+        if cfg.source_channels:
+            extra["source"] = torch.empty(b, cfg.source_channels, n)
+        with FlopCounterMode(display=False) as counter:
+            model(x, torch.empty(b), context=torch.empty_like(x), mask=torch.ones(b, n, dtype=torch.bool),
+                  **extra).float().pow(2).mean().backward()
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -158,9 +184,9 @@ def main() -> None:
             benches["ezaudio-maskdit"] = EzAudioBench("dit-l", b, n, "cuda", torch.bfloat16)
         times = interleaved(benches, 10)
         for v, bench in benches.items():
-            flops = model_flops(bench.cfg, bench.params, b, n)
+            flops = step_flops(bench.cfg, b, n)
             print(f"  {v:<6} {1e3 * times[v]:.1f} ms/step, {b * n / times[v]:,.0f} tokens/s, "
-                  f"MFU {flops / times[v] / H200_BF16_DENSE_FLOPS:.1%} (of 989 TFLOP/s), "
+                  f"{mfu(flops, times[v])}, "
                   f"peak {bench.memory() / 2**30:.1f} GiB")
     else:
         print("\ndit-l bf16 tokens/s, MFU and peak memory at batch 32 x 10 s: not measured (no GPU)")

@@ -6,8 +6,9 @@
   against forward + backward + AdamW on one batch already on the device, timed over optimizer steps only
   (after warm-up); a checkpoint's save and the export are timed apart, as seconds per checkpoint. Target
   (issue #22) loop >= 0.9x the raw step.
-- CPU: the small preset; with CUDA: dit-l, bf16, batch 32 x 10 s, eager and torch.compile, with MFU (of the
-  H100's 989 TFLOP/s dense bf16). Without CUDA the GPU lines say "not measured".
+- CPU: the small preset; with CUDA: dit-l, bf16, batch 32 x 10 s, eager and torch.compile, with MFU (the model's
+  FLOPs counted by torch's FlopCounterMode, over the card's dense bf16 peak) and the host syncs per step.
+  Without CUDA the GPU lines say "not measured".
 Needs the project's environment (webdataset, pydantic, accelerate, diffusers).
 
     python benchmarks/train_throughput.py [--steps 20 --micro-batch 8 --workers 1]
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.dit_step import mfu, step_flops  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.data import LatentBatches  # noqa: E402
 from pretrain.train import Trainer  # noqa: E402
@@ -34,7 +36,6 @@ from shards.manifest import open_shard_set, write_manifest  # noqa: E402
 from shards.writer import ShardSetWriter  # noqa: E402
 
 CHANNELS, FRAMES = 128, 500  # 10 s at 50 latent frames/s (EzAudio's VAE)
-H100_BF16_DENSE_FLOPS = 989e12
 
 
 def write_latents(directory: Path, clips: int) -> Path:
@@ -151,30 +152,27 @@ def syncs_per_step(trainer: Trainer, steps: int = 3) -> float:
     return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
-def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, mfu: bool = False) -> None:
+def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, gpu_stats: bool = False) -> None:
     """One Trainer (one compile where compiled) times the raw step, then the loop."""
     trainer = Trainer(cfg)
     flops = None
-    if mfu:
-        from benchmarks.dit_step import model_flops  # noqa: PLC0415
-
-        params = sum(p.numel() for p in trainer.unwrapped.parameters())
-        flops = model_flops(trainer.unwrapped.config, params, cfg.data.micro_batch_size, FRAMES, text_len=0)
+    if gpu_stats:
+        flops = step_flops(trainer.unwrapped.config, cfg.data.micro_batch_size, FRAMES, text_len=0)  # mask stage
     raw = time_raw_step(trainer, steps)
     loop, median, save, export = time_loop(trainer, steps)
-    if mfu:
+    if gpu_stats:
         loop_busy, table = busy(trainer.step)
         syncs = syncs_per_step(trainer)
     b = cfg.data.micro_batch_size
     line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
             f"({b / loop:6.1f} samples/s), loop/raw speed {raw / loop:.2f} (target >= 0.9)")
     if flops is not None:
-        line += f", MFU raw {flops / raw / H100_BF16_DENSE_FLOPS:.1%}, loop {flops / loop / H100_BF16_DENSE_FLOPS:.1%}"
+        line += f", raw {mfu(flops, raw)}, loop {mfu(flops, loop)}"
     print(line)
     retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
     print(f"{' ' * len(label)}  median loop step {median * 1e3:.1f} ms; checkpoint save {save:.2f} s, export "
           f"{export:.2f} s (not in the step times); allocator retries {retries}")
-    if mfu:
+    if gpu_stats:
         print(f"{' ' * len(label)}  host syncs per loop step {syncs:.1f}; GPU busy in kernels {loop_busy:.0%} of the "
               f"loop's steps; top kernels:\n{table}")
 
@@ -232,7 +230,7 @@ def gpu(modes: list[str]) -> None:
         for compiled in [m == "compiled" for m in modes]:
             cfg = config(tmp / f"run-{compiled}", shards, "dit-l", 32, 8, 10**6, mixed_precision="bf16", compile=compiled)
             loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, "
-                        f"{'compiled' if compiled else 'eager'}", cfg, 10, mfu=True)
+                        f"{'compiled' if compiled else 'eager'}", cfg, 10, gpu_stats=True)
             torch.cuda.empty_cache()
 
 
