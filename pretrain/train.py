@@ -53,6 +53,7 @@ from .pipeline import bundle_objective
 from .text import TextEncoder
 
 log = logging.getLogger("capflow.pretrain")
+SETTLE_EVERY = 100  # steps whose numbers may wait on the device for a log (one host read per this many at least)
 
 
 @dataclass
@@ -450,7 +451,7 @@ class Trainer:
             loss_sum += loss.detach().float()
             samples += batch["latent"].shape[0]
             frames += batch["valid"].sum()
-            keys += batch["key"]
+            keys += batch["key"][:8 - len(keys)]  # named in the warning if the step is skipped
         grad_norm = self._clip_grad_norm()
         ok = self._finite_everywhere(loss_sum, *([] if grad_norm is None else [grad_norm]))
         lr = self.scheduler.get_last_lr()[0]  # the rate this step runs at
@@ -530,6 +531,8 @@ class Trainer:
             self._pending.append(self.step())
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                 self._log()
+            elif len(self._pending) >= SETTLE_EVERY:  # a long log interval still reads back now and then
+                self._settle()
             if cfg.validation.every and st.step % cfg.validation.every == 0:
                 self.validate()
             if st.step % cfg.save_every == 0 or st.step == cfg.steps:
