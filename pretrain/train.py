@@ -431,7 +431,7 @@ class Trainer:
         check_each = self.is_deepspeed
         done = samples = 0
         loss_sum = torch.zeros((), device=self.acc.device)
-        frames = torch.zeros((), dtype=torch.long)  # valid latent frames (host data: no device read)
+        frames = torch.zeros((), dtype=torch.long)  # valid latent frames, if the stage has them (host data)
         keys = []
         while done < self.accumulation:
             batch = next(self.batches)
@@ -449,8 +449,9 @@ class Trainer:
                 continue
             done += 1
             loss_sum += loss.detach().float()
-            samples += batch["latent"].shape[0]
-            frames += batch["valid"].sum()
+            samples += len(batch["key"])
+            if "valid" in batch:  # latent stages: (b, n) valid frames
+                frames += batch["valid"].sum()
             keys += batch["key"][:8 - len(keys)]  # named in the warning if the step is skipped
         grad_norm = self._clip_grad_norm()
         ok = self._finite_everywhere(loss_sum, *([] if grad_norm is None else [grad_norm]))
@@ -504,9 +505,10 @@ class Trainer:
         samples = sum(s["samples"] for s in window) * self.acc.num_processes
         frames = sum(s["frames"] for s in window) * self.acc.num_processes
         eta = (cfg.steps - st.step) * (now - self._started[0]) / max(1, st.step - self._started[1])
-        metrics = {"loss": avg, "samples_per_s": samples / max(elapsed, 1e-9),
-                   "frames_per_s": frames / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
+        metrics = {"loss": avg, "samples_per_s": samples / max(elapsed, 1e-9), "nan_skipped": st.nan_skipped,
                    "bad_samples": self.stream.skipped}
+        if frames:
+            metrics["frames_per_s"] = frames / max(elapsed, 1e-9)
         grad_norm = window[-1]["grad_norm"] if window else None  # the last step's
         if window:
             metrics["lr"] = window[-1]["lr"]
@@ -516,10 +518,10 @@ class Trainer:
             metrics["d_loss"] = self.last_d_loss
         self.acc.log(metrics, step=st.step)
         if self.acc.is_main_process:
-            log.info("step %d/%d | loss %.4f | grad %s | lr %s | %.1f samples/s | %.0f frames/s | eta %s%s",
+            log.info("step %d/%d | loss %.4f | grad %s | lr %s | %.1f samples/s%s | eta %s%s",
                      st.step, cfg.steps, avg, "n/a" if grad_norm is None else f"{grad_norm:.3f}",
-                     f"{metrics['lr']:.2e}" if window else "n/a", metrics["samples_per_s"], metrics["frames_per_s"],
-                     timedelta(seconds=int(eta)),
+                     f"{metrics['lr']:.2e}" if window else "n/a", metrics["samples_per_s"],
+                     f" | {metrics['frames_per_s']:.0f} frames/s" if frames else "", timedelta(seconds=int(eta)),
                      f" | skipped {st.nan_skipped} nan, {self.stream.skipped} bad samples"
                      if st.nan_skipped or self.stream.skipped else "")
         self._window, self._last_log = [], now

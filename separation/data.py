@@ -97,6 +97,5 @@ class MixtureBatches(LatentBatches):
                                  Ontology.load(self.cfg.separation.ontology))
         target = torch.from_numpy(np.stack([m["target"] for m in mixtures]))
         return {"mixture": torch.from_numpy(np.stack([m["mixture"] for m in mixtures])), "target": target,
-                "latent": target, "valid": torch.ones(target.shape[0], 1, dtype=torch.bool),
                 "query": [m["query"] for m in mixtures], "kind": [m["kind"] for m in mixtures],
                 "key": [m["key"] for m in mixtures]}
