@@ -60,7 +60,7 @@ SETTLE_EVERY = 100  # steps whose numbers may wait on the device for a log (one 
 class TrainState:
     """Counters that resume restores (saved as trainer_state.json beside accelerate's state)."""
 
-    step: int = 0  # optimizer steps done
+    step: int = 0  # optimizer steps taken (a skipped one, which left the weights alone, included)
     micro: int = 0  # micro-batches drawn from the stream (the data position)
     samples: int = 0
     nan_skipped: int = 0
