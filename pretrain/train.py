@@ -149,7 +149,8 @@ class Trainer:
     def __init__(self, cfg: PretrainConfig, resume: str | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs, set_seed
-        from diffusers.training_utils import EMAModel
+
+        from .ema import LerpEMA
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
@@ -213,9 +214,9 @@ class Trainer:
         self.ema = None
         if cfg.ema.enabled:
             e = cfg.ema
-            self.ema = EMAModel(self.trainable(), decay=e.decay, use_ema_warmup=e.warmup == "power",
+            self.ema = LerpEMA(self.trainable(), decay=e.decay, use_ema_warmup=e.warmup == "power",
                                 inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step,
-                                foreach=True)  # one multi-tensor lerp per step, not one kernel per tensor
+                                foreach=True)  # one multi-tensor lerp per step, in place
             self.ema.to(self.acc.device, dtype=torch.float32)
             master = self.master_weights()  # DeepSpeed bf16/fp16: start the EMA from fp32, not the rounded copy
             for shadow, name in zip(self.ema.shadow_params, self._trainable_names()):

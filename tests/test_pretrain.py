@@ -480,6 +480,31 @@ def test_ema_state_loads_into_the_devices_it_lives_on(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("warmup", [True, False])
+def test_lerp_ema_follows_diffusers_ema(warmup):
+    """LerpEMA's in-place update gives diffusers' EMAModel's values, decay schedule and counters."""
+    from diffusers.training_utils import EMAModel
+
+    from pretrain.ema import LerpEMA
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
+    kw = {"decay": 0.99, "use_ema_warmup": warmup, "power": 0.75, "foreach": True}
+    ours, theirs = LerpEMA(params, **kw), EMAModel(params, **kw)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        with pytest.MonkeyPatch.context() as patch:  # the lerp itself, not a fallback to diffusers' update
+            patch.setattr(EMAModel, "step", lambda *a: pytest.fail("LerpEMA fell back to EMAModel.step"))
+            ours.step(params)
+        theirs.step(params)
+    assert ours.optimization_step == theirs.optimization_step == 5 and ours.cur_decay_value == theirs.cur_decay_value
+    for a, b, p in zip(ours.shadow_params, theirs.shadow_params, params):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(a, p)  # an average, not a copy
+
+
 def preset_tiny():
     from pretrain.dit import preset
 
