@@ -108,7 +108,7 @@ class PretrainConfig(Strict):
     log_every: int = 10
     save_every: int = 1000
     keep_last: int = 3
-    max_nan_in_row: int = 10
+    max_nan_in_row: int = 10  # skipped steps (non-finite loss or gradient) in a row that stop the run; seen at logs
     tensorboard: bool = True
     # model card (Hub metadata) of the export
     license: str = "apache-2.0"  # a Hub license id
