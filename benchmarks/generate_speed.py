@@ -95,11 +95,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (best of)")
     parser.add_argument("--cpu-compile", action="store_true",
                         help="also time torch.compile on the CPU (inductor builds C++ kernels: minutes on 2 cores)")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
     args = parser.parse_args()
 
-    result = measure(args.preset, args.batch, args.frames, "cpu", args.rounds, "fp32" if args.cpu_compile else None)
-    report(f"CPU ({torch.get_num_threads()} threads), preset {args.preset}, batch {args.batch} x {args.frames} "
-           f"frames, Euler with batched CFG, best of {args.rounds}", result)
+    if not args.gpu_only:
+        result = measure(args.preset, args.batch, args.frames, "cpu", args.rounds, "fp32" if args.cpu_compile else None)
+        report(f"CPU ({torch.get_num_threads()} threads), preset {args.preset}, batch {args.batch} x {args.frames} "
+               f"frames, Euler with batched CFG, best of {args.rounds}", result)
     if torch.cuda.is_available():
         result = measure("dit-l", args.batch, 500, "cuda", max(args.rounds, 5), "bf16")
         report(f"\nGPU {torch.cuda.get_device_name()}: dit-l, batch {args.batch} x 500 frames (10 s)", result)

@@ -1,0 +1,144 @@
+"""Which kernels make the dit-l training step fastest, side by side on one block, in one run (GPU only; without
+CUDA it prints "not measured").
+
+One dit-l out-block (long skip, no text: the mask stage), forward + backward at batch 32 x 500 frames (10 s),
+bf16 autocast over fp32 weights as the trainer runs it, under:
+- eager, and torch.compile with each SDPA backend (PyTorch's default flash attention, cuDNN attention, which
+  PyTorch leaves opt-in, and memory-efficient attention);
+- torch.compile's `max-autotune-no-cudagraphs` mode (inductor benchmarks Triton GEMMs against cuBLAS per shape
+  and fuses epilogues), with the faster SDPA backend.
+Prints ms per block, the same x 25 blocks (the step's share in blocks), the ratio to the default compiled
+block, each compile's seconds, and the largest output difference from eager (all bf16: ~1e-2 is rounding).
+Writes the fastest setting to --best (JSON) for a follow-up run of train_throughput.py.
+
+    python benchmarks/step_kernels.py [--best /tmp/step_kernels.json] [--no-autotune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pretrain.blocks import DiTBlock, rotary_tables  # noqa: E402
+from pretrain.dit import preset  # noqa: E402
+
+BLOCKS = 25  # dit-l: 12 in-blocks, the middle block, 12 out-blocks
+
+
+def sdpa_context(backend: str):
+    """The SDPA backend to use ("default": PyTorch's own priority)."""
+    if backend == "default":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([{"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                         "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]])
+
+
+class BlockStep:
+    """Forward + backward of one dit-l block on fixed inputs, as the trainer runs it (bf16 autocast)."""
+
+    def __init__(self, device: str = "cuda", name: str = "dit-l", b: int = 32, n: int = 500):
+        cfg = preset(name, text_dim=None)
+        self.device = device
+        torch.manual_seed(0)
+        self.block = DiTBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.adaln, cfg.sola_rank, cfg.sola_alpha,
+                              text=False, skip=True).to(device)
+        with torch.no_grad():  # random modulation (zero-initialised AdaLN would make the gates trivial)
+            for p in self.block.adaln.parameters():
+                p.normal_(0, 0.02)
+        d = cfg.width
+        g = torch.Generator(device=device).manual_seed(0)
+        self.x = torch.randn(b, n, d, device=device, generator=g, dtype=torch.bfloat16).requires_grad_()
+        self.skip = torch.randn(b, n, d, device=device, generator=g, dtype=torch.bfloat16).requires_grad_()
+        self.temb = torch.randn(b, d, device=device, generator=g, dtype=torch.bfloat16)
+        self.shared = torch.randn(b, 6 * d, device=device, generator=g, dtype=torch.bfloat16)
+        self.rope = rotary_tables(n, d // cfg.num_heads, device)
+
+    def run(self, fn) -> torch.Tensor:
+        with torch.autocast(self.device, dtype=torch.bfloat16):
+            out = fn(self.x, self.temb, self.shared, self.rope, self.skip)
+        out.float().pow(2).mean().backward()
+        return out.detach()
+
+    def time(self, fn, iters: int = 20) -> float:
+        """Seconds per forward + backward, the median of CUDA-event timings after 3 warm-up runs."""
+        for _ in range(3):
+            self.run(fn)
+        if self.device != "cuda":  # the --cpu-smoke check of this script
+            start = time.perf_counter()
+            self.run(fn)
+            return time.perf_counter() - start
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        events[0].record()
+        for e in events[1:]:
+            self.run(fn)
+            e.record()
+        torch.cuda.synchronize()
+        times = sorted(a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:]))
+        return times[len(times) // 2]
+
+
+def measure(step: BlockStep, reference: torch.Tensor | None, label: str, mode: str | None, sdpa: str,
+            rows: dict, base: str | None) -> None:
+    torch._dynamo.reset()
+    fn = step.block if mode is None else torch.compile(step.block, mode=mode)
+    with sdpa_context(sdpa):
+        start = time.perf_counter()
+        out = step.run(fn)  # the compile
+        if step.device == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - start
+        seconds = step.time(fn)
+    diff = 0.0 if reference is None else (out.float() - reference.float()).abs().max().item()
+    rows[label] = {"mode": mode, "sdpa": sdpa, "seconds": seconds}
+    ratio = f"{rows[base]['seconds'] / seconds:6.2f}x" if base in rows else "      -"
+    print(f"{label:<34}{seconds * 1e3:9.2f}{seconds * BLOCKS * 1e3:12.1f}  {ratio}{compile_s:10.1f}{diff:11.2e}",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--best", type=Path, default=Path("/tmp/step_kernels.json"))
+    parser.add_argument("--no-autotune", action="store_true", help="skip max-autotune (its compile takes minutes)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="run this script's code on a tiny block on the CPU")
+    args = parser.parse_args()
+    if args.cpu_smoke:
+        step, args.no_autotune = BlockStep("cpu", "tiny", 2, 50), True
+    elif not torch.cuda.is_available():
+        print("dit-l block kernels (SDPA backends, max-autotune) at batch 32 x 10 s: not measured (no CUDA)")
+        return
+    else:
+        step = BlockStep()
+    print(f"{step.device}: one {'tiny' if args.cpu_smoke else 'dit-l'} out-block, bf16 autocast, batch 32 x 500 frames, "
+          f"forward + backward (median of 20)")
+    print(f"{'setting':<34}{'ms/block':>9}{'ms x 25':>12}  {'vs comp.':>7}{'compile s':>10}{'max |diff|':>11}")
+    rows: dict = {}
+    reference = step.run(step.block)
+    measure(step, None, "eager", None, "default", rows, None)
+    base = "compiled, default SDPA (flash)"
+    measure(step, reference, base, "default", "default", rows, base)
+    for sdpa in ("cudnn", "efficient") if step.device == "cuda" else ():
+        try:
+            measure(step, reference, f"compiled, {sdpa} SDPA", "default", sdpa, rows, base)
+        except Exception as error:  # noqa: BLE001 - a backend this card or build lacks is a row, not a crash
+            print(f"compiled, {sdpa} SDPA: unavailable ({type(error).__name__}: {str(error).splitlines()[0][:100]})")
+    fastest = min((r for r in rows.values() if r["mode"]), key=lambda r: r["seconds"])
+    args.best.write_text(json.dumps(fastest))
+    if not args.no_autotune:
+        measure(step, reference, f"max-autotune, {fastest['sdpa']} SDPA", "max-autotune-no-cudagraphs",
+                fastest["sdpa"], rows, base)
+        fastest = min((r for r in rows.values() if r["mode"]), key=lambda r: r["seconds"])
+        args.best.write_text(json.dumps(fastest))
+    print(f"fastest: compile mode {fastest['mode']}, SDPA {fastest['sdpa']} -> {args.best}")
+
+
+if __name__ == "__main__":
+    main()
