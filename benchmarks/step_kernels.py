@@ -5,25 +5,24 @@ One dit-l out-block (long skip, no text: the mask stage), forward + backward at 
 bf16 autocast over fp32 weights as the trainer runs it, under:
 - eager, and torch.compile with each SDPA backend (PyTorch's default flash attention, cuDNN attention, which
   PyTorch leaves opt-in, and memory-efficient attention);
-- torch.compile's `max-autotune-no-cudagraphs` mode (inductor benchmarks Triton GEMMs against cuBLAS per shape
-  and fuses epilogues), with the faster SDPA backend.
+- the GEGLU's input projection as two GEMMs over the halves of its weight (same parameters), so that backward
+  writes the two halves' gradients apart instead of one kernel that concatenates them.
 Prints ms per block, the same x 25 blocks (the step's share in blocks), the ratio to the default compiled
 block, each compile's seconds, and the largest output difference from eager (all bf16: ~1e-2 is rounding).
-Writes the fastest setting to --best (JSON) for a follow-up run of train_throughput.py.
 
-    python benchmarks/step_kernels.py [--best /tmp/step_kernels.json] [--no-autotune]
+    python benchmarks/step_kernels.py
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pretrain.blocks import DiTBlock, rotary_tables  # noqa: E402
@@ -86,10 +85,20 @@ class BlockStep:
         return times[len(times) // 2]
 
 
-def measure(step: BlockStep, reference: torch.Tensor | None, label: str, mode: str | None, sdpa: str,
-            rows: dict, base: str | None) -> None:
+def split_geglu(mlp: torch.nn.Module) -> None:
+    """Make the GEGLU's input projection two GEMMs over its weight's halves (the same parameters and math)."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        inner, w, b = mlp.proj_out.in_features, mlp.proj_in.weight, mlp.proj_in.bias
+        h, gate = F.linear(x, w[:inner], b[:inner]), F.linear(x, w[inner:], b[inner:])
+        return mlp.proj_out(h * F.gelu(gate))
+
+    mlp.forward = forward
+
+
+def measure(step: BlockStep, reference: torch.Tensor | None, label: str, compiled: bool, sdpa: str,
+            rows: dict, base: str) -> None:
     torch._dynamo.reset()
-    fn = step.block if mode is None else torch.compile(step.block, mode=mode)
+    fn = torch.compile(step.block) if compiled else step.block
     with sdpa_context(sdpa):
         start = time.perf_counter()
         out = step.run(fn)  # the compile
@@ -98,46 +107,38 @@ def measure(step: BlockStep, reference: torch.Tensor | None, label: str, mode: s
         compile_s = time.perf_counter() - start
         seconds = step.time(fn)
     diff = 0.0 if reference is None else (out.float() - reference.float()).abs().max().item()
-    rows[label] = {"mode": mode, "sdpa": sdpa, "seconds": seconds}
-    ratio = f"{rows[base]['seconds'] / seconds:6.2f}x" if base in rows else "      -"
-    print(f"{label:<34}{seconds * 1e3:9.2f}{seconds * BLOCKS * 1e3:12.1f}  {ratio}{compile_s:10.1f}{diff:11.2e}",
+    rows[label] = seconds
+    ratio = f"{rows[base] / seconds:6.2f}x" if base in rows else "      -"
+    print(f"{label:<36}{seconds * 1e3:9.2f}{seconds * BLOCKS * 1e3:12.1f}  {ratio}{compile_s:10.1f}{diff:11.2e}",
           flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--best", type=Path, default=Path("/tmp/step_kernels.json"))
-    parser.add_argument("--no-autotune", action="store_true", help="skip max-autotune (its compile takes minutes)")
     parser.add_argument("--cpu-smoke", action="store_true", help="run this script's code on a tiny block on the CPU")
     args = parser.parse_args()
     if args.cpu_smoke:
-        step, args.no_autotune = BlockStep("cpu", "tiny", 2, 50), True
+        step = BlockStep("cpu", "tiny", 2, 50)
     elif not torch.cuda.is_available():
-        print("dit-l block kernels (SDPA backends, max-autotune) at batch 32 x 10 s: not measured (no CUDA)")
+        print("dit-l block kernels (SDPA backends, split GEGLU) at batch 32 x 10 s: not measured (no CUDA)")
         return
     else:
         step = BlockStep()
-    print(f"{step.device}: one {'tiny' if args.cpu_smoke else 'dit-l'} out-block, bf16 autocast, batch 32 x 500 frames, "
-          f"forward + backward (median of 20)")
-    print(f"{'setting':<34}{'ms/block':>9}{'ms x 25':>12}  {'vs comp.':>7}{'compile s':>10}{'max |diff|':>11}")
+    name = torch.cuda.get_device_name() if step.device == "cuda" else "CPU smoke"
+    print(f"{name}: one dit-l out-block, bf16 autocast, batch 32 x 500 frames, forward + backward (median of 20)")
+    print(f"{'setting':<36}{'ms/block':>9}{'ms x 25':>12}  {'vs comp.':>7}{'compile s':>10}{'max |diff|':>11}")
     rows: dict = {}
+    base = "compiled, PyTorch's SDPA choice"
     reference = step.run(step.block)
-    measure(step, None, "eager", None, "default", rows, None)
-    base = "compiled, default SDPA (flash)"
-    measure(step, reference, base, "default", "default", rows, base)
-    for sdpa in ("cudnn", "efficient") if step.device == "cuda" else ():
+    measure(step, None, "eager", False, "default", rows, base)
+    measure(step, reference, base, True, "default", rows, base)
+    for sdpa in ("cudnn", "flash", "efficient") if step.device == "cuda" else ():
         try:
-            measure(step, reference, f"compiled, {sdpa} SDPA", "default", sdpa, rows, base)
+            measure(step, reference, f"compiled, {sdpa} SDPA", True, sdpa, rows, base)
         except Exception as error:  # noqa: BLE001 - a backend this card or build lacks is a row, not a crash
             print(f"compiled, {sdpa} SDPA: unavailable ({type(error).__name__}: {str(error).splitlines()[0][:100]})")
-    fastest = min((r for r in rows.values() if r["mode"]), key=lambda r: r["seconds"])
-    args.best.write_text(json.dumps(fastest))
-    if not args.no_autotune:
-        measure(step, reference, f"max-autotune, {fastest['sdpa']} SDPA", "max-autotune-no-cudagraphs",
-                fastest["sdpa"], rows, base)
-        fastest = min((r for r in rows.values() if r["mode"]), key=lambda r: r["seconds"])
-        args.best.write_text(json.dumps(fastest))
-    print(f"fastest: compile mode {fastest['mode']}, SDPA {fastest['sdpa']} -> {args.best}")
+    split_geglu(step.block.mlp)
+    measure(step, reference, "compiled, GEGLU as two GEMMs", True, "default", rows, base)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Needs the project's environment (webdataset, pydantic, accelerate, diffusers).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -56,8 +55,7 @@ def write_latents(directory: Path, clips: int) -> Path:
 
 def config(out: Path, shards: Path, preset: str, micro: int, workers: int, steps: int, **extra) -> PretrainConfig:
     return PretrainConfig.model_validate({
-        "stage": "mask", "output_dir": str(out), "model": {"preset": preset, "compile": extra.pop("compile", False),
-                                                      "compile_mode": extra.pop("compile_mode", "default")},
+        "stage": "mask", "output_dir": str(out), "model": {"preset": preset, "compile": extra.pop("compile", False)},
         "data": {"shards": [str(shards)], "micro_batch_size": micro, "num_workers": workers, "shuffle": 64},
         "optim": {"lr": 1e-4, "warmup_steps": 1}, "ema": {"enabled": True}, "validation": {"every": 0},
         "steps": steps, "batch_size": micro, "log_every": 10**9, "save_every": 10**9, "tensorboard": False, **extra})
@@ -186,18 +184,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU parts")
     parser.add_argument("--gpu-modes", default="eager,compiled", help="which of eager,compiled to time on the GPU")
-    parser.add_argument("--kernels", type=Path, default=None,
-                        help="the JSON benchmarks/step_kernels.py wrote: time the compiled loop with its fastest "
-                             "compile mode and SDPA backend instead (nothing when that is the default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not args.gpu_only:
         cpu(args)
     if torch.cuda.is_available():
-        if args.kernels is not None:
-            gpu_kernels(json.loads(args.kernels.read_text()))
-        else:
-            gpu(args.gpu_modes.split(","))
+        gpu(args.gpu_modes.split(","))
     else:
         print("GPU dit-l bf16 batch 32 x 10 s (eager, compiled): not measured (no CUDA on this machine)")
 
@@ -240,21 +232,6 @@ def gpu(modes: list[str]) -> None:
             loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, "
                         f"{'compiled' if compiled else 'eager'}", cfg, 10, gpu_stats=True)
             torch.cuda.empty_cache()
-
-
-def gpu_kernels(best: dict) -> None:
-    """The compiled loop with the compile mode and SDPA backend that step_kernels.py found fastest on one block."""
-    from benchmarks.step_kernels import sdpa_context
-
-    if best["mode"] == "default" and best["sdpa"] == "default":
-        print("step_kernels: the default compile and SDPA backend are the fastest; nothing more to time")
-        return
-    with tempfile.TemporaryDirectory() as tmp, sdpa_context(best["sdpa"]):
-        tmp = Path(tmp)
-        cfg = config(tmp / "run", write_latents(tmp / "latents", 512), "dit-l", 32, 8, 10**6,
-                     mixed_precision="bf16", compile=True, compile_mode=best["mode"])
-        loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, compiled {best['mode']}, "
-                    f"SDPA {best['sdpa']}", cfg, 10, gpu_stats=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ class ModelConfig(Strict):
     # torch.compile the trained module (1.54x the eager dit-l step on an H100, issue #22); the first steps
     # then compile (minutes at dit-l). Off by default: CPUs gain little and pay the compile time.
     compile: bool = False
-    # inductor's mode: max-autotune-no-cudagraphs also benchmarks Triton GEMMs per shape (a longer compile)
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
 
 
 class TextEncoderSpec(Strict):

@@ -199,7 +199,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
                                       **({"fused": True} if self.fused else {"foreach": True}))
         if cfg.model.compile:
-            model.compile(mode=cfg.model.compile_mode)  # in place: parameter names, state dicts and checkpoints stay the module's own
+            model.compile()  # in place: parameter names, state dicts and checkpoints stay the module's own
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         # an adversarial objective's discriminator and its own optimizer (saved and resumed with the rest)
