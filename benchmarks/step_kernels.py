@@ -22,6 +22,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch._functorch.config
+import torch._inductor.config
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -97,7 +99,7 @@ def split_geglu(mlp: torch.nn.Module) -> None:
 
 def measure(step: BlockStep, reference: torch.Tensor | None, label: str, compiled: bool, sdpa: str,
             rows: dict, base: str) -> None:
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # a fresh trace under this setting's SDPA backend
     fn = torch.compile(step.block) if compiled else step.block
     with sdpa_context(sdpa):
         start = time.perf_counter()
@@ -127,6 +129,10 @@ def main() -> None:
     name = torch.cuda.get_device_name() if step.device == "cuda" else "CPU smoke"
     print(f"{name}: one dit-l out-block, bf16 autocast, batch 32 x 500 frames, forward + backward (median of 20)")
     print(f"{'setting':<36}{'ms/block':>9}{'ms x 25':>12}  {'vs comp.':>7}{'compile s':>10}{'max |diff|':>11}")
+    # inductor's graph caches key a graph without the SDPA backend it was traced under: a cached graph would
+    # run the first row's attention kernel in every row
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     rows: dict = {}
     base = "compiled, PyTorch's SDPA choice"
     reference = step.run(step.block)

@@ -120,9 +120,10 @@ def time_loop(trainer: Trainer, steps: int, warmup: int = 3) -> tuple[float, flo
     return mean, float(np.median(times)), save, time.perf_counter() - start
 
 
-def busy(fn, steps: int = 3) -> tuple[float, str]:
-    """(the share of fn's wall time that the GPU spends in kernels over `steps` calls, the top kernels table):
-    near 1 means the step is GPU-bound, lower means the GPU waits on the host (launches, syncs, data)."""
+def busy(fn, steps: int = 3) -> tuple[float, str, str]:
+    """(the share of fn's wall time that the GPU spends in kernels over `steps` calls under the profiler, the top
+    kernels table, the whole table): near 1 means the step is GPU-bound, lower means the GPU waits on the host
+    (launches, syncs, data). The profiler slows the host, so this share is a lower bound."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -134,7 +135,8 @@ def busy(fn, steps: int = 3) -> tuple[float, str]:
         wall = time.perf_counter() - start
     events = prof.key_averages()
     kernels = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
-    return kernels / wall, events.table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=70)
+    return kernels / wall, *(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=width)
+                             for rows, width in ((20, 70), (-1, 200)))
 
 
 def syncs_per_step(trainer: Trainer, steps: int = 3) -> float:
@@ -152,7 +154,8 @@ def syncs_per_step(trainer: Trainer, steps: int = 3) -> float:
     return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
-def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, gpu_stats: bool = False) -> None:
+def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, gpu_stats: bool = False,
+                profile_table: Path | None = None) -> None:
     """One Trainer (one compile where compiled) times the raw step, then the loop."""
     trainer = Trainer(cfg)
     flops = None
@@ -161,7 +164,9 @@ def loop_vs_raw(label: str, cfg: PretrainConfig, steps: int, gpu_stats: bool = F
     raw = time_raw_step(trainer, steps)
     loop, median, save, export = time_loop(trainer, steps)
     if gpu_stats:
-        loop_busy, table = busy(trainer.step)
+        loop_busy, table, full = busy(trainer.step)
+        if profile_table is not None:
+            profile_table.write_text(f"{label}\n{full}\n")
         syncs = syncs_per_step(trainer)
     b = cfg.data.micro_batch_size
     line = (f"{label}: raw step {raw * 1e3:8.1f} ms ({b / raw:6.1f} samples/s), loop {loop * 1e3:8.1f} ms "
@@ -184,12 +189,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU parts")
     parser.add_argument("--gpu-modes", default="eager,compiled", help="which of eager,compiled to time on the GPU")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="write each GPU mode's whole kernel table (profiled loop steps) here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not args.gpu_only:
         cpu(args)
     if torch.cuda.is_available():
-        gpu(args.gpu_modes.split(","))
+        gpu(args.gpu_modes.split(","), args.profile_dir)
     else:
         print("GPU dit-l bf16 batch 32 x 10 s (eager, compiled): not measured (no CUDA on this machine)")
 
@@ -223,14 +230,15 @@ def cpu(args) -> None:
         loop_vs_raw("CPU small preset, batch 4 x 10 s, fp32", small, max(3, args.steps // 4))
 
 
-def gpu(modes: list[str]) -> None:
+def gpu(modes: list[str], profile_dir: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = write_latents(tmp / "latents", 512)
         for compiled in [m == "compiled" for m in modes]:
             cfg = config(tmp / f"run-{compiled}", shards, "dit-l", 32, 8, 10**6, mixed_precision="bf16", compile=compiled)
             loop_vs_raw(f"GPU {torch.cuda.get_device_name()} dit-l bf16 batch 32 x 10 s, "
-                        f"{'compiled' if compiled else 'eager'}", cfg, 10, gpu_stats=True)
+                        f"{'compiled' if compiled else 'eager'}", cfg, 10, gpu_stats=True,
+                        profile_table=profile_dir and profile_dir / f"kernels_{'compiled' if compiled else 'eager'}.txt")
             torch.cuda.empty_cache()
 
 
