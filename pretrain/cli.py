@@ -154,7 +154,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="DiT precision; auto: bf16 on GPUs, fp32 on CPUs (sampling integrates in fp32 either way)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the DiT; default: on with CUDA (the fast path: a 10-s clip at 50 steps in "
-                        "~0.6 s on an H100, against ~1.7 s eager bf16; the first clip pays the compile), off on CPUs")
+                        "0.6-0.7 s on an H100/H200, against ~1.7 s eager bf16; the first clip pays the compile, about a "
+                        "minute), off on CPUs")
     p.set_defaults(func=_generate)
 
 
