@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--frames", type=int, default=100,
                         help="latent frames on the CPU (100 = 2 s at 50 Hz; the GPU part always uses 500 = 10 s)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (best of)")
+    parser.add_argument("--rounds", type=int, default=2, help="timing runs per setting and step count (the best is kept)")
     parser.add_argument("--cpu-compile", action="store_true",
                         help="also time torch.compile on the CPU (inductor builds C++ kernels: minutes on 2 cores)")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
