@@ -52,7 +52,7 @@ def run(name: str, device: str, steps: int, sample_steps: int) -> None:
     mask = torch.ones(1, 100, dtype=torch.bool, device=device)
 
     def editor(**kw):
-        return ImagicEditor(t2a, ImagicConfig(clap_model=None, **kw))
+        return ImagicEditor(t2a, ImagicConfig(eta=0.7, clap_model=None, **kw))
 
     embed = per_step(lambda k: editor(embed_steps=k).optimise_embedding(z, e, mask), steps)
     timings = {}

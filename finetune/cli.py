@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from shards.cli import package_main
+from shards.cli import package_main, positive
 
 
 def _edit_data(args) -> int:
@@ -137,6 +137,11 @@ def _edit(args) -> int:
         duration = _bundle_duration(args.checkpoint)
         for job in jobs:  # before any model loads
             check_length(job["seconds_in"], duration, cfg.max_seconds, job["input"])
+        if cfg.save_tuned:
+            from pretrain.pipeline import BUNDLE_FORMAT
+            from shards.outputs import check_output_dir
+
+            check_output_dir(cfg.save_tuned, BUNDLE_FORMAT, "--save-tuned")
         clap = load_clap(cfg.clap_model, device) if cfg.eta == "auto" and cfg.clap_model else None
         # one T2A bundle and one CLAP for the whole batch; the bundle is unchanged after every edit
         editor = ImagicEditor(TextToAudio.from_pretrained(args.checkpoint, device=device, dtype="fp32", compile=False),
@@ -150,6 +155,10 @@ def _edit(args) -> int:
         return 0
     from .editor import InstructionEditor
 
+    if args.test_set:
+        from shards.cli import check_test_set_output
+
+        check_test_set_output(args.output)
     jobs = [] if args.test_set else _jobs(args)
     check_bundle(args.checkpoint, "capflow-editor")
     editor = InstructionEditor.from_pretrained(args.checkpoint, device=device, dtype=args.dtype)
@@ -200,7 +209,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="editor bundle (instruction) or T2A bundle (imagic); dir or hub id")
     p.add_argument("args", nargs="*", metavar="INPUT INSTRUCTION", help="input audio (any format, rate, channels) and "
                                                                        "the instruction (imagic: the target text)")
-    p.add_argument("-o", "--output", default="edited.wav", help="output audio file (--test-set: a directory)")
+    p.add_argument("-o", "--output", default=None, help="output audio file, e.g. edited.wav (--test-set: a folder)")
     p.add_argument("--method", choices=["instruction", "imagic", "inpaint"], default="instruction",
                    help="instruction: the trained editor (default); imagic: non-rigid editing on a T2A model; "
                         "inpaint: regenerate the --inpaint span of INPUT from TEXT on a T2A model (EzAudio's editing)")
@@ -211,7 +220,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="with --test-set: the split (default test)")
     p.add_argument("--limit", type=int, default=None, help="with --test-set: at most this many groups")
     p.add_argument("--t-start", type=float, default=None, help="start on the path to the source (default 0.01; 0: noise)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
+    p.add_argument("--steps", type=positive(int), default=None, help="sampling steps (default: the bundle's)")
     p.add_argument("--cfg", type=float, default=None, help="instruction (imagic: text) guidance scale")
     p.add_argument("--cfg-source", type=float, default=None, help="source guidance scale (two-scale guidance)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale factor")

@@ -6,6 +6,7 @@ input, group = the operation, instruction, seconds = the time the edit took)."""
 from __future__ import annotations
 
 import json
+import shlex
 import logging
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def edit_test_set(editor: InstructionEditor, edit_set: str | Path, out: str | Pa
         raise ValueError(f"{edit_set} has no group in split {split!r}")
     manifest = out / "edits.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    log.info("%d edits of %s written to %s; evaluate them with: capflow evaluate %s --metrics fd kl is fad clap "
-             "clap_src lsd mel", len(rows), edit_set, out, manifest)
+    log.info("%d edits of %s written to %s; evaluate them with: %s", len(rows), edit_set, out, evaluate_command(manifest))
     return manifest
+
+
+def evaluate_command(manifest: Path) -> str:
+    """The `capflow evaluate` line for an edit test set's manifest (its rows carry target, source and caption)."""
+    return shlex.join(["capflow", "evaluate", str(manifest), "--metrics", "fd,kl,is,fad,clap,clap_src,lsd,mel"])

@@ -28,9 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pretrain.flow import flow_loss, span_mask
-from pretrain.pipeline import TextToAudio
+from pretrain.pipeline import BUNDLE_FORMAT, TextToAudio
 from pretrain.sampler import guided_velocity
 from shards import audio
+from shards.outputs import check_output_dir, staged_dir
 
 log = logging.getLogger(__name__)
 # the DiT's attention, cross-attention and MLP projections of every block
@@ -85,13 +86,15 @@ class ImagicEditor:
         if not t2a.dit.has_text:
             raise ValueError("Imagic needs a text-conditioned T2A model (an align/sft export)")
         self.t2a, self.cfg = t2a, cfg or ImagicConfig()
-        self._clap = clap
-
-    @property
-    def clap(self):
-        if self._clap is None and self.cfg.clap_model:
-            self._clap = load_clap(self.cfg.clap_model, str(self.t2a.device))
-        return self._clap
+        if self.cfg.save_tuned:
+            check_output_dir(self.cfg.save_tuned, BUNDLE_FORMAT, "--save-tuned")
+        # CLAP is loaded here or never: a fixed eta needs none (an edit must not load, or fail to load, a model
+        # after its embedding and tuning are done)
+        if clap is None and self.cfg.eta == "auto":
+            if not self.cfg.clap_model:
+                raise ValueError("eta 'auto' scores the sweep with CLAP: set clap_model, or give a fixed eta")
+            clap = load_clap(self.cfg.clap_model, str(self.t2a.device))
+        self.clap = clap  # with a fixed eta, given only to score the one candidate
 
     def check_length(self, seconds: float | None, name: str = "the input") -> None:
         check_length(seconds, self.t2a.sampler.duration, self.cfg.max_seconds, name)
@@ -197,8 +200,6 @@ class ImagicEditor:
     # ---- the whole edit -------------------------------------------------------------------------------------
     def edit(self, clip: audio.Audio, text: str, progress: bool = False, **sampling) -> ImagicResult:
         cfg, t2a = self.cfg, self.t2a
-        if cfg.eta == "auto" and self.clap is None:
-            raise ValueError("eta 'auto' scores the sweep with CLAP: set clap_model, or give a fixed eta")
         self.check_length(clip.duration)
         seconds = {}
         start = time.perf_counter()
@@ -232,8 +233,9 @@ class ImagicEditor:
 
     def _save_tuned(self, dit) -> None:
         tuned = copy.deepcopy(dit.merge_and_unload() if hasattr(dit, "merge_and_unload") else dit)
-        TextToAudio(tuned, self.t2a.codec, None, self.t2a.text_ref, self.t2a.sampler, "imagic-tuned").save_pretrained(
-            self.cfg.save_tuned)
+        with staged_dir(self.cfg.save_tuned, BUNDLE_FORMAT) as tmp:
+            TextToAudio(tuned, self.t2a.codec, None, self.t2a.text_ref, self.t2a.sampler,
+                        "imagic-tuned").save_pretrained(tmp)
 
 
 def _descend(label: str, steps: int, params: list[torch.Tensor], lr: float, loss_fn, progress: bool) -> None:

@@ -33,8 +33,8 @@ from pretrain.train import Trainer
 from shards import audio
 from shards import format as fmt
 from shards.config import config_dict
+from shards.outputs import MARKER, staged_dir
 from shards.reader import iter_tar_samples, shard_urls
-from shards.writer import staged_dir
 
 from .config import FinetuneConfig
 from .editor import (
@@ -119,7 +119,7 @@ def _model_ref(ref: str | None) -> str | None:
     return str(Path(ref).resolve()) if ref and Path(ref).exists() else ref
 
 
-BEST_DIR, BEST_NAME = "best", "best.json"
+BEST_DIR, BEST_NAME, BEST_FORMAT = "best", MARKER, "capflow-editor-best"  # the best-so-far weights
 
 
 class EditValidator:
@@ -207,6 +207,8 @@ def editor_card(cfg: FinetuneConfig, info: dict) -> str:
 
 
 class EditTrainer(Trainer):
+    export_format = EDITOR_FORMAT
+
     def make_text_encoder(self):
         return None  # the instruction encoder is part of the trained module
 
@@ -250,9 +252,10 @@ class EditTrainer(Trainer):
             if self.acc.is_main_process and score is not None and (best is None or score > best["validation_clap"]):
                 if self.ema is not None:
                     values = dict(zip(self._trainable_names(), self.ema.shadow_params))
-                with staged_dir(self.out / BEST_DIR) as tmp, self._weights(values):
+                with staged_dir(self.out / BEST_DIR, BEST_FORMAT) as tmp, self._weights(values):
                     self.unwrapped.save_pretrained(tmp)
-                    (tmp / BEST_NAME).write_text(json.dumps({"step": validated, "validation_clap": score}) + "\n")
+                    (tmp / BEST_NAME).write_text(json.dumps({"format": BEST_FORMAT, "step": validated,
+                                                           "validation_clap": score}) + "\n")
                 log.info("validation CLAP %.4f at step %d is the best so far: kept in %s", score, validated,
                          self.out / BEST_DIR)
             self.acc.wait_for_everyone()
@@ -277,7 +280,7 @@ class EditTrainer(Trainer):
                 log.warning("edit.export best: no validation score was recorded; exporting the last weights")
             info["selected"] = "last"
         out = self.out / "export"
-        with staged_dir(out) as tmp:
+        with staged_dir(out, EDITOR_FORMAT) as tmp:
             write_editor_bundle(tmp, weights, self.codec_cfg, self.text_ref, self.cfg.edit.sampler, info, self.objective)
             (tmp / "README.md").write_text(editor_card(self.cfg, info))
             (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(self.cfg), sort_keys=False))

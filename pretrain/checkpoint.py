@@ -25,11 +25,11 @@ import torch
 import yaml
 
 from shards.config import config_dict
-from shards.writer import staged_dir
+from shards.outputs import staged_dir
 
 from .codec import CodecConfig
 from .dit import EzAudioDiT
-from .pipeline import TextEncoderRef, bundle_objective, write_bundle
+from .pipeline import BUNDLE_FORMAT, TextEncoderRef, bundle_objective, write_bundle
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 STATE_NAME, EMA_STATE = "trainer_state.json", "ema.json"
@@ -148,7 +148,7 @@ def export_bundle(cfg, checkpoint: Path, out: str | Path, codec: CodecConfig, us
             "parameters": sum(p.numel() for p in dit.parameters())}
     text_ref = TextEncoderRef(cfg.text_encoder.pretrained, cfg.text_encoder.max_length, cfg.text_encoder.dtype) \
         if dit.has_text else None
-    with staged_dir(out) as tmp:
+    with staged_dir(out, BUNDLE_FORMAT) as tmp:
         write_bundle(tmp, dit, codec, text_ref, cfg.validation.sampler, cfg.stage, info, bundle_objective(cfg.init_from))
         (tmp / "README.md").write_text(model_card(cfg, info))
         (tmp / "training_config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))

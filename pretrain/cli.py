@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from shards.cli import package_main
+from shards.cli import package_main, positive
 
 
 def _model_info(args) -> int:
@@ -23,6 +23,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "untitled"
 
 
+def _prompts(args) -> list[str]:
+    """The prompts of a generate call, and its output checked, before any model loads: no empty prompt; a
+    prompts file's blank and `#` lines skipped; one prompt writes the file -o, several write into the folder -o."""
+    import soundfile as sf
+
+    from shards.cli import check_output_file
+    from shards.outputs import OutputError, check_writable
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {path}: no such file")
+        prompts += [line.strip() for line in path.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError("give a prompt, or --prompts-file with one prompt per line")
+    if any(not p.strip() for p in prompts):
+        raise ValueError("empty prompt; say what to generate (the empty text is the model's null condition for "
+                         "guidance, not a request)")
+    out = Path(args.output)
+    if len(prompts) == 1:
+        if out.suffix.lstrip(".").upper() not in sf.available_formats():
+            raise ValueError(f"-o {out}: cannot write {out.suffix or 'a file without suffix'} audio; use .wav, "
+                             ".flac or .ogg")
+        check_output_file(out)
+    elif out.suffix.lstrip(".").upper() in sf.available_formats() or out.is_file():
+        raise OutputError(f"-o {out}: {len(prompts)} prompts write one file each into a folder; give a folder, "
+                          f"e.g. -o {out.with_suffix('')}")
+    else:
+        check_writable(out / "0000.wav")
+    return prompts
+
+
 def _generate(args) -> int:
     import torch
 
@@ -30,14 +64,9 @@ def _generate(args) -> int:
 
     from .pipeline import TextToAudio
 
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError("give a prompt, or --prompts-file with one prompt per line")
+    prompts, out = _prompts(args), Path(args.output)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = TextToAudio.from_pretrained(args.checkpoint, device=device, dtype=args.dtype, compile=args.compile)
-    out = Path(args.output)
     if len(prompts) > 1:
         out.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(prompts), args.batch_size):
@@ -70,9 +99,13 @@ def _pretrain(args) -> int:
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     if args.export_only:
+        from shards.outputs import check_output_dir
+
         from .checkpoint import export_bundle, list_checkpoints
+        from .pipeline import BUNDLE_FORMAT
         from .train import data_provenance
 
+        check_output_dir(args.export_only, BUNDLE_FORMAT, "--export-only")
         found = list_checkpoints(cfg.output_dir)
         if not found:
             raise FileNotFoundError(f"no checkpoint under {cfg.output_dir}/checkpoints to export")
@@ -139,14 +172,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="text-to-audio with a trained bundle")
     p.add_argument("--checkpoint", required=True, help="bundle directory or hub id (an export of `capflow pretrain`)")
     p.add_argument("prompt", nargs="*", help="one or more prompts")
-    p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
-    p.add_argument("-o", "--output", default="out.wav", help="output .wav (one prompt) or directory (several)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
+    p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line (blank lines and lines "
+                                                        "starting with # are skipped)")
+    p.add_argument("-o", "--output", required=True, help="output audio file, e.g. dog.wav (one prompt) or folder "
+                                                         "(several prompts: NNNN_prompt.wav each)")
+    p.add_argument("--steps", type=positive(int), default=None, help="sampling steps (default: the bundle's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale w (default: the bundle's, EzAudio 5)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale factor φ (default: the bundle's, 0.75)")
     p.add_argument("--negative", default=None, help="negative prompt (default: the empty string)")
     p.add_argument("--sampler", choices=["euler", "heun"], default=None, help="ODE solver (default: the bundle's)")
-    p.add_argument("--duration", type=float, default=None, help="seconds of audio (default: the bundle's)")
+    p.add_argument("--duration", type=positive(float), default=None, help="seconds of audio (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (prompt i of a file uses seed + i)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")

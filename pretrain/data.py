@@ -83,6 +83,11 @@ class LatentBatches:
     def to_batch(self, batch: dict) -> dict:
         return to_training_batch(batch)
 
+    def batches(self, collated: Iterator[dict]) -> Iterator[dict]:
+        """Collated samples -> training batches (a stream that needs more than one draw per batch overrides it)."""
+        for batch in collated:
+            yield self.to_batch(batch)
+
     def samples_per_batch(self) -> int:
         return self.cfg.data.micro_batch_size
 
@@ -96,7 +101,7 @@ class LatentBatches:
         # The training batch (a separation stream's mixing, say) is made where the samples are read, in the loader
         # workers, off the training process. Bad samples are counted there too: each batch carries that worker's
         # running count, so the main process can report the total.
-        pipeline.append(wds.map(lambda batch: {**self.to_batch(batch), "skipped": (_worker_id(), errors.skipped)}))
+        pipeline.append(lambda src: ({**b, "skipped": (_worker_id(), errors.skipped)} for b in self.batches(src)))
         # its own generator: creating a loader must not draw from the global RNG that resume restores
         # pinned batches copy to the GPU without blocking the host (compute_loss copies them non_blocking)
         loader = wds.WebLoader(pipeline, batch_size=None, num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),

@@ -182,14 +182,15 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     encoder is Flan-T5-large (l) or -XL (xl) unless `text_encoder` names another (tests: a tiny one)."""
     from diffusers import AutoencoderOobleck
 
-    from shards.writer import staged_dir
+    from shards.outputs import check_output_dir, staged_dir
 
     from .codec import CodecConfig
     from .objective import Objective
-    from .pipeline import SamplerDefaults, TextEncoderRef, write_bundle
+    from .pipeline import BUNDLE_FORMAT, SamplerDefaults, TextEncoderRef, write_bundle
 
     if size not in TEXT_ENCODERS:
         raise ValueError(f"--size must be one of {sorted(TEXT_ENCODERS)}, got {size!r}")
+    check_output_dir(out, BUNDLE_FORMAT, "-o")  # before anything is read: a download folder is never replaced
     dit_state = load_checkpoint(_fetch(str(dit), size), "model")
     vae_path = _fetch(str(vae), "vae")
     vae_state = load_checkpoint(vae_path, "state_dict")
@@ -207,7 +208,7 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
                          f"{model.config.latent_channels}: not the VAE this DiT was trained on")
     sampler = SamplerDefaults(steps=100, cfg=5.0, rescale=0.75, method="ddim", duration=10.0)
     info = {"imported_from": {"dit": str(dit), "vae": str(vae), "size": size}, "license": "see EzAudio's repository"}
-    with staged_dir(out) as tmp:
+    with staged_dir(out, BUNDLE_FORMAT) as tmp:
         autoencoder.save_pretrained(tmp / "codec")
         write_bundle(tmp, model, CodecConfig("codec", sample_posterior=True), TextEncoderRef(text_encoder or TEXT_ENCODERS[size]),
                      sampler, "sft", info, Objective("v-ddpm", EZAUDIO_SCHEDULER))

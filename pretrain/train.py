@@ -31,6 +31,7 @@ import torch
 
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
+from shards.outputs import check_output_dir
 
 from .checkpoint import (
     EMA_DIR,
@@ -49,7 +50,7 @@ from .data import LatentBatches, set_latent_shape
 from .dit import EzAudioDiT, preset
 from .flow import flow_loss, span_mask
 from .objective import FLOW, Objective
-from .pipeline import bundle_objective
+from .pipeline import BUNDLE_FORMAT, bundle_objective
 from .text import TextEncoder
 
 log = logging.getLogger("capflow.pretrain")
@@ -146,6 +147,8 @@ def compute_loss(model, batch: dict, cfg: PretrainConfig, span: int, text_encode
 
 
 class Trainer:
+    export_format = BUNDLE_FORMAT  # what OUTPUT/export holds: checked before any work, replaced only if so
+
     def __init__(self, cfg: PretrainConfig, resume: str | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs, set_seed
@@ -154,6 +157,7 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        check_output_dir(self.out / "export", self.export_format, "export folder")
         self.codec_cfg, latent_info, self.data_hashes = self.provenance()
         self.latent_info = latent_info
         self.objective = bundle_objective(cfg.init_from)  # training continues in its start's objective

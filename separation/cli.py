@@ -24,7 +24,7 @@ def _separate(args) -> int:
     import torch
 
     from pretrain.pipeline import check_bundle
-    from shards.cli import check_jobs, read_batch
+    from shards.cli import check_jobs, check_test_set_output, read_batch
 
     from .pipeline import LanguageSeparator
 
@@ -38,6 +38,7 @@ def _separate(args) -> int:
         jobs = []
     check_jobs(jobs, "query", "query", outputs=("output", "residual"))  # before any model loads
     if args.test_set:
+        check_test_set_output(args.output)
         from shards.ontology import Ontology
 
         Ontology.load(args.ontology)
@@ -75,7 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "whatever the input's length: files are streamed)")
     p.add_argument("args", nargs="*", metavar="MIXTURE QUERY", help="input audio (any format, rate, channels, length) "
                                                                    "and the text query")
-    p.add_argument("-o", "--output", default="target.wav", help="the extracted sound (--test-set: a directory)")
+    p.add_argument("-o", "--output", default=None, help="the extracted sound, e.g. dog.wav (--test-set: a folder)")
     p.add_argument("--residual", default=None, help="also write the mixture minus the target (removing the query)")
     p.add_argument("--batch", default=None, help="JSONL with input, query, output[, residual] per line")
     p.add_argument("--test-set", default=None, metavar="SHARDS",

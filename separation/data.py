@@ -13,8 +13,11 @@ scale. Shape legend: b batch, s samples.
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ from pretrain.data import LatentBatches
 from shards.mix import group_gain, loudness_db
 from shards.ontology import Ontology
 from shards.reader import SampleDecoder
+
+log = logging.getLogger("capflow.separation")
+MAX_REDRAWS = 8  # pools joined in a row before a stream of one kind of sound stops the run
 
 
 def keyword_query(labels: list[str], ontology: Ontology | None = None) -> str:
@@ -49,8 +55,12 @@ def make_mixture(target: dict, others: list[dict], ratio_db: float, rate: int) -
     return (g * mixture).astype(np.float32), (g * t).astype(np.float32)
 
 
+class NoMixture(ValueError):
+    """A pool without two sounds that may be mixed (all of one kind, say): the stream draws more samples."""
+
+
 def draw_mixtures(pool: list[dict], count: int, rng: random.Random, cfg, ontology: Ontology | None = None) -> list[dict]:
-    """`count` mixtures from a pool of decoded samples ({key, audio (1, s), captions, meta}); ValueError when
+    """`count` mixtures from a pool of decoded samples ({key, audio (1, s), captions, meta}); NoMixture when
     the pool holds no target with an unrelated source."""
     ontology = ontology or Ontology()
     labeled = [s for s in pool if s["meta"].get("labels")]
@@ -62,8 +72,7 @@ def draw_mixtures(pool: list[dict], count: int, rng: random.Random, cfg, ontolog
         targets = rng.sample(candidates, len(candidates))  # tried in a random order
         target, others_pool = next(((t, o) for t in targets if (o := unrelated(t, candidates, ontology))), (None, []))
         if target is None:
-            raise ValueError("no clip of the pool can be mixed with another of unrelated labels (need labels or "
-                             "captions, and sounds of more than one kind); check data.shards or raise separation.pool")
+            raise NoMixture(f"no clip of a pool of {len(pool)} can be mixed with another of unrelated labels")
         n = 1 if kind == "caption" else rng.randint(cfg.sources[0] - 1, cfg.sources[1] - 1)
         others = rng.sample(others_pool, min(n, len(others_pool)))
         ratio = rng.uniform(*cfg.ratio_db)
@@ -75,8 +84,41 @@ def draw_mixtures(pool: list[dict], count: int, rng: random.Random, cfg, ontolog
     return out
 
 
+def check_mixable(shard_sets: list[str], ontology: Ontology) -> None:
+    """Refuse, before training starts, data from which no mixture can ever be made: no two clips (both labeled,
+    or both captioned) without related labels, read from the shard sets' parquet sidecars (remote sets are
+    left to the stream)."""
+    import pyarrow.parquet as pq
+
+    from shards import format as fmt
+
+    kinds: dict[str, dict[tuple, int]] = {"labels": {}, "captions": {}}  # collapsed label set -> clips
+    local = [Path(s) for s in shard_sets if Path(s).is_dir()]
+    for path in sorted(p for d in local for p in d.glob(f"*{fmt.SIDECAR_SUFFIX}")):
+        for row in pq.read_table(path, columns=["status", "labels", "captions"]).to_pylist():
+            if row["status"] != fmt.STATUS_OK:
+                continue
+            labels = tuple(ontology.collapse(row["labels"] or []))
+            for kind in kinds:
+                if row[kind]:
+                    kinds[kind][labels] = kinds[kind].get(labels, 0) + 1
+    if not local:
+        return
+
+    def pair(sets: dict[tuple, int]) -> bool:
+        items = list(sets.items())[:2000]  # a mixable set shows a pair among its first label sets
+        return any(n > 1 and not labels for labels, n in items) or any(
+            not ontology.overlaps(a, b) for i, (a, _) in enumerate(items) for b, _ in items[i + 1:])
+
+    if not any(pair(sets) for sets in kinds.values()):
+        raise ValueError(f"{', '.join(map(str, local))}: no two clips can be mixed (separation needs clips with "
+                         "labels or captions, of more than one kind of sound, unrelated in the ontology)")
+
+
 class MixtureBatches(LatentBatches):
     """Batches of {mixture (b, s), target (b, s), query, kind, key}; `separation.pool` chunks per mixture."""
+
+    redraws = 0  # pools that could not mix and were joined with the next one (in this worker)
 
     def decoder(self, seed: int):
         s = self.cfg.separation
@@ -89,10 +131,28 @@ class MixtureBatches(LatentBatches):
     def samples_per_batch(self) -> int:
         return self.cfg.data.micro_batch_size * self.cfg.separation.pool
 
-    def to_batch(self, batch: dict) -> dict:
-        pool = [{"key": k, "audio": a.numpy() if hasattr(a, "numpy") else a, "captions": c, "meta": m}
-                for k, a, c, m in zip(batch["key"], batch["audio"], batch["captions"], batch["meta"])]
-        rng = random.Random(zlib.crc32(("/".join(batch["key"]) + f"/{self.cfg.seed}").encode()))
+    def batches(self, collated: Iterator[dict]) -> Iterator[dict]:
+        """A pool that cannot make a mixture (a small shuffle buffer's run of one class) is carried over and
+        joined with the next one, at most MAX_REDRAWS times in a row; each time is logged. Deterministic, so a
+        resumed stream draws the same batches. `check_mixable` refused a data set that can never mix before
+        training started."""
+        carried: list[dict] = []
+        for batch in collated:
+            pool = carried + [{"key": k, "audio": a.numpy() if hasattr(a, "numpy") else a, "captions": c, "meta": m}
+                              for k, a, c, m in zip(batch["key"], batch["audio"], batch["captions"], batch["meta"])]
+            try:
+                yield self.mix(pool)
+                carried = []
+            except NoMixture as e:
+                self.redraws += 1
+                if len(pool) > MAX_REDRAWS * self.samples_per_batch():
+                    raise ValueError(f"{e}, after {MAX_REDRAWS} more draws: the stream yields sounds of one kind "
+                                     "only; raise data.shuffle or separation.pool") from None
+                log.warning("%s: drawing more samples (%d redraws so far in this worker)", e, self.redraws)
+                carried = pool
+
+    def mix(self, pool: list[dict]) -> dict:
+        rng = random.Random(zlib.crc32(("/".join(s["key"] for s in pool) + f"/{self.cfg.seed}").encode()))
         mixtures = draw_mixtures(pool, self.cfg.data.micro_batch_size, rng, self.cfg.separation,
                                  Ontology.load(self.cfg.separation.ontology))
         target = torch.from_numpy(np.stack([m["target"] for m in mixtures]))

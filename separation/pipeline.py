@@ -31,6 +31,7 @@ from .query import QueryModel
 from .ssl import load_ssl
 
 BUNDLE_NAME, FORMAT, SEPARATOR_DIR, QUERY_DIR = "capflow.json", "capflow-separator", "separator", "query"
+QUERY_FORMAT = "capflow-separation-query"  # a stage-query export: the query model a separator run takes
 
 
 def write_separation_bundle(directory: Path, asm: Separator, query_dir: Path | None, section, info: dict) -> Path:

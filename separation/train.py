@@ -23,15 +23,16 @@ from pretrain.checkpoint import STATE_NAME, checkpoint_weights, list_checkpoints
 from pretrain.train import Trainer
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
-from shards.writer import staged_dir
+from shards.ontology import Ontology
+from shards.outputs import staged_dir
 
 from .config import SeparationConfig
-from .data import MixtureBatches
+from .data import MixtureBatches, check_mixable
 from .discriminator import MultiScaleSTFTDiscriminator, discriminator_loss, generator_loss
 from .embedder import Embedder
 from .model import Separator
 from .model import preset as separator_preset
-from .pipeline import BUNDLE_NAME, QUERY_DIR, SEPARATOR_DIR, write_separation_bundle
+from .pipeline import BUNDLE_NAME, FORMAT, QUERY_DIR, QUERY_FORMAT, SEPARATOR_DIR, write_separation_bundle
 from .query import QueryModel
 from .query import preset as query_preset
 from .ssl import load_ssl
@@ -72,6 +73,7 @@ class SeparatorModule(nn.Module):
 class _SeparationTrainer(Trainer):
     def provenance(self):
         hashes = [read_manifest(p)["config_hash"] for p in self.cfg.data.shards if Path(p).is_dir()]
+        check_mixable(self.cfg.data.shards, Ontology.load(self.cfg.separation.ontology))  # before any model loads
         return None, {}, hashes
 
     def make_text_encoder(self):
@@ -102,6 +104,8 @@ class _SeparationTrainer(Trainer):
 class QueryTrainer(_SeparationTrainer):
     """Stage 1: text embedding + mixture -> the target's CLAP audio embedding (L1)."""
 
+    export_format = QUERY_FORMAT
+
     def build_model(self, latent_info: dict) -> QueryModel:
         s = self.cfg.separation
         if self.cfg.init_from:
@@ -122,8 +126,8 @@ class QueryTrainer(_SeparationTrainer):
     def export(self, use_ema: bool = True) -> Path:
         checkpoint, info = self._export_info()
         s = self.cfg.separation
-        index = {"format": "capflow-separation-query", "sample_rate": s.sample_rate, "clap": s.clap_model, "info": info}
-        with staged_dir(self.out / "export") as tmp:
+        index = {"format": QUERY_FORMAT, "sample_rate": s.sample_rate, "clap": s.clap_model, "info": info}
+        with staged_dir(self.out / "export", QUERY_FORMAT) as tmp:
             shutil.copytree(checkpoint_weights(checkpoint, use_ema), tmp / QUERY_DIR)
             (tmp / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
             save_config(self.cfg, tmp, "training_config.yaml")
@@ -133,6 +137,8 @@ class QueryTrainer(_SeparationTrainer):
 
 class SeparatorTrainer(_SeparationTrainer):
     """Stage 2: ACT (Algorithm 1)."""
+
+    export_format = FORMAT
 
     def build_model(self, latent_info: dict) -> SeparatorModule:
         s = self.cfg.separation
@@ -209,7 +215,7 @@ class SeparatorTrainer(_SeparationTrainer):
                             "model is added")
             else:
                 query = Path(s.query_from) / QUERY_DIR
-        with staged_dir(self.out / "export") as tmp:
+        with staged_dir(self.out / "export", FORMAT) as tmp:
             write_separation_bundle(tmp, module.asm, query, s, info)
             save_config(self.cfg, tmp, "training_config.yaml")
         log.info("exported %s", self.out / "export")

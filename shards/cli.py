@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,6 +34,19 @@ def read_batch(path: str | Path, required: tuple[str, ...], optional: tuple[str,
     return jobs
 
 
+def positive(kind=float):
+    """argparse type: a number above zero (0 steps or 0 seconds is a mistake, never "the default")."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    return parse
+
+
 def check_jobs(jobs: list[dict], text_key: str, text_name: str, outputs: tuple[str, ...] = ("output",)) -> None:
     """Every job's input decodable (its header read; `seconds` recorded in the job), its text not empty, its
     outputs writable with an audio format soundfile writes: checked before any model loads, one line naming
@@ -49,17 +62,38 @@ def check_jobs(jobs: list[dict], text_key: str, text_name: str, outputs: tuple[s
                              "null condition for guidance, not a request)")
         for key in outputs:
             out = job.get(key)
+            if not out and key == outputs[0]:
+                raise ValueError(f"{job['input']}: no output; give -o OUT.wav (or `output` on the --batch line)")
             if not out:
                 continue
             out = Path(out)
             if out.suffix.lower().lstrip(".").upper() not in sf.available_formats():
                 raise ValueError(f"{out}: cannot write {out.suffix or 'a file without suffix'} audio; use .wav, .flac "
                                  "or .ogg")
-            parent = out.parent
-            while not parent.exists() and parent != parent.parent:
-                parent = parent.parent
-            if out.is_dir() or not os.access(parent, os.W_OK):
-                raise ValueError(f"{out}: not writable (check the folder and its permissions)")
+            check_output_file(out)
+
+
+def check_test_set_output(out: str | None) -> Path:
+    """The folder a --test-set run writes its outputs and manifest into (files added, none removed)."""
+    from .outputs import OutputError, check_writable
+
+    if not out:
+        raise ValueError("--test-set writes its outputs and a manifest into a folder: give -o DIR")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {out} is a file; --test-set writes into a folder")
+    return check_writable(out / "edits.jsonl")
+
+
+def check_output_file(out: str | Path, what: str = "-o") -> Path:
+    """An output file's path, refused in one line before any work when it is a folder or its folder cannot
+    take a file (probed)."""
+    from .outputs import OutputError, check_writable
+
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"{what} {out} is a folder; give a file name, e.g. {out / 'out.wav'}")
+    return check_writable(out, what)
 
 
 def _validate(args) -> int:
@@ -94,9 +128,19 @@ def _release(args) -> int:
     if args.push_to_hub:
         publish(out, args.push_to_hub, "dataset", private=args.private, dry_run=args.dry_run)
     else:
-        print(f"publish with: capflow shards release {args.directory} {out} --push-to-hub USER/NAME "
-              f"(or: hf upload USER/NAME {out} . --repo-type dataset --exclude '.*')")
+        print(f"publish with: {release_command(args)} --push-to-hub USER/NAME "
+              f"(or: hf upload USER/NAME {shlex.quote(str(out))} . --repo-type dataset --exclude '.*')")
     return 0
+
+
+def release_command(args) -> str:
+    """The command line that makes this same release again (the identity a publishing rerun must match)."""
+    argv = ["capflow", "shards", "release", str(args.directory), str(args.out), "--license", args.license]
+    argv += ["--with-audio"] if args.with_audio else []
+    for flag in ("name", "license_name", "license_link"):
+        if getattr(args, flag):
+            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    return shlex.join(argv)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -139,6 +183,10 @@ def run_command(args, prog: str, verbose: bool = False) -> int:
 
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # one line, not the traces of every thread and actor; finished work is kept
+        rerun = shlex.join([*prog.split()[:-1], *sys.argv[1:]])
+        print(f"{prog}: interrupted; what finished is kept, and `{rerun}` goes on from there", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, NotADirectoryError, ConfigMismatch, JobFailed) as e:
         if verbose:
             raise

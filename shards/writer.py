@@ -17,7 +17,6 @@ import io
 import json
 import os
 import queue
-import shutil
 import socket
 import tarfile
 import threading
@@ -282,19 +281,6 @@ class ShardSetWriter:
             self.close()
         elif self.current is not None:
             self.current.__exit__(exc_type)
-
-
-@contextlib.contextmanager
-def staged_dir(out: str | Path):
-    """A folder written as OUT.tmp and renamed to OUT when the block completes: an interrupted export leaves no
-    half folder at OUT (an old OUT is replaced only then). Yields the temporary folder."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
 
 
 def write_json_atomic(path: str | Path, data) -> None:
