@@ -6,8 +6,8 @@ input, group = the operation, instruction, seconds = the time the edit took)."""
 from __future__ import annotations
 
 import json
-import shlex
 import logging
+import shlex
 from pathlib import Path
 
 from tqdm.auto import tqdm

@@ -214,9 +214,11 @@ class InstructionEditor:
         seed = kwargs.pop("seed", 0)
 
         def process(pieces: torch.Tensor, indices: list[int]) -> torch.Tensor:  # (w, a, s) -> (w, a, s)
-            z = codec.encode(pieces.to(self.device))
-            edited = codec.decode(self.edit_latents(z, [instruction] * len(indices),
-                                                    seed=[seed + k for k in indices], **kwargs)).float()
+            # the VAE one window at a time: its activations at the audio rate are the largest buffers of an
+            # edit (600 MB for 8 10-s windows of the tiny codec), and a small share of its time
+            z = torch.cat([codec.encode(p[None].to(self.device)) for p in pieces])
+            edited = self.edit_latents(z, [instruction] * len(indices), seed=[seed + k for k in indices], **kwargs)
+            edited = torch.cat([codec.decode(e[None]).float() for e in edited])
             n = pieces.shape[-1]  # the VAE's length may differ by a hop
             return torch.nn.functional.pad(edited, (0, max(0, n - edited.shape[-1])))[..., :n]
 
@@ -240,6 +242,7 @@ class InstructionEditor:
         in seconds of audio). Returns the gain the output format needed (1.0 unless an integer format was
         scaled to fit)."""
         codec = self.codec
+        audio.steady_heap()
         with audio.Reader(source) as reader, audio.Writer(output, reader.sample_rate, reader.channels) as writer:
             for _, edited in audio.through(reader.progress(Path(source).name, progress), reader.sample_rate, reader.channels, codec.sample_rate,
                                            codec.audio_channels, self._windowed(instruction, window_batch, kwargs)):

@@ -41,9 +41,10 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a `.tmp` directory is an interrupted save and is ignored)."""
+    """Complete checkpoints, oldest first: `step-N` folders holding the loop's state (a `.tmp` one is an
+    interrupted save; a folder without the state is not capflow's, and `rotate` never removes it)."""
     root = checkpoint_dir(output_dir)
-    found = [p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name)] if root.is_dir() else []
+    found = [p for p in root.iterdir() if STEP_RE.match(p.name) and (p / STATE_NAME).is_file()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))
 
 

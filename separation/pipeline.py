@@ -125,6 +125,7 @@ class LanguageSeparator:
         audio). Integer formats get one gain for both, so that target + residual = mixture after writing;
         returns it."""
         roles = [(path, rest) for path, rest in ((output, False), (residual, True)) if path]
+        audio.steady_heap()
         with audio.Reader(mixture) as reader, contextlib.ExitStack() as stack:
             writers = [stack.enter_context(audio.Writer(p, reader.sample_rate, reader.channels)) for p, _ in roles]
             for x, y in audio.through(reader.progress(Path(mixture).name, progress), reader.sample_rate, reader.channels, self.sample_rate, reader.channels,

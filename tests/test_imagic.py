@@ -34,7 +34,7 @@ def _state(dit):
 
 def test_steps_one_and_two_make_e_opt_reconstruct_the_clip(t2a):
     editor = ImagicEditor(t2a, ImagicConfig(embed_steps=80, embed_lr=2e-2, tune_steps=80, tune_lr=3e-3, lora_rank=4,
-                                            batch=4, clap_model=None))
+                                            batch=4, eta=1.0, clap_model=None))
     before = _state(t2a.dit)
     z = editor.encode(_clip())
     e_target, e_mask = t2a.text_encoder(["Sound of knocking on a door"])

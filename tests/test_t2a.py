@@ -103,9 +103,9 @@ def test_the_fast_path_is_the_default_on_cuda_only():
 
     parser = __import__("argparse").ArgumentParser()
     add_commands(parser.add_subparsers())
-    args = parser.parse_args(["generate", "--checkpoint", "x", "a dog"])
+    args = parser.parse_args(["generate", "--checkpoint", "x", "a dog", "-o", "x.wav"])
     assert fast_path("cuda", args.dtype, args.compile) == ("bf16", True)
     assert fast_path("cuda:1", args.dtype, args.compile) == ("bf16", True)
     assert fast_path("cpu", args.dtype, args.compile) == ("fp32", False)
-    args = parser.parse_args(["generate", "--checkpoint", "x", "a dog", "--dtype", "fp32", "--no-compile"])
+    args = parser.parse_args(["generate", "--checkpoint", "x", "a dog", "-o", "x.wav", "--dtype", "fp32", "--no-compile"])
     assert fast_path("cuda", args.dtype, args.compile) == ("fp32", False)
