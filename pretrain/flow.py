@@ -8,8 +8,6 @@ Shape legend: b batch, c latent channels, n latent frames.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 SIGMA_MIN = 1e-4  # noise scale left at t = 1 (RFM-Editing's σ_min; its value is not given there)
@@ -50,21 +48,31 @@ def span_mask(batch: int, frames: int, span: int, ratio: tuple[float, float] = (
               full_mask_prob: float = 0.0, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Masked-audio-modeling mask (b, n), True = frame hidden from the context and generated.
 
-    Per sample a ratio r ~ U(ratio); frames are grouped into spans of `span` frames (0.2 s minimum span,
-    EzAudio §2.3) and ceil(r·n / span) random spans are hidden, so the masked fraction is r rounded up to
-    whole spans. With probability full_mask_prob every frame is hidden (no audio context at all). Drawn for the
-    whole batch at once, on `device` (the generator's), without reading anything back to the host.
+    EzAudio's masking (its MaskDiT.random_masking: fairseq's compute_mask_indices, static spans, overlap
+    allowed, at least one span): per sample a ratio r ~ U(ratio) and floor(r·n / span + u) spans, u ~ U[0, 1)
+    (rounding up with probability equal to the fraction); their starts are distinct frames drawn uniformly from
+    [0, n − span) (from [0, k + 1) for k spans when n − span <= k), each hides `span` frames (0.2 s minimum span,
+    EzAudio §2.3) cut at the end; spans may overlap, so the hidden fraction is at most r. With probability
+    full_mask_prob every frame is hidden (no audio context at all; EzAudio: 1 − mae_prob). Drawn for the whole
+    batch at once, on `device` (the generator's), without reading anything back to the host.
     """
     if span < 1 or not 0 < ratio[0] <= ratio[1] <= 1:
         raise ValueError(f"span must be >= 1 and 0 < ratio[0] <= ratio[1] <= 1, got span={span}, ratio={ratio}")
-    num_spans = math.ceil(frames / span)
-    r = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(batch, generator=generator, device=device)
-    full = torch.rand(batch, generator=generator, device=device) < full_mask_prob
-    hidden_spans = (r * frames / span).ceil().clamp_min(1)  # (b,)
-    # each sample's spans in a random order (the rank of a uniform draw): the first hidden_spans are hidden
-    rank = torch.rand(batch, num_spans, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
-    hidden = (rank < hidden_spans[:, None]) | full[:, None]  # (b, spans)
-    return hidden.repeat_interleave(span, dim=1)[:, :frames]
+
+    def uniform(*shape):
+        return torch.rand(*shape, generator=generator, device=device)
+
+    r = ratio[0] + (ratio[1] - ratio[0]) * uniform(batch)
+    full = uniform(batch) < full_mask_prob
+    count = (r * frames / span + uniform(batch)).floor().clamp_min(1)  # (b,) spans: probabilistic rounding
+    starts = torch.where(frames - span <= count, count + 1, torch.full_like(count, frames - span)).clamp_max(frames)
+    # `count` distinct starts among the first `starts` frames: the lowest ranks of a uniform draw there
+    keys = uniform(batch, frames).masked_fill(torch.arange(frames, device=r.device) >= starts[:, None], 2.0)
+    first = keys.argsort(dim=1).argsort(dim=1) < count[:, None]  # (b, n) span starts
+    # frame j is hidden when a span starts in (j − span, j]: a windowed count of the starts
+    begun = first.cumsum(dim=1)
+    hidden = begun - torch.nn.functional.pad(begun, (span, 0))[:, :frames] > 0
+    return hidden | full[:, None]
 
 
 def flow_loss(v_pred: torch.Tensor, v_target: torch.Tensor, mask: torch.Tensor | None = None,

@@ -106,7 +106,8 @@ class Objective:
         scheduler.set_timesteps(steps)
         timesteps, x = scheduler.timesteps, noise
         if source is not None:
-            timesteps = timesteps[len(timesteps) - max(1, round(len(timesteps) * (1 - t_start))):]
+            # diffusers' img2img: int(steps · strength) steps from the end (at least one), strength 1 − t_start
+            timesteps = timesteps[len(timesteps) - max(1, int(len(timesteps) * (1 - t_start))):]
             x = scheduler.add_noise(source.double(), noise.double(), timesteps[:1]).to(noise.dtype)
         total, b = scheduler.config.num_train_timesteps, x.shape[0]
         for t in tqdm(timesteps, desc="sampling", disable=not progress, leave=False):

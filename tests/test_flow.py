@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,27 +97,42 @@ def test_cfg_rescale_matches_hand_computation():
     torch.testing.assert_close(cfg_combine(v_pos, v_neg, 1.0, 0.7), v_pos)
 
 
-def test_span_mask_ratio_and_spans():
+def _ezaudio_mask(ratio: float, frames: int, span: int, rng: np.random.Generator) -> np.ndarray:
+    """One row of EzAudio's mask as its random_masking draws it (fairseq's compute_mask_indices with static
+    spans, overlap allowed, min_masks 1), written out here as a loop: the reference the vectorised one must meet."""
+    count = max(1, int(np.floor(ratio * frames / span + rng.random())))
+    room = count + 1 if frames - span <= count else frames - span
+    row = np.zeros(frames, bool)
+    for start in rng.choice(room, count, replace=False):
+        row[start: start + span] = True
+    return row
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 1.0])
+def test_span_mask_has_ezaudios_statistics(ratio):
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    frames, span, n = 500, 10, 3000  # 10 s at 50 latent frames/s, 0.2 s spans
+    ours = span_mask(n, frames, span, ratio=(ratio, ratio), generator=g).numpy()
+    ref = np.stack([_ezaudio_mask(ratio, frames, span, rng) for _ in range(n)])
+    for stat in (lambda m: m.mean(1), lambda m: m.mean(0)):  # hidden fraction per row; per frame (edges less)
+        a, b = stat(ours), stat(ref)
+        assert abs(a.mean() - b.mean()) < 0.01 and abs(a.std() - b.std()) < 0.01, (ratio, a.mean(), b.mean())
+    assert abs(ours[:, 0].mean() - ref[:, 0].mean()) < 0.03  # the first frame is hidden less often than the middle
+    assert (ours.sum(1) >= span).all() or ratio * frames < span  # at least one span
+    # overlap: a row may hide fewer than its spans' frames, and spans start anywhere, not on a grid of spans
+    starts = np.flatnonzero(np.diff(ours[:64].astype(int), axis=1, prepend=0) == 1)
+    assert (starts % frames % span != 0).any()
+    if ratio < 1:
+        assert ours.mean() < ratio
+
+
+def test_span_mask_full_masks_and_edges():
     g = torch.Generator().manual_seed(0)
-    frames, span = 500, 10  # 10 s at 50 latent frames/s, 0.2 s spans
-    mask = span_mask(256, frames, span, ratio=(0.25, 1.0), generator=g)
-    ratios = mask.float().mean(1)
-    assert ratios.min() >= 0.25 and ratios.max() <= 1.0
-    assert ratios.min() < 0.35 and ratios.max() > 0.9  # the range is covered
-    # every masked run is a whole number of 0.2 s spans (>= span frames)
-    for row in mask[:32]:
-        runs, current = [], 0
-        for v in row.tolist() + [False]:
-            if v:
-                current += 1
-            elif current:
-                runs.append(current)
-                current = 0
-        assert all(r % span == 0 for r in runs)
-    full = span_mask(200, frames, span, full_mask_prob=1.0, generator=g)
-    assert full.all()
-    some = span_mask(400, frames, span, full_mask_prob=0.75, generator=g).all(1).float().mean()
+    assert span_mask(200, 500, 10, full_mask_prob=1.0, generator=g).all()
+    some = span_mask(400, 500, 10, full_mask_prob=0.75, generator=g).all(1).float().mean()
     assert 0.65 < some < 0.85
+    short = span_mask(64, 12, 10, ratio=(1.0, 1.0), generator=g)  # fewer frames than two spans: still a mask
+    assert short.any(1).all() and short.shape == (64, 12)
 
 
 def test_loss_only_on_masked_frames():
@@ -152,3 +168,21 @@ def test_loss_mean_leaves_out_samples_without_supervised_frames():
     torch.testing.assert_close(loss, torch.tensor(1.0))  # mean over samples 0 and 2, not (1 + 0 + 1) / 3
     empty = flow_loss(pred, target, torch.zeros(3, 6, dtype=torch.bool))
     assert empty.item() == 0.0 and empty.requires_grad  # every rank still runs a backward
+
+
+def test_v_ddpm_img2img_starts_where_diffusers_does():
+    """diffusers' img2img runs int(steps · strength) steps (get_timesteps): 10 steps at strength 0.75 run 7,
+    where round() ran 8."""
+    from diffusers import DDIMScheduler
+
+    from pretrain.ezaudio import EZAUDIO_SCHEDULER
+    from pretrain.objective import Objective
+
+    seen = []
+    objective = Objective("v-ddpm", EZAUDIO_SCHEDULER)
+    x = torch.randn(1, 4, 6)
+    objective.sample(lambda x, t: seen.append(round(float(t) * 1000)) or torch.zeros_like(x), x, 10, source=x,
+                     t_start=0.25)
+    scheduler = DDIMScheduler(**EZAUDIO_SCHEDULER)
+    scheduler.set_timesteps(10)
+    assert seen == scheduler.timesteps[10 - int(10 * 0.75):].tolist() and len(seen) == 7
