@@ -127,7 +127,8 @@ def _import(args) -> int:
     from .ezaudio import import_ezaudio
 
     out = import_ezaudio(args.dit, args.vae, args.output, size=args.size, text_encoder=args.text_encoder)
-    print(f"{out}  (EzAudio-{args.size.upper()}, v-prediction DDPM)\ngenerate: capflow generate --checkpoint {out} "
+    size = json.loads((out / "capflow.json").read_text())["info"]["imported_from"]["size"]
+    print(f"{out}  (EzAudio-{size.upper()}, v-prediction DDPM)\ngenerate: capflow generate --checkpoint {out} "
           '"a dog barks while rain falls" -o dog.wav')
     return 0
 
@@ -155,7 +156,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "repo[:path] (default OpenSound/EzAudio: ckpts/s3/ezaudio_s3_{size}.pt)")
     p.add_argument("--vae", default="OpenSound/EzAudio", help="the VAE checkpoint (ckpts/vae/1m.pt: {'state_dict': "
                    "...}), or a hub repo[:path]")
-    p.add_argument("--size", choices=["l", "xl"], default="l", help="l (Flan-T5-large) or xl (Flan-T5-XL)")
+    p.add_argument("--size", choices=["l", "xl"], default=None, help="which hub file to download (default l); the size "
+                   "is read from the DiT's tensors, and a --size that disagrees is refused")
     p.add_argument("--text-encoder", default=None, help="hub id or directory (default: google/flan-t5-large | -xl)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.set_defaults(func=_import)

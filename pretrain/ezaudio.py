@@ -176,10 +176,52 @@ def _fetch(ref: str, size: str) -> Path:
                                 f"downloaded file (hf download {HUB_REPO} {HUB_FILES[size]})") from None
 
 
-def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str = "l",
+# EzAudio's sizes as its ckpts/ezaudio-{l,xl}.yml build them: DiT width and Flan-T5 width (d_model)
+SIZES = {"l": {"width": 1024, "text_dim": 1024}, "xl": {"width": 1152, "text_dim": 2048}}
+TEXT_WIDTHS = {"google/flan-t5-large": 1024, "google/flan-t5-xl": 2048}  # d_model, for hub ids not at hand
+
+
+def infer_size(model: EzAudioDiT, asked: str | None, name: str) -> str:
+    """L or XL from the DiT's tensors (width, text width); a --size that disagrees is one line."""
+    c = model.config
+    found = next((k for k, v in SIZES.items() if v == {"width": c.width, "text_dim": c.text_dim}), None)
+    if asked is not None and found is not None and asked != found:
+        raise ValueError(f"{name}: --size {asked}, but its tensors are EzAudio-{found.upper()}'s (width {c.width}, "
+                         f"text width {c.text_dim}); drop --size or pass the {asked.upper()} checkpoint")
+    return found or asked or "l"
+
+
+def text_encoder_ref(ref: str | None, model: EzAudioDiT, size: str) -> str:
+    """The text encoder a bundle names: `ref` (a local folder made absolute) or EzAudio's own; its width must be
+    the DiT's text width (a Flan-T5-large for an XL DiT would fail in the first matmul of generation)."""
+    ref = ref or TEXT_ENCODERS[size]
+    if Path(ref).exists():
+        ref = str(Path(ref).resolve())
+        config = Path(ref) / "config.json"
+        width = json.loads(config.read_text()).get("d_model") if config.is_file() else None
+    else:
+        width = TEXT_WIDTHS.get(ref)
+    if width is not None and width != model.config.text_dim:
+        raise ValueError(f"--text-encoder {ref}: width {width}, but the DiT takes text of width "
+                         f"{model.config.text_dim} ({TEXT_ENCODERS.get(size)} for EzAudio-{size.upper()})")
+    return ref
+
+
+def provenance(ref: str, path: Path) -> dict:
+    """What an import read: the reference given, the file's sha256, and the hub revision when downloaded."""
+    from shards.validate import sha256_file
+
+    entry = {"ref": ref, "sha256": sha256_file(path)}
+    if "/snapshots/" in path.as_posix():  # a hub cache path: .../models--OWNER--NAME/snapshots/REVISION/...
+        entry["revision"] = path.as_posix().split("/snapshots/")[1].split("/")[0]
+    return entry
+
+
+def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str | None = None,
                    text_encoder: str | None = None) -> Path:
-    """Write a T2A bundle (objective v-ddpm) from EzAudio's DiT and VAE checkpoints; returns OUT. The text
-    encoder is Flan-T5-large (l) or -XL (xl) unless `text_encoder` names another (tests: a tiny one)."""
+    """Write a T2A bundle (objective v-ddpm) from EzAudio's DiT and VAE checkpoints; returns OUT. The size (L or
+    XL) is read from the DiT's tensors (`size` only picks the hub file to download, and must agree); the text
+    encoder is Flan-T5-large (L) or -XL (XL) unless `text_encoder` names another of the same width."""
     from diffusers import AutoencoderOobleck
 
     from shards.outputs import check_output_dir, staged_dir
@@ -188,15 +230,17 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     from .objective import Objective
     from .pipeline import BUNDLE_FORMAT, SamplerDefaults, TextEncoderRef, write_bundle
 
-    if size not in TEXT_ENCODERS:
+    if size is not None and size not in TEXT_ENCODERS:
         raise ValueError(f"--size must be one of {sorted(TEXT_ENCODERS)}, got {size!r}")
     check_output_dir(out, BUNDLE_FORMAT, "-o")  # before anything is read: a download folder is never replaced
-    dit_state = load_checkpoint(_fetch(str(dit), size), "model")
+    dit_path = _fetch(str(dit), size or "l")
+    model = load_dit(load_checkpoint(dit_path, "model"))
+    size = infer_size(model, size, str(dit))
+    text_ref = text_encoder_ref(text_encoder, model, size)
     vae_path = _fetch(str(vae), "vae")
     vae_state = load_checkpoint(vae_path, "state_dict")
     beside = vae_path.with_name("config.json")  # EzAudio keeps the VAE's config.json beside 1m.pt
     rate = json.loads(beside.read_text()).get("sample_rate", 24000) if beside.is_file() else 24000
-    model = load_dit(dit_state)
     stages = max(int(k.split(".")[3]) for k in vae_state if k.startswith("autoencoder.encoder.layers.")) - 2
     converted = convert_vae(vae_state, stages=stages)
     autoencoder = AutoencoderOobleck(**vae_config(converted, stages, rate))
@@ -207,25 +251,34 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
         raise ValueError(f"{vae}: {autoencoder.config.decoder_input_channels} latent channels, the DiT has "
                          f"{model.config.latent_channels}: not the VAE this DiT was trained on")
     sampler = SamplerDefaults(steps=100, cfg=5.0, rescale=0.75, method="ddim", duration=10.0)
-    info = {"imported_from": {"dit": str(dit), "vae": str(vae), "size": size}, "license": "see EzAudio's repository"}
+    info = {"imported_from": {"dit": provenance(str(dit), dit_path), "vae": provenance(str(vae), vae_path),
+                              "size": size, "text_encoder": text_ref},
+            "license": LICENSE}
     with staged_dir(out, BUNDLE_FORMAT) as tmp:
         autoencoder.save_pretrained(tmp / "codec")
-        write_bundle(tmp, model, CodecConfig("codec", sample_posterior=True), TextEncoderRef(text_encoder or TEXT_ENCODERS[size]),
+        write_bundle(tmp, model, CodecConfig("codec", sample_posterior=True), TextEncoderRef(text_ref),
                      sampler, "sft", info, Objective("v-ddpm", EZAUDIO_SCHEDULER))
-        (tmp / "README.md").write_text(card(size, model))
+        (tmp / "README.md").write_text(card(size, model, text_ref))
     return Path(out)
 
 
-def card(size: str, model: EzAudioDiT) -> str:
+LICENSE = ("EzAudio's code: MIT (github.com/haidog-yaqub/EzAudio); its weights: the terms of the Hugging Face "
+           f"repo {HUB_REPO} as published there")
+CITATION = ("Jiarui Hai, Yong Xu, Hao Zhang, Chenxing Li, Helin Wang, Mounya Elhilali, Dong Yu. EzAudio: Enhancing "
+            "Text-to-Audio Generation with Efficient Diffusion Transformer. arXiv:2409.10819, 2024")
+
+
+def card(size: str, model: EzAudioDiT, text_ref: str) -> str:
     params = sum(p.numel() for p in model.parameters())
+    text = text_ref if not Path(text_ref).is_absolute() else f"a local text encoder of width {model.config.text_dim}"
     return "\n".join([
         "---", "library_name: capflow", f"base_model: {HUB_REPO}", "tags: [audio, text-to-audio, ezaudio-dit]", "---", "",
         f"# EzAudio-{size.upper()} as a capflow bundle", "",
-        f"EzAudio's public weights (Hou et al., EzAudio, 2024; {HUB_REPO}, github.com/haidog-yaqub/EzAudio), imported "
-        f"by `capflow import ezaudio`: the MaskDiT ({params / 1e6:.0f} M parameters) with the same weights, "
-        "EzAudio's Oobleck VAE as diffusers' AutoencoderOobleck (24 kHz mono), text through "
-        f"{TEXT_ENCODERS[size]}. Objective: v-prediction DDPM, sampled with 100 DDIM steps (eta 1), CFG 5, rescale "
-        "0.75, as EzAudio's own inference.", "",
-        "License: the weights keep EzAudio's license and terms (see its repository and model card); capflow adds "
-        "no rights.", "",
+        f"EzAudio's public weights ({HUB_REPO}, github.com/haidog-yaqub/EzAudio), imported by `capflow import "
+        f"ezaudio`: the MaskDiT ({params / 1e6:.0f} M parameters) with the same weights, EzAudio's Oobleck VAE as "
+        f"diffusers' AutoencoderOobleck (24 kHz mono), text through {text}. Objective: v-prediction DDPM, sampled "
+        "with 100 DDIM steps (eta 1), CFG 5, rescale 0.75, as EzAudio's own inference. The sha256 of each imported "
+        "file is in `capflow.json` (`info.imported_from`).", "",
+        f"License: {LICENSE}. capflow adds no rights.", "",
+        f"Cite: {CITATION}.", "",
         "```", 'capflow generate --checkpoint THIS_DIR "a dog barks while rain falls" -o dog.wav', "```", ""])

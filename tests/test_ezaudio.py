@@ -5,6 +5,7 @@ DDIM loop; pickles that would run code are refused."""
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,36 @@ def test_inpaint_regenerates_the_span_and_keeps_the_rest(ezaudio, tiny_models, t
         assert audio.decode(tmp_path / "out.wav").samples.shape == clip.samples.shape
         assert main(["edit", "--method", "inpaint", "--checkpoint", str(bundle), str(tmp_path / "in.wav"), "a chirp",
                      "--inpaint", "2:1", "-o", str(tmp_path / "x.wav")]) == 2  # refused before the model loads
+
+
+def test_size_and_text_encoder_come_from_the_tensors_and_the_card_credits_ezaudio(tmp_path, tiny_models, capsys):
+    """An XL-shaped DiT (EzAudio-XL's width 1152 and text width 2048, one block a side for CPU time) imported with
+    --size l is refused in one line (it was written as EzAudio-L naming Flan-T5-large); a text encoder of another
+    width is refused; the card credits Hai et al. and records each input's sha256."""
+    from capflow.cli import main
+    from pretrain.dit import preset
+    from pretrain.tiny import ezaudio_dit_state, write_tiny_ezaudio
+    from shards.validate import sha256_file
+
+    files = write_tiny_ezaudio(tmp_path / "release", tiny_models)
+    xl = EzAudioDiT(preset("dit-xl", depth=1, latent_channels=8))
+    torch.save({"model": ezaudio_dit_state(xl)}, tmp_path / "xl.pt")
+    base = ["import", "ezaudio", "--vae", str(files["vae"])]
+    cases = [([*base, "--dit", str(tmp_path / "xl.pt"), "--size", "l"], "tensors are EzAudio-XL's"),
+             ([*base, "--dit", str(tmp_path / "xl.pt"), "--text-encoder", str(tiny_models["flan-t5"])],
+              "width 32, but the DiT takes text of width 2048")]
+    for argv, message in cases:
+        assert main([*argv, "-o", str(tmp_path / "b")]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "b").exists()
+
+    relative = os.path.relpath(tiny_models["flan-t5"])  # a relative --text-encoder is recorded absolute
+    assert main([*base, "--dit", str(files["dit"]), "--text-encoder", relative, "-o", str(tmp_path / "b")]) == 0
+    index = json.loads((tmp_path / "b" / "capflow.json").read_text())
+    assert index["text_encoder"]["pretrained"] == str(Path(tiny_models["flan-t5"]).resolve())
+    source = index["info"]["imported_from"]
+    assert source["dit"]["sha256"] == sha256_file(files["dit"]) and source["vae"]["sha256"] == sha256_file(files["vae"])
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "Hai" in card and "2409.10819" in card and "MIT" in card and "Hou" not in card
+    assert str(tmp_path) not in card  # no local path in a card that may be pushed
