@@ -1,5 +1,11 @@
 """Audio codec: a waveform VAE through diffusers' AutoencoderOobleck, with latent normalisation.
 
+The VAE class is `oobleck_class()`: diffusers' AutoencoderOobleck with the encoder's output width its own
+parameter (`encoder_output_channels`, twice the latent channels: mean and scale). diffusers ties it to the first
+conv's width (`encoder_hidden_size`), which stable-audio-tools does not: EzAudio's VAE (channels 128, latent 128,
+encoder output 256) has no diffusers config. Without the parameter the class is AutoencoderOobleck exactly, and
+it loads every AutoencoderOobleck folder.
+
 Latents handed to the DiT are normalised per channel, (z − mean) / std, with statistics measured on data
 (`measure_stats`) and stored in the codec config, so every checkpoint carries its own normalisation.
 Shape legend: b batch, a audio channels, s samples, c latent channels, n latent frames (s / hop).
@@ -8,12 +14,40 @@ Shape legend: b batch, a audio channels, s samples, c latent channels, n latent 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+
+@functools.cache
+def oobleck_class():
+    """The Oobleck VAE class every codec is loaded and saved with (built on first use: diffusers imports slowly)."""
+    from diffusers import AutoencoderOobleck
+    from diffusers.configuration_utils import register_to_config
+    from torch.nn.utils import weight_norm
+
+    class OobleckVAE(AutoencoderOobleck):
+        @register_to_config
+        def __init__(self, encoder_hidden_size=128, downsampling_ratios=(2, 4, 4, 8, 8),
+                     channel_multiples=(1, 2, 4, 8, 16), decoder_channels=128, decoder_input_channels=64,
+                     audio_channels=2, sampling_rate=44100, encoder_output_channels: int | None = None):
+            super().__init__(encoder_hidden_size=encoder_hidden_size, downsampling_ratios=list(downsampling_ratios),
+                             channel_multiples=list(channel_multiples), decoder_channels=decoder_channels,
+                             decoder_input_channels=decoder_input_channels, audio_channels=audio_channels,
+                             sampling_rate=sampling_rate)
+            out = encoder_output_channels or encoder_hidden_size
+            if out != 2 * decoder_input_channels:
+                raise ValueError(f"the encoder's output ({out}) must be twice the latent channels "
+                                 f"({decoder_input_channels}): mean and scale")
+            if encoder_output_channels and encoder_output_channels != encoder_hidden_size:
+                width = encoder_hidden_size * list(channel_multiples)[-1]  # stable-audio-tools: WNConv1d(k=3) to it
+                self.encoder.conv2 = weight_norm(nn.Conv1d(width, encoder_output_channels, kernel_size=3, padding=1))
+
+    return OobleckVAE
 
 
 @dataclass
@@ -31,13 +65,11 @@ class CodecConfig:
 class AudioCodec(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
-        from diffusers import AutoencoderOobleck
-
         self.config = config
         kwargs = {"subfolder": config.subfolder} if config.subfolder else {}
         with warnings.catch_warnings():  # Oobleck's weight_norm uses a deprecated torch API; not actionable here
             warnings.filterwarnings("ignore", message=".*weight_norm.*")
-            self.vae = AutoencoderOobleck.from_pretrained(config.pretrained, **kwargs)
+            self.vae = oobleck_class().from_pretrained(config.pretrained, **kwargs)
         self.vae.requires_grad_(False)
         self.vae.eval()
         c = self.latent_channels

@@ -158,8 +158,26 @@ def vae_config(converted: dict[str, torch.Tensor], stages: int, sampling_rate: i
     return {"encoder_hidden_size": hidden, "downsampling_ratios": [w.shape[-1] // 2 for w in blocks],
             "decoder_channels": converted["decoder.conv2.weight_v"].shape[1],
             "decoder_input_channels": converted["decoder.conv1.weight_v"].shape[1],
+            "encoder_output_channels": converted["encoder.conv2.weight_v"].shape[0],  # 2 x latent (mean, scale)
             "audio_channels": converted["encoder.conv1.weight_v"].shape[1],
             "channel_multiples": [w.shape[0] // hidden for w in blocks], "sampling_rate": sampling_rate}
+
+
+def load_vae(converted: dict[str, torch.Tensor], config: dict, name: str):
+    """The codec class with the converted tensors; a tensor of another shape is one line naming it."""
+    from .codec import oobleck_class
+
+    autoencoder = oobleck_class()(**config)
+    expected = autoencoder.state_dict()
+    for key, value in converted.items():
+        if key in expected and expected[key].shape != value.shape:
+            raise ValueError(f"{name}: {key} is {tuple(value.shape)}, an Oobleck VAE of this config "
+                             f"({config}) has {tuple(expected[key].shape)}; not a stable-audio-tools Oobleck VAE "
+                             "as EzAudio's ckpts/vae/1m.pt")
+    missing, unexpected = autoencoder.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{name}: not an Oobleck VAE as EzAudio's: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return autoencoder
 
 
 def _fetch(ref: str, size: str) -> Path:
@@ -222,8 +240,6 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     """Write a T2A bundle (objective v-ddpm) from EzAudio's DiT and VAE checkpoints; returns OUT. The size (L or
     XL) is read from the DiT's tensors (`size` only picks the hub file to download, and must agree); the text
     encoder is Flan-T5-large (L) or -XL (XL) unless `text_encoder` names another of the same width."""
-    from diffusers import AutoencoderOobleck
-
     from shards.outputs import check_output_dir, staged_dir
 
     from .codec import CodecConfig
@@ -243,10 +259,7 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     rate = json.loads(beside.read_text()).get("sample_rate", 24000) if beside.is_file() else 24000
     stages = max(int(k.split(".")[3]) for k in vae_state if k.startswith("autoencoder.encoder.layers.")) - 2
     converted = convert_vae(vae_state, stages=stages)
-    autoencoder = AutoencoderOobleck(**vae_config(converted, stages, rate))
-    missing, unexpected = autoencoder.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{vae}: not an Oobleck VAE as EzAudio's: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    autoencoder = load_vae(converted, vae_config(converted, stages, rate), str(vae))
     if autoencoder.config.decoder_input_channels != model.config.latent_channels:
         raise ValueError(f"{vae}: {autoencoder.config.decoder_input_channels} latent channels, the DiT has "
                          f"{model.config.latent_channels}: not the VAE this DiT was trained on")
@@ -262,6 +275,7 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
     return Path(out)
 
 
+CODEC_NOTE = "diffusers' AutoencoderOobleck with its own encoder output width, capflow's codec class"
 LICENSE = ("EzAudio's code: MIT (github.com/haidog-yaqub/EzAudio); its weights: the terms of the Hugging Face "
            f"repo {HUB_REPO} as published there")
 CITATION = ("Jiarui Hai, Yong Xu, Hao Zhang, Chenxing Li, Helin Wang, Mounya Elhilali, Dong Yu. EzAudio: Enhancing "
@@ -275,8 +289,8 @@ def card(size: str, model: EzAudioDiT, text_ref: str) -> str:
         "---", "library_name: capflow", f"base_model: {HUB_REPO}", "tags: [audio, text-to-audio, ezaudio-dit]", "---", "",
         f"# EzAudio-{size.upper()} as a capflow bundle", "",
         f"EzAudio's public weights ({HUB_REPO}, github.com/haidog-yaqub/EzAudio), imported by `capflow import "
-        f"ezaudio`: the MaskDiT ({params / 1e6:.0f} M parameters) with the same weights, EzAudio's Oobleck VAE as "
-        f"diffusers' AutoencoderOobleck (24 kHz mono), text through {text}. Objective: v-prediction DDPM, sampled "
+        f"ezaudio`: the MaskDiT ({params / 1e6:.0f} M parameters) with the same weights, EzAudio's Oobleck VAE "
+        f"({CODEC_NOTE}, 24 kHz mono), text through {text}. Objective: v-prediction DDPM, sampled "
         "with 100 DDIM steps (eta 1), CFG 5, rescale 0.75, as EzAudio's own inference. The sha256 of each imported "
         "file is in `capflow.json` (`info.imported_from`).", "",
         f"License: {LICENSE}. capflow adds no rights.", "",

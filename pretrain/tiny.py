@@ -14,13 +14,14 @@ TINY_CODEC = dict(encoder_hidden_size=16, downsampling_ratios=[2, 4, 4, 5, 3], c
                   decoder_channels=8, decoder_input_channels=8, audio_channels=1, sampling_rate=24000)
 
 
-def write_tiny_t5(directory: str | Path, seed: int = 0) -> Path:
+def write_tiny_t5(directory: str | Path, seed: int = 0, d_model: int = 32) -> Path:
+    """A tiny random Flan-T5 (its layout and tokenizer); `d_model` 1024 gives Flan-T5-large's width."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
     directory = Path(directory)
     tokenizer = build_tokenizer([], eos="</s>", pad="<pad>", unk="<unk>", append_eos=True, vocab_size=300)
-    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
                       num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
     T5ForConditionalGeneration(config).save_pretrained(directory)

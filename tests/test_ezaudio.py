@@ -262,3 +262,64 @@ def test_size_and_text_encoder_come_from_the_tensors_and_the_card_credits_ezaudi
     card = (tmp_path / "b" / "README.md").read_text()
     assert "Hai" in card and "2409.10819" in card and "MIT" in card and "Hou" not in card
     assert str(tmp_path) not in card  # no local path in a card that may be pushed
+
+
+@pytest.fixture(scope="module")
+def ezaudio_shaped(tmp_path_factory):
+    """An EzAudio release at its published shapes: the VAE exactly as ckpts/vae/config.json builds it (from
+    stable-audio-tools' architecture, not from capflow's converter), the DiT at DiT-L's width, text width and latent
+    channels with one block a side (CPU time), and a Flan-T5 of Flan-T5-large's width."""
+    import sat_oobleck
+
+    from pretrain.dit import preset
+    from pretrain.tiny import ezaudio_dit_state, write_tiny_t5
+
+    root = tmp_path_factory.mktemp("ezaudio_shaped")
+    (root / "ckpts" / "vae").mkdir(parents=True)
+    state = sat_oobleck.vae_state()
+    torch.save({"state_dict": state}, root / "ckpts" / "vae" / "1m.pt")
+    (root / "ckpts" / "vae" / "config.json").write_text(json.dumps(sat_oobleck.ezaudio_config_json()))
+    dit = EzAudioDiT(preset("dit-l", depth=1))
+    torch.save({"model": ezaudio_dit_state(dit)}, root / "ckpts" / "dit.pt")
+    return root, state, write_tiny_t5(root / "flan-t5-large-width", d_model=1024)
+
+
+def test_ezaudios_real_vae_imports_and_equals_stable_audio_tools(ezaudio_shaped, tmp_path):
+    """EzAudio's VAE (encoder output 256 = mean + scale of 128, first conv 128 wide) has no diffusers config: it
+    failed with a size mismatch on encoder.conv2. Its encode mean and decode equal stable-audio-tools' Oobleck
+    computed from the same tensors."""
+    import sat_oobleck
+
+    from pretrain.codec import AudioCodec, CodecConfig
+
+    root, state, t5 = ezaudio_shaped
+    bundle = import_ezaudio(root / "ckpts" / "dit.pt", root / "ckpts" / "vae" / "1m.pt", tmp_path / "b",
+                            text_encoder=str(t5))
+    codec = AudioCodec(CodecConfig(str(bundle / "codec")))
+    assert (codec.latent_channels, codec.hop, codec.sample_rate) == (128, 480, 24000)
+    wave = 0.1 * torch.randn(1, 1, 480 * 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected_z = sat_oobleck.encode_mean(state, wave)
+        torch.testing.assert_close(codec.encode(wave), expected_z, rtol=1e-4, atol=1e-4)
+        z = torch.randn(1, 128, 5, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(codec.decode(z), sat_oobleck.decode(state, z), rtol=1e-4, atol=1e-4)
+    index = json.loads((bundle / "capflow.json").read_text())
+    assert index["info"]["imported_from"]["size"] == "l"
+    t2a = TextToAudio.from_pretrained(bundle)
+    out = t2a.generate(["a dog barks"], steps=2, duration=0.1)
+    assert out.shape == (1, 1, 480 * t2a.codec.frames(0.1)) and torch.isfinite(out).all()
+
+
+def test_a_vae_of_another_shape_is_one_line_naming_the_tensor(ezaudio_shaped, tmp_path, capsys):
+    import sat_oobleck
+
+    from capflow.cli import main
+
+    root, _, t5 = ezaudio_shaped
+    bad = sat_oobleck.vae_state()
+    bad["autoencoder.decoder.layers.1.layers.1.weight_v"] = bad["autoencoder.decoder.layers.1.layers.1.weight_v"][:, :-1]
+    torch.save({"state_dict": bad}, tmp_path / "bad.pt")
+    assert main(["import", "ezaudio", "--dit", str(root / "ckpts" / "dit.pt"), "--vae", str(tmp_path / "bad.pt"),
+                 "--text-encoder", str(t5), "-o", str(tmp_path / "b")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "decoder.block.0.conv_t1.weight_v" in errors[0] and "EzAudio" in errors[0], errors
