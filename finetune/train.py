@@ -247,11 +247,10 @@ class EditTrainer(Trainer):
         validated = self.state.step
         score = super().validate()
         if self.cfg.edit.export == "best":
-            values = None if self.ema is not None else self.master_weights()  # a collective: every rank
+            # the EMA's or the fp32 masters' values (a collective under DeepSpeed: every rank)
+            values = self.ema_weights() if self.ema is not None else self.master_weights()
             best = self.best() if self.acc.is_main_process else None
             if self.acc.is_main_process and score is not None and (best is None or score > best["validation_clap"]):
-                if self.ema is not None:
-                    values = dict(zip(self._trainable_names(), self.ema.shadow_params))
                 with staged_dir(self.out / BEST_DIR, BEST_FORMAT) as tmp, self._weights(values):
                     self.unwrapped.save_pretrained(tmp)
                     (tmp / BEST_NAME).write_text(json.dumps({"format": BEST_FORMAT, "step": validated,

@@ -215,17 +215,16 @@ class Trainer:
                                  "drop `deepspeed` from the config")
             self.discriminator, self.opt_d = self.acc.prepare(*adversary)
         self.state = TrainState()
-        self.ema = None
+        self.ema = self.ema_flats = None
         if cfg.ema.enabled:
             e = cfg.ema
-            self.ema = LerpEMA(self.trainable(), decay=e.decay, use_ema_warmup=e.warmup == "power",
+            # DeepSpeed bf16/fp16: the EMA follows this rank's fp32 master partitions, never the rounded module
+            self.ema_flats = self.master_partitions()
+            followed = self.ema_flats or self.trainable()
+            self.ema = LerpEMA(followed, decay=e.decay, use_ema_warmup=e.warmup == "power",
                                 inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step,
                                 foreach=True)  # one multi-tensor lerp per step, in place
-            self.ema.to(self.acc.device, dtype=torch.float32)
-            master = self.master_weights()  # DeepSpeed bf16/fp16: start the EMA from fp32, not the rounded copy
-            for shadow, name in zip(self.ema.shadow_params, self._trainable_names()):
-                if name in master:
-                    shadow.copy_(master[name])
+            self.ema.to(followed[0].device, dtype=torch.float32)
         if not self.is_deepspeed:  # the trained module's weights are RAW_DIR, not accelerate's copy of them
             self.acc.register_save_state_pre_hook(self._skip_module_state)
             self.acc.register_load_state_pre_hook(self._load_module_state)
@@ -239,6 +238,8 @@ class Trainer:
             if self.ema is not None and (path / EMA_DIR).is_dir():
                 saved = self.unwrapped.saved_weights(path / EMA_DIR)
                 ema_values = [saved[name] for name in self._trainable_names()]
+                if self.ema_flats is not None:  # this rank's partitions of the saved EMA
+                    ema_values = self._partitions_of(dict(zip(self._trainable_names(), ema_values)))
             load_loop_state(path, self.state, self.ema, ema_values)
             log.info("resumed from %s at step %d (micro-batch %d)", path, self.state.step, self.state.micro)
         self.stream = self.make_stream()
@@ -390,6 +391,51 @@ class Trainer:
                     out[name] = full.detach()
         return out
 
+    def master_partitions(self) -> list[torch.Tensor] | None:
+        """This rank's fp32 master partitions (flat, one per parameter group) when DeepSpeed trains the module in
+        bf16/fp16 (ZeRO 1/2: `single_partition_of_fp32_groups`; stage 0 bf16: `fp32_groups_flat_partition`);
+        None when the module itself is float32."""
+        if not self.is_deepspeed or all(p.dtype == torch.float32 for p in self.trainable()):
+            return None
+        engine_optimizer = self.model.optimizer
+        for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            if flats := getattr(engine_optimizer, attr, None):
+                return list(flats)
+        raise ValueError(f"ema.enabled with DeepSpeed's {type(engine_optimizer).__name__} (ZeRO stage 3?): the EMA "
+                         "follows the fp32 master partitions of ZeRO stages 0-2; use stage 2 or ema.enabled false")
+
+    @contextlib.contextmanager
+    def _masters_set_to(self, flats: list[torch.Tensor]):
+        """The fp32 master partitions temporarily hold `flats` (the EMA's): DeepSpeed's gather and scatter of
+        full parameters then read and write those."""
+        saved = [f.detach().clone() for f in self.ema_flats]
+        try:
+            with torch.no_grad():
+                for f, v in zip(self.ema_flats, flats):
+                    f.copy_(v)
+            yield
+        finally:
+            with torch.no_grad():
+                for f, s in zip(self.ema_flats, saved):
+                    f.copy_(s)
+
+    def ema_weights(self) -> dict[str, torch.Tensor]:
+        """The EMA's float32 values by parameter name (under DeepSpeed a collective: every rank calls it)."""
+        if self.ema_flats is None:
+            return dict(zip(self._trainable_names(), self.ema.shadow_params))
+        with self._masters_set_to(self.ema.shadow_params):
+            return self.master_weights()
+
+    def _partitions_of(self, values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Full fp32 values by name -> this rank's partitions of them (the inverse of ema_weights)."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        params = dict(self.unwrapped.named_parameters())
+        with self._masters_set_to(self.ema_flats):
+            for name, value in values.items():
+                safe_set_full_fp32_param(params[name], value.to(params[name].device, torch.float32))
+            return [f.detach().clone() for f in self.ema_flats]
+
     @contextlib.contextmanager
     def _weights(self, values: dict[str, torch.Tensor]):
         """The module's parameters temporarily set to `values` (by name, any dtype), so that its own
@@ -470,7 +516,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.trainable())
+            self.ema.step(self.ema_flats or self.trainable())
         st.step += 1
         st.samples += samples * self.acc.num_processes
         return {"step": st.step, "ok": ok, "loss_sum": loss_sum, "grad_norm": grad_norm, "micro_batches": done,
@@ -564,12 +610,13 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp))
         master = self.master_weights()  # a collective under DeepSpeed: every rank takes part
+        ema = self.ema_weights() if self.ema is not None else None  # likewise
         self.acc.wait_for_everyone()  # every rank's shard of the state is on disk before the rename
         if self.acc.is_main_process:
             with self._weights(master):  # float32 from the master copy, never the bf16 module's rounding
                 self.unwrapped.save_pretrained(tmp / RAW_DIR)
-            if self.ema is not None:
-                with self._weights(dict(zip(self._trainable_names(), self.ema.shadow_params))):
+            if ema is not None:
+                with self._weights(ema):
                     self.unwrapped.save_pretrained(tmp / EMA_DIR)
             save_loop_state(tmp, self.state, self.ema)
             save_config(self.cfg, tmp)
@@ -592,18 +639,13 @@ class Trainer:
     def validate(self) -> float | None:
         """Rank 0 generates the validation prompts with CFG (EMA weights), scores them with CLAP, saves
         audio and spectrograms; the other ranks wait."""
+        ema = self.ema_weights() if self.ema is not None else {}  # a collective under DeepSpeed
         if self.acc.is_main_process:
             if self.validator is None:
                 self.validator = self.make_validator()
-            model = self.unwrapped
-            if self.ema is not None:
-                self.ema.store(self.trainable())
-                self.ema.copy_to(self.trainable())
-            try:
-                score = self.validator.run(model, self.state.step, self.out / "validation")
-            finally:
-                if self.ema is not None:
-                    self.ema.restore(self.trainable())
+            params = dict(self.unwrapped.named_parameters())
+            with self._weights({n: v.to(params[n].dtype) for n, v in ema.items()}):  # in the module's precision
+                score = self.validator.run(self.unwrapped, self.state.step, self.out / "validation")
             if score is not None:
                 self.last_val_clap = score
                 self.acc.log({"val_clap": score}, step=self.state.step)

@@ -325,15 +325,16 @@ ACCUMULATION_2 = dict(steps=4, batch_size=16, save_every=2, **{"optim.schedule":
 
 
 @pytest.mark.timeout(420)
-def test_two_process_deepspeed_zero2_accumulation_resume(tmp_path, latents):
-    """accelerate launch, 2 CPU processes, DeepSpeed ZeRO-2, batch 16 = 4 × 2 × accumulation 2: the optimizer
-    steps once per trainer step (DeepSpeed's own counter says 4 after 4 steps, not 8), the LR follows the
-    schedule, and a run stopped at step 2 and resumed is bit-identical to an uninterrupted one."""
+def test_two_process_deepspeed_zero2_bf16_accumulation_resume(tmp_path, latents):
+    """accelerate launch, 2 CPU processes, DeepSpeed ZeRO-2 in bf16 (the EMA over the fp32 master partitions),
+    batch 16 = 4 × 2 × accumulation 2: the optimizer steps once per trainer step (DeepSpeed's own counter says 4
+    after 4 steps, not 8), the LR follows the schedule, and a run stopped at step 2 and resumed is bit-identical to
+    an uninterrupted one, its EMA included (restored into the partitions it follows)."""
     ds = tmp_path / "ds.json"
     ds.write_text((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
     launcher = ["accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--use_deepspeed",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    cfg = _cfg(tmp_path, latents, deepspeed=str(ds), **ACCUMULATION_2)
+                "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_port", "0"]
+    cfg = _cfg(tmp_path, latents, deepspeed=str(ds), mixed_precision="bf16", **ACCUMULATION_2)
     ckpt, _ = _assert_resume_exact(tmp_path, cfg, lambda c, resume: _launch(tmp_path, c, launcher, resume))
     engine = torch.load(next(ckpt.glob("pytorch_model/mp_rank_00_model_states.pt")), weights_only=False)
     assert engine["global_steps"] == 4 and engine["global_samples"] == 64
@@ -522,7 +523,8 @@ def test_deepspeed_bf16_checkpoints_hold_fp32_master_weights(tmp_path, latents):
     ds.write_text((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
     launcher = ["accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--use_deepspeed",
                 "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_port", "0"]
-    cfg = _cfg(tmp_path, latents, deepspeed=str(ds), mixed_precision="bf16", steps=2, batch_size=8, save_every=2)
+    cfg = _cfg(tmp_path, latents, deepspeed=str(ds), mixed_precision="bf16", steps=2, batch_size=8, save_every=2,
+               **{"ema.decay": 0.0})  # the EMA is then the last step's weights: the fp32 masters, to the bit
     _launch(tmp_path, cfg, launcher, False)
     ckpt = list_checkpoints(tmp_path / "run")[-1]
     master = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="pytorch_model")
@@ -534,3 +536,4 @@ def test_deepspeed_bf16_checkpoints_hold_fp32_master_weights(tmp_path, latents):
     assert not rounded, rounded[:5]  # trained matrices off the bf16 grid: the master copy, not the module
     for k, v in master.items():
         torch.testing.assert_close(raw[k], v.float(), rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(ema[k], v.float(), rtol=0, atol=0, msg=k)  # not bf16(master): an EMA of masters
