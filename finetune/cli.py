@@ -117,6 +117,9 @@ def _edit(args) -> int:
     sampling = {k: v for k, v in {"steps": args.steps, "cfg": args.cfg, "cfg_source": args.cfg_source,
                                   "rescale": args.rescale, "t_start": args.t_start, "method": args.sampler,
                                   "seed": args.seed}.items() if v is not None}
+    from pretrain.pipeline import check_sampler
+
+    check_sampler(args.checkpoint, args.sampler)  # before any model loads
     if args.method == "inpaint":
         return _inpaint(args, device, sampling)
     if args.method == "imagic":
@@ -224,7 +227,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=None, help="instruction (imagic: text) guidance scale")
     p.add_argument("--cfg-source", type=float, default=None, help="source guidance scale (two-scale guidance)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale factor")
-    p.add_argument("--sampler", choices=["euler", "heun"], default=None, help="ODE solver")
+    p.add_argument("--sampler", choices=["euler", "heun", "ddim"], default=None,
+                   help="solver (default: the bundle's): euler | heun for flow bundles, ddim for v-DDPM ones")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",

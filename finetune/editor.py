@@ -51,7 +51,7 @@ class EditSampler:
     cfg_source: float | None = None  # None: instruction-only CFG; a scale: two-scale guidance
     rescale: float = 0.5
     t_start: float = 0.01  # RFM-Editing's start on the path to the source
-    method: str = "euler"
+    method: str | None = None  # the objective's solver (flow: euler, v-ddpm: ddim) unless one is named
     duration: float = 10.0  # the training window; longer inputs are edited in overlapping windows
     overlap: float = 1.0
     eta: float = 1.0  # DDIM's stochasticity (editors trained from a v-DDPM bundle, such as EzAudio's)

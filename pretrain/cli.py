@@ -62,9 +62,10 @@ def _generate(args) -> int:
 
     from shards.audio import Audio, write
 
-    from .pipeline import TextToAudio
+    from .pipeline import TextToAudio, check_sampler
 
     prompts, out = _prompts(args), Path(args.output)
+    check_sampler(args.checkpoint, args.sampler)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = TextToAudio.from_pretrained(args.checkpoint, device=device, dtype=args.dtype, compile=args.compile)
     if len(prompts) > 1:
@@ -182,7 +183,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale w (default: the bundle's, EzAudio 5)")
     p.add_argument("--rescale", type=float, default=None, help="CFG rescale factor φ (default: the bundle's, 0.75)")
     p.add_argument("--negative", default=None, help="negative prompt (default: the empty string)")
-    p.add_argument("--sampler", choices=["euler", "heun"], default=None, help="ODE solver (default: the bundle's)")
+    p.add_argument("--sampler", choices=["euler", "heun", "ddim"], default=None,
+                   help="solver (default: the bundle's): euler | heun for flow bundles, ddim for v-DDPM ones (EzAudio)")
     p.add_argument("--duration", type=positive(float), default=None, help="seconds of audio (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (prompt i of a file uses seed + i)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch")

@@ -26,6 +26,7 @@ from .flow import interpolate, sample_timesteps, start_point, target_velocity
 from .sampler import integrate
 
 OBJECTIVES = ("flow", "v-ddpm")
+SAMPLERS = {"flow": ("euler", "heun"), "v-ddpm": ("ddim",)}  # the solvers each objective samples with
 Prediction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -64,6 +65,12 @@ class Objective:
         """The objective a bundle's capflow.json records; flow for bundles written before it was recorded."""
         return cls(index.get("objective", "flow"), index.get("scheduler"))
 
+    def check_sampler(self, method: str | None) -> None:
+        """Refuse a solver this objective does not sample with (None: the bundle's default)."""
+        if method is not None and method not in SAMPLERS[self.name]:
+            raise ValueError(f"--sampler {method}: a {self.name} bundle samples with {' or '.join(SAMPLERS[self.name])}"
+                             + (" (DDIM, as EzAudio)" if self.name == "v-ddpm" else ""))
+
     def to_dict(self) -> dict:
         return {"objective": self.name, **({"scheduler": self.scheduler} if self.scheduler else {})}
 
@@ -91,11 +98,13 @@ class Objective:
 
     # ---- sampling ----------------------------------------------------------------------------------------
     def sample(self, prediction: Prediction, noise: torch.Tensor, steps: int, *, source: torch.Tensor | None = None,
-               t_start: float = 0.0, method: str = "euler", eta: float = 1.0, generator: torch.Generator | None = None,
+               t_start: float = 0.0, method: str | None = None, eta: float = 1.0, generator: torch.Generator | None = None,
                progress: bool = False) -> torch.Tensor:
         """Latents from noise, or from `source` pushed back to t_start (editing: flow start_point; v-ddpm: the
         source noised to the schedule's timestep at strength 1 - t_start, as diffusers' img2img).
         `prediction(x, t)` is the (guided) model output. `generator` draws DDIM's noise when eta > 0."""
+        method = method or SAMPLERS[self.name][0]
+        self.check_sampler(method)
         if source is not None and t_start <= 0:
             raise ValueError("sampling from a source needs t_start > 0 (e.g. 0.01): at t_start = 0 the start "
                              "point is pure noise and the source would be discarded")

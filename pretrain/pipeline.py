@@ -52,6 +52,13 @@ def check_bundle(directory: str | Path, expected: str | tuple[str, ...]) -> str 
     return found
 
 
+def check_sampler(directory: str | Path, method: str | None) -> None:
+    """A local bundle's objective takes `method` (read from capflow.json, before any model loads)."""
+    index = Path(directory) / BUNDLE_NAME
+    if method is not None and index.is_file():
+        Objective.from_index(json.loads(index.read_text())).check_sampler(method)
+
+
 def fast_path(device: str | torch.device, dtype: str = "auto", compile: bool | None = None) -> tuple[str, bool]:
     """The DiT's precision and whether to compile it. "auto"/None: bf16 and torch.compile on CUDA (a 10-s clip
     at 50 steps: 0.59 s on an H100 against 1.69 s bf16 eager, issue #22; batch-1 sampling is launch-bound, so
@@ -69,7 +76,7 @@ class SamplerDefaults:
     steps: int = 50
     cfg: float = 5.0  # EzAudio §3.4: CFG 5 with rescale 0.75
     rescale: float = 0.75
-    method: str = "euler"  # euler | heun (flow); ddim (v-ddpm bundles)
+    method: str | None = None  # None: the objective's solver (flow: euler; v-ddpm: ddim); euler | heun | ddim
     duration: float = 10.0
     negative: str = ""
     eta: float = 1.0  # DDIM's stochasticity (v-ddpm bundles; EzAudio samples with 1)

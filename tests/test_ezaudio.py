@@ -323,3 +323,16 @@ def test_a_vae_of_another_shape_is_one_line_naming_the_tensor(ezaudio_shaped, tm
                  "--text-encoder", str(t5), "-o", str(tmp_path / "b")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "decoder.block.0.conv_t1.weight_v" in errors[0] and "EzAudio" in errors[0], errors
+
+
+def test_a_flow_solver_on_a_v_ddpm_bundle_is_refused_before_loading(ezaudio, tmp_path, capsys):
+    """`--sampler euler` on EzAudio's v-DDPM was silently ignored (output bit-identical to DDIM)."""
+    from capflow.cli import main
+
+    _, bundle = ezaudio
+    assert main(["generate", "--checkpoint", str(bundle), "a dog", "--sampler", "euler", "-o", str(tmp_path / "x.wav")]) == 2
+    assert "a v-ddpm bundle samples with ddim" in capsys.readouterr().err
+    t2a = TextToAudio.from_pretrained(bundle)
+    with pytest.raises(ValueError, match="samples with ddim"):
+        t2a.generate(["a dog"], steps=2, duration=0.1, method="heun")
+    assert torch.isfinite(t2a.generate(["a dog"], steps=2, duration=0.1, method="ddim")).all()
