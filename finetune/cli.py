@@ -102,7 +102,8 @@ def _inpaint(args, device: str, sampling: dict) -> int:
         out = t2a.inpaint(clip, job["instruction"], start, end, boundary=args.boundary, **sampling)
         Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
         audio.write(job["output"], out)
-        print(f"{job['output']}  <- {job['input']} with [{start:g}, {end:g}) s regenerated from {job['instruction']!r}")
+        print(f"{job['output']}  <- {job['input']} with [{start:g}, {end:g}) s regenerated from {job['instruction']!r} "
+              "(only the span changed, crossfaded inside its edges)")
     return 0
 
 

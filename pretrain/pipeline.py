@@ -26,6 +26,7 @@ from .sampler import guided_velocity
 from .text import TextEncoder
 
 log = logging.getLogger(__name__)
+EZAUDIO_EDITING = {"cfg": 3.5, "rescale": 0.0}  # EzAudio's editing_audio defaults (api/ezaudio.py), for v-ddpm
 BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION = "capflow.json", "capflow-t2a", 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -230,25 +231,43 @@ class TextToAudio:
         return torch.nn.functional.pad(wave, (0, max(0, target - wave.shape[-1])))[..., :target]
 
     @torch.no_grad()
-    def inpaint(self, clip, text: str, start: float, end: float, boundary: float = 2.0, **sampling):
+    def inpaint(self, clip, text: str, start: float, end: float, boundary: float = 2.0, fade: float = 0.05,
+                **sampling):
         """EzAudio's inpainting (`editing_audio`): regenerate [start, end) seconds of a clip from the text with
-        up to `boundary` seconds on each side as masked context (the DiT's masked-audio input), and splice the
-        window back; the rest of the clip is untouched. A span past the end extends the clip (outpainting).
-        Returns the clip at its own rate and channel count."""
+        up to `boundary` seconds on each side as masked context (the DiT's masked-audio input; EzAudio caps it at
+        half the span), the clip peak-normalised for the model as EzAudio does and its gain restored. Only the
+        span is replaced: samples outside it are the input's to the bit (EzAudio splices the whole window, so its
+        context comes back as the VAE's reconstruction), with `fade`-second linear crossfades inside the span's
+        inner edges. A span past the end extends the clip (outpainting). v-DDPM bundles (EzAudio's) default to
+        EzAudio's editing guidance (CFG 3.5, no rescale). Returns the clip at its own rate and channel count."""
         from shards import audio
 
         if not 0 <= start < end:
             raise ValueError(f"inpainting span [{start}, {end}) s: need 0 <= start < end")
+        if self.objective.name == "v-ddpm":
+            sampling = {**EZAUDIO_EDITING, **sampling}
         rate, hop, sr = self.codec.sample_rate, self.codec.hop, clip.sample_rate
         length = max(clip.samples.shape[-1] / sr, end)
         y = audio.fit_length(clip.samples, round(length * sr)).copy()  # the clip, extended for outpainting
-        boundary = min(boundary, (end - start) / 2)
+        if boundary > (end - start) / 2:
+            log.info("inpaint: %g s of context on each side, not --boundary %g: EzAudio's editing caps it at half "
+                     "the span", (end - start) / 2, boundary)
+            boundary = (end - start) / 2
+        gain = 1.0 / (float(np.abs(y).max()) + 1e-9)  # EzAudio: gt / max|gt|
         w0, w1 = max(0.0, start - boundary), min(length, end + boundary)
         a, b = round(w0 * sr), round(w1 * sr)
-        window = audio.conform(audio.Audio(y[:, a:b], sr), rate, self.codec.audio_channels)
+        window = audio.conform(audio.Audio(gain * y[:, a:b], sr), rate, self.codec.audio_channels)
         context = self.codec.encode(torch.from_numpy(np.ascontiguousarray(window))[None].to(self.device))  # (1, c, n)
         mask = torch.zeros(1, context.shape[-1], dtype=torch.bool)
         mask[:, round((start - w0) * rate / hop): round((end - w0) * rate / hop)] = True
         wave = self.generate([text], context=context, mask=mask, **sampling)[0].cpu().numpy()  # (a, n·hop)
-        y[:, a:b] = audio.restore(wave, rate, audio.Audio(y[:, a:b], sr)).samples  # only the window changes
+        made = audio.restore(wave, rate, audio.Audio(y[:, a:b], sr)).samples / gain  # (a, b - a) at the clip's rate
+        s0, s1 = round(start * sr), round(end * sr)
+        ramp = np.ones(s1 - s0, dtype=np.float32)
+        f = min(round(fade * sr), (s1 - s0) // 2)
+        if f and s0 > 0:
+            ramp[:f] = np.linspace(0, 1, f + 2, dtype=np.float32)[1:-1]
+        if f and s1 < clip.samples.shape[-1]:  # an outpainted tail has nothing to fade from
+            ramp[-f:] = np.minimum(ramp[-f:], np.linspace(1, 0, f + 2, dtype=np.float32)[1:-1])
+        y[:, s0:s1] = (1 - ramp) * y[:, s0:s1] + ramp * made[:, s0 - a: s1 - a]  # only the span changes
         return audio.Audio(y, sr)

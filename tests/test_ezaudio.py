@@ -201,7 +201,10 @@ def test_imagic_on_an_imported_bundle_tunes_with_the_v_loss(ezaudio, monkeypatch
 
 
 @pytest.mark.parametrize("kind", ["flow", "v-ddpm"])
-def test_inpaint_regenerates_the_span_and_keeps_the_rest(ezaudio, tiny_models, tmp_path, kind):
+def test_inpaint_regenerates_the_span_and_keeps_the_rest(ezaudio, tiny_models, tmp_path, kind, monkeypatch, caplog):
+    """Only [start, end) changes (the context windows were replaced by the VAE's reconstruction, with a hard
+    splice), crossfaded inside the span's edges; the model hears the clip peak-normalised (EzAudio), and a v-DDPM
+    bundle edits at EzAudio's editing guidance (CFG 3.5, rescale 0); a capped boundary is said."""
     import numpy as np
 
     from shards import audio
@@ -209,14 +212,24 @@ def test_inpaint_regenerates_the_span_and_keeps_the_rest(ezaudio, tiny_models, t
     bundle = ezaudio[1] if kind == "v-ddpm" else tiny_models["t2a-untrained"]
     t2a = TextToAudio.from_pretrained(bundle)
     rng = np.random.default_rng(0)
-    clip = audio.Audio((rng.standard_normal((2, 16000 * 3)) * 0.1).astype(np.float32), 16000)  # stereo, 16 kHz
-    out = t2a.inpaint(clip, "a chirp", 1.0, 1.5, boundary=0.5, steps=4)
+    clip = audio.Audio((rng.standard_normal((2, 16000 * 3)) * 0.01).astype(np.float32), 16000)  # quiet stereo 16 kHz
+    heard, generate = {}, t2a.generate
+    encode = t2a.codec.encode
+    monkeypatch.setattr(t2a.codec, "encode", lambda w, **k: heard.setdefault("peak", float(w.abs().max())) and encode(w, **k))
+    monkeypatch.setattr(t2a, "generate", lambda *a, **k: heard.update(k) or generate(*a, **k))
+    with caplog.at_level("INFO"):
+        out = t2a.inpaint(clip, "a chirp", 1.0, 1.5, boundary=0.5, steps=4)
+    assert "caps it at half the span" in caplog.text
     assert out.sample_rate == 16000 and out.samples.shape == clip.samples.shape
-    window = slice(round(0.75 * 16000), round(1.75 * 16000))  # span ± the boundary (halved to the span's half)
-    kept = np.ones(clip.samples.shape[-1], bool)
-    kept[window] = False
-    np.testing.assert_array_equal(out.samples[:, kept], clip.samples[:, kept])
-    assert not np.allclose(out.samples[:, 16000:24000], clip.samples[:, 16000:24000])
+    outside = np.ones(clip.samples.shape[-1], bool)
+    outside[16000:24000] = False
+    np.testing.assert_array_equal(out.samples[:, outside], clip.samples[:, outside])
+    assert not np.allclose(out.samples[:, 17000:23000], clip.samples[:, 17000:23000])
+    edge = np.abs(np.diff(out.samples[:, 15990:16010], axis=-1)).max()  # no jump at the splice
+    assert edge < 5 * np.abs(np.diff(clip.samples, axis=-1)).max()
+    assert heard["peak"] > 0.5  # the window the model heard was normalised (the clip peaks near 0.04)
+    if kind == "v-ddpm":
+        assert (heard["cfg"], heard["rescale"]) == (3.5, 0.0)
     longer = t2a.inpaint(clip, "a chirp", 2.5, 3.5, steps=2)  # past the end: outpainting
     assert longer.samples.shape[-1] == round(3.5 * 16000)
     np.testing.assert_array_equal(longer.samples[:, :16000], clip.samples[:, :16000])
