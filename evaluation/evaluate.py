@@ -112,8 +112,20 @@ class _RawAudio:
 
 
 def _captions(path: str | None) -> dict[str, str]:
+    """id -> caption of a JSONL/CSV/TSV file with `id` and `caption` columns (a `path` column is not needed), or
+    of anything `collect` reads (a shard set)."""
     if not path:
         return {}
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in (".jsonl", ".csv", ".tsv"):
+        if p.suffix.lower() == ".jsonl":
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        else:
+            with open(p, newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+        if rows and not {"id", "caption"} <= set(rows[0]):
+            raise ValueError(f"--captions {p}: needs `id` and `caption` columns, found {sorted(rows[0])}")
+        return {str(r["id"]): r["caption"] for r in rows if r.get("caption")}
     return {c.id: c.caption for c in collect(path).values() if c.caption}
 
 
@@ -215,6 +227,11 @@ def evaluate(cfg: EvalConfig) -> dict:
                          "a shard set, or --captions")
     if not reference and any(c.reference for c in generated.values()):  # paired ground truths are the reference set
         reference = {i: Clip(i, c.reference) for i, c in generated.items() if c.reference}
+    paired_metrics = sorted({"kl", "clap_a", "lsd", "mel"} & set(cfg.metrics))
+    if paired_metrics and reference and not set(generated) & set(reference):  # before anything is embedded
+        raise ValueError(f"{', '.join(paired_metrics)} pair generated and reference clips by id, and no id is shared "
+                         f"(generated e.g. {sorted(generated)[:2]}, reference e.g. {sorted(reference)[:2]}); name the "
+                         "generated clips by the reference's ids (generate --prompts-file with an id column)")
     report = {"generated": cfg.generated, "reference": cfg.reference, "n_generated": len(generated),
               "n_reference": len(reference), "config": config_dict(cfg)}
     start = time.perf_counter()

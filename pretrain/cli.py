@@ -23,26 +23,51 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "untitled"
 
 
-def _prompts(args) -> list[str]:
-    """The prompts of a generate call, and its output checked, before any model loads: no empty prompt; a
-    prompts file's blank and `#` lines skipped; one prompt writes the file -o, several write into the folder -o."""
+def read_prompts(path: Path) -> list[dict]:
+    """{id, caption} rows of a prompts file: JSONL or CSV/TSV with `id` and `caption` (or `prompt`/`text`)
+    columns, e.g. AudioCaps' test captions with their ids; or plain text, one prompt per line (blank and `#`
+    lines skipped), ids made from the line number and the prompt."""
+    import csv
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts-file {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif suffix in (".csv", ".tsv"):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return [{"id": f"{i:04d}_{_slug(line)}", "caption": line} for i, line in enumerate(lines)]
+    out = []
+    for n, row in enumerate(rows):
+        caption = next((row[k] for k in ("caption", "prompt", "text") if row.get(k) is not None), None)
+        if caption is None:
+            raise ValueError(f"{path}: row {n + 1} has no caption (columns: id, caption)")
+        clip_id = str(row.get("id") if row.get("id") not in (None, "") else f"{n:04d}_{_slug(caption)}")
+        out.append({"id": re.sub(r"[^A-Za-z0-9_.-]", "_", clip_id), "caption": str(caption).strip()})
+    return out
+
+
+def _prompts(args) -> list[dict]:
+    """The {id, caption} prompts of a generate call, and its output checked, before any model loads: no empty
+    prompt, no id twice; one prompt writes the file -o, several write ID.wav each into the folder -o."""
     import soundfile as sf
 
     from shards.cli import check_output_file
     from shards.outputs import OutputError, check_writable
 
-    prompts = list(args.prompt)
+    prompts = [{"id": f"{i:04d}_{_slug(p)}", "caption": p} for i, p in enumerate(args.prompt)]
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompts-file {path}: no such file")
-        prompts += [line.strip() for line in path.read_text().splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
+        prompts += read_prompts(Path(args.prompts_file))
     if not prompts:
         raise ValueError("give a prompt, or --prompts-file with one prompt per line")
-    if any(not p.strip() for p in prompts):
+    if any(not p["caption"].strip() for p in prompts):
         raise ValueError("empty prompt; say what to generate (the empty text is the model's null condition for "
                          "guidance, not a request)")
+    if len({p["id"] for p in prompts}) < len(prompts):
+        raise ValueError("an id is given to two prompts; ids name the output files and must be unique")
     out = Path(args.output)
     if len(prompts) == 1:
         if out.suffix.lstrip(".").upper() not in sf.available_formats():
@@ -53,8 +78,11 @@ def _prompts(args) -> list[str]:
         raise OutputError(f"-o {out}: {len(prompts)} prompts write one file each into a folder; give a folder, "
                           f"e.g. -o {out.with_suffix('')}")
     else:
-        check_writable(out / "0000.wav")
+        check_writable(out / MANIFEST)
     return prompts
+
+
+MANIFEST = "prompts.jsonl"  # a folder of generations: id, path, caption per clip, for `capflow evaluate`
 
 
 def _generate(args) -> int:
@@ -66,18 +94,30 @@ def _generate(args) -> int:
 
     prompts, out = _prompts(args), Path(args.output)
     check_sampler(args.checkpoint, args.sampler)
+    single = len(prompts) == 1
+    for i, p in enumerate(prompts):  # prompt i uses seed + i, whatever its batch: a rerun goes on where it stopped
+        p["seed"], p["path"] = args.seed + i, out if single else out / f"{p['id']}.wav"
+    todo = [p for p in prompts if single or not p["path"].is_file()]  # outputs appear whole (written, renamed)
+    if len(todo) < len(prompts):
+        print(f"{len(prompts) - len(todo)} of {len(prompts)} clips are already in {out}: generating the rest")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = TextToAudio.from_pretrained(args.checkpoint, device=device, dtype=args.dtype, compile=args.compile)
-    if len(prompts) > 1:
-        out.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start: start + args.batch_size]
-        waves = model.generate(batch, negative=args.negative, steps=args.steps, cfg=args.cfg, rescale=args.rescale,
-                               seed=args.seed + start, duration=args.duration, method=args.sampler, progress=True)
-        for i, (prompt, wave) in enumerate(zip(batch, waves)):
-            path = out if len(prompts) == 1 else out / f"{start + i:04d}_{_slug(prompt)}.wav"
-            write(path, Audio(wave.cpu().numpy(), model.codec.sample_rate))
-            print(f"{path}  <- {prompt!r}")
+    model = TextToAudio.from_pretrained(args.checkpoint, device=device, dtype=args.dtype, compile=args.compile) \
+        if todo else None
+    for start in range(0, len(todo), args.batch_size):
+        batch = todo[start: start + args.batch_size]
+        waves = model.generate([p["caption"] for p in batch], negative=args.negative, steps=args.steps, cfg=args.cfg,
+                               rescale=args.rescale, seed=[p["seed"] for p in batch], duration=args.duration,
+                               method=args.sampler, progress=True)
+        for p, wave in zip(batch, waves):
+            write(p["path"], Audio(wave.cpu().numpy(), model.codec.sample_rate))
+            print(f"{p['path']}  <- {p['caption']!r}")
+    if not single:
+        from shards.writer import write_jsonl_atomic
+
+        manifest = out / MANIFEST
+        write_jsonl_atomic(manifest, [{"id": p["id"], "path": p["path"].name, "caption": p["caption"]} for p in prompts])
+        print(f"{manifest}: the clips with their ids and captions; evaluate with: capflow evaluate {manifest} "
+              "--metrics is,clap (and --reference DIR, clips named by the same ids, for fd,kl,fad)")
     return 0
 
 

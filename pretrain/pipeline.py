@@ -193,7 +193,7 @@ class TextToAudio:
     # ---- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[str], *, negative: str | None = None, steps: int | None = None,
-                 cfg: float | None = None, rescale: float | None = None, seed: int = 0,
+                 cfg: float | None = None, rescale: float | None = None, seed: int | list[int] = 0,
                  duration: float | None = None, method: str | None = None, source: torch.Tensor | None = None,
                  t_start: float = 0.0, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  progress: bool = False) -> torch.Tensor:
@@ -209,8 +209,15 @@ class TextToAudio:
         negative = s.negative if negative is None else negative
         b, device = len(prompts), self.device
         n = next((x.shape[-1] for x in (source, context) if x is not None), None) or self.codec.frames(duration)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn(b, self.dit.config.latent_channels, n, generator=generator).to(device)
+        c = self.dit.config.latent_channels
+        if isinstance(seed, int):
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            noise = torch.randn(b, c, n, generator=generator).to(device)
+        else:  # a generator per prompt (its noise, and DDIM's per step): a prompt's clip does not depend on its batch
+            if len(seed) != b:
+                raise ValueError(f"{len(seed)} seeds for {b} prompts")
+            generator = [torch.Generator().manual_seed(k) for k in seed]
+            noise = torch.stack([torch.randn(c, n, generator=g) for g in generator]).to(device)
         text = text_mask = neg = neg_mask = None
         if self.dit.has_text:
             text, text_mask = (t.to(device) for t in self.text_encoder(prompts))

@@ -288,3 +288,11 @@ def write_json_atomic(path: str | Path, data) -> None:
     tmp = tmp_name(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
+    """One JSON object per line, written under a temporary name and renamed."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    os.replace(tmp, path)

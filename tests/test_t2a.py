@@ -57,7 +57,8 @@ def test_generate_cli(tiny_models, tmp_path):
     subprocess.run([sys.executable, "-m", "pretrain", "generate", "--checkpoint", str(tiny_models["t2a-untrained"]),
                     "--prompts-file", str(prompts), "-o", str(tmp_path / "many"), "--steps", "1", "--duration", "0.5"],
                    check=True, capture_output=True)
-    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["0000_a_dog_barks.wav", "0001_rain_falls.wav"]
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["0000_a_dog_barks.wav", "0001_rain_falls.wav",
+                                                                     "prompts.jsonl"]
 
 
 def test_generate_from_a_source_latent_stays_close_to_it(tiny_models):
