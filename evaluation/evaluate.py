@@ -6,7 +6,7 @@ caption = first kept caption). Generated and reference clips are matched by id. 
 reference toolkit on the same files: FD/KL/IS audioldm_eval's (its audio preparation, CNN14 logits for KL/IS),
 FAD/FAD∞ fadtk's; the report names the toolkit, the preparation, the checkpoint and its sha256. Every clip
 is embedded once per backbone (groups reuse it), and the reference outputs are cached in a file keyed by
-backbone, checkpoint sha256, protocol and the reference clip list, so a test set such as AudioCaps' 4,875
+backbone, checkpoint sha256, protocol and the reference clips (ids and contents: path, size, mtime), so a test set such as AudioCaps' 4,875
 clips is embedded once.
 """
 
@@ -175,13 +175,28 @@ class Embedded:
         return np.concatenate([self.outputs[role][i][key] for i in ids])
 
 
+def _fingerprint(clip: Clip) -> str:
+    """What a clip's audio is, for the cache key: a file's resolved path, size and modification time (another
+    folder, or a file rewritten, is another key), or the sha256 of encoded bytes (shard sets)."""
+    if isinstance(clip.source, bytes):
+        return hashlib.sha256(clip.source).hexdigest()
+    path = Path(clip.source)
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path}:missing"
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def _reference(cfg: EvalConfig, embedded: Embedded, clips: list[Clip]) -> list[str]:
     """The reference clips' outputs into `embedded`, from the cache file when an earlier run wrote them (keyed by
-    backbone, checkpoint sha256, preparation protocol and the clip list); returns the ids that decoded."""
+    backbone, checkpoint sha256, preparation protocol and each clip's id and fingerprint); returns the ids that
+    decoded."""
     backbone = embedded.backbone
     cache = Path(cfg.cache_dir or Path(cfg.out) / "cache")
     protocol = backbone.protocol.name if backbone.protocol else None
-    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, protocol, sorted(c.id for c in clips)]).encode())
+    key = hashlib.sha256(json.dumps([backbone.name, backbone.sha256, protocol,
+                                     sorted((c.id, _fingerprint(c)) for c in clips)]).encode())
     path = cache / f"{backbone.name}-{key.hexdigest()[:16]}.npz"
     if path.is_file() and "reference" not in embedded.outputs:
         data = np.load(path, allow_pickle=False)

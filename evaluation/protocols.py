@@ -7,7 +7,8 @@ A backbone sees what the toolkit would have fed it, not what capflow would have 
   rolloff 0.99) to the backbone's rate, zero-padded to 2 s (32,000 samples at 16 kHz); float32. Its README:
   the resampler alone moves FD by up to ±30 and KL by ±0.4, so it is reproduced here, not replaced by soxr.
 - `fadtk` (microsoft/fadtk, `FrechetAudioDistance.load_audio` + `ModelLoader.load_wav`): the channels
-  averaged, torchaudio's Kaiser-windowed sinc (64 zero crossings, rolloff 0.9476, β 14.7697), written as
+  averaged, torchaudio's Kaiser-windowed sinc (64 zero crossings, rolloff 0.9476, β 14.7697; its kernel computed
+  in float64, as `transforms.Resample` builds it, and cast to float32), written as
   16-bit PCM through soundfile and read back as int16 / 32768, zero-padded to the model's minimum length
   (1 s for VGGish); embeddings stored as float16 (`ModelLoader.get_embedding`).
 
@@ -51,13 +52,18 @@ def _sinc_kernel(orig: int, new: int, width_zc: int, rolloff: float, window: str
 
 
 def sinc_resample(wave: torch.Tensor, orig_rate: int, new_rate: int, lowpass_filter_width: int = 6,
-                  rolloff: float = 0.99, window: str = "hann", beta: float | None = None) -> torch.Tensor:
-    """torchaudio.functional.resample of (..., t) in the input's dtype: ceil(t·new/orig) output samples."""
+                  rolloff: float = 0.99, window: str = "hann", beta: float | None = None,
+                  kernel_dtype: str | None = None) -> torch.Tensor:
+    """torchaudio.functional.resample of (..., t): ceil(t·new/orig) output samples, the kernel computed in the
+    input's dtype; kernel_dtype "float64": computed in float64 and cast to it, as torchaudio.transforms.Resample
+    builds its kernel (dtype None)."""
     if orig_rate == new_rate:
         return wave
     g = math.gcd(int(orig_rate), int(new_rate))
     orig, new = int(orig_rate) // g, int(new_rate) // g
-    kernel, width = _sinc_kernel(orig, new, lowpass_filter_width, rolloff, window, beta, wave.dtype)
+    kernel, width = _sinc_kernel(orig, new, lowpass_filter_width, rolloff, window, beta,
+                                 getattr(torch, kernel_dtype) if kernel_dtype else wave.dtype)
+    kernel = kernel.to(wave.dtype)
     shape = wave.shape
     x = wave.reshape(-1, shape[-1])  # (b, t)
     length = x.shape[-1]
@@ -105,7 +111,8 @@ class Protocol:
         parts = [f"{self.name} ({self.source})", "first channel" if self.channels == "first" else "channel mean"]
         parts += ["DC removed"] if self.remove_dc else []
         parts.append(f"torchaudio sinc resampling ({r.get('window', 'hann')}, width {r.get('lowpass_filter_width', 6)}, "
-                     f"rolloff {r.get('rolloff', 0.99):.4g})")
+                     f"rolloff {r.get('rolloff', 0.99):.4g}"
+                     + (f", kernel in {r['kernel_dtype']}" if r.get("kernel_dtype") else "") + ")")
         parts += ["16-bit PCM round trip"] if self.pcm16 else []
         parts.append(f"zero-padded to {self.min_seconds:g} s")
         parts += [f"{self.embedding_dtype} embeddings"] if self.embedding_dtype else []
@@ -116,7 +123,7 @@ PROTOCOLS = {
     "audioldm_eval": Protocol("audioldm_eval", "haoheliu/audioldm_eval", "first", True, {}, 2.0, False, None),
     "fadtk": Protocol("fadtk", "microsoft/fadtk", "mean", False,
                       {"lowpass_filter_width": 64, "rolloff": 0.9475937167399596, "window": "kaiser",
-                       "beta": 14.769656459379492}, 1.0, True, "float16"),
+                       "beta": 14.769656459379492, "kernel_dtype": "float64"}, 1.0, True, "float16"),
 }
 
 

@@ -94,6 +94,15 @@ def test_identical_sets_score_zero_and_reports_carry_the_protocol(clips, tiny_mo
         expected.append(10 * np.log10((r ** 2).sum() / ((r - g) ** 2).sum()))
     assert m["sdr"]["value"] == pytest.approx(np.mean(expected), abs=1e-3)  # the files' own SNR
 
+    # another reference set with the same names is another cache key (it reported the first set's FD exactly)
+    import shutil
+
+    shutil.copytree(clips / "gen", tmp_path / "ref_b")
+    cfg = EvalConfig(generated=str(clips / "ref"), reference=str(tmp_path / "ref_b"), models=str(tiny_models["clap"].parent),
+                     metrics=["fd"], out=str(tmp_path / "b"), cache_dir=str(tmp_path / "same" / "cache"))
+    m = evaluate(cfg)["metrics"]
+    assert not m["fd"]["reference_cached"] and m["fd"]["value"] > 1e-3
+
 
 def test_evaluate_cli_and_errors(clips, tiny_models, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "capflow", "evaluate", str(clips / "gen"), "--reference",

@@ -70,3 +70,17 @@ def test_protocols_prepare_as_their_toolkits_do():
     assert "DC removed" in get_protocol("audioldm_eval").describe() and "float16" in get_protocol("fadtk").describe()
     with pytest.raises(ValueError, match="valid: \\['audioldm_eval', 'fadtk'\\]"):
         get_protocol("soxr")
+
+
+def test_fadtk_resamples_with_a_kernel_computed_in_float64():
+    """torchaudio.transforms.Resample (fadtk's) computes its kernel in float64 and casts it; the functional form
+    (audioldm_eval's) computes it in the input's float32. The float64 kernel is the closer one to exact."""
+    kw = {k: v for k, v in PROTOCOLS["fadtk"].resampler.items() if k != "kernel_dtype"}
+    assert PROTOCOLS["fadtk"].resampler["kernel_dtype"] == "float64"
+    assert "kernel_dtype" not in PROTOCOLS["audioldm_eval"].resampler
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(44100).astype(np.float32))
+    exact = sinc_resample(x.double(), 44100, 16000, **kw)
+    k64 = sinc_resample(x, 44100, 16000, kernel_dtype="float64", **kw)
+    k32 = sinc_resample(x, 44100, 16000, **kw)
+    assert k64.dtype == torch.float32 and not torch.equal(k64, k32)
+    assert (k64.double() - exact).abs().max() < (k32.double() - exact).abs().max()
