@@ -66,6 +66,9 @@ class CaptionConfig(Strict):
     output: str = "shards/audio"
     prefix: str = "audio"
     unit_size: int = 64  # clips per work unit = per shard
+    # units hold a seeded permutation of the keys (shuffle before sharding, as WebDataset advises: a folder laid
+    # out by class would otherwise give shards of one class each); null keeps the keys' sorted order
+    shuffle_seed: int | None = 0
     batch_clips: int = 64  # clips handed to the engines at once (vLLM batches their n samples together)
     seed: int = 0
     max_seconds: float = 30.0  # audio the ALM hears (Qwen2-Audio's encoder takes up to 30 s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -63,15 +64,25 @@ def _run_on_ray(cfg: CaptionConfig, units, out, todo, extras, on_done, on_failed
             ray.kill(handle)
 
 
+def plan_units(cfg: CaptionConfig) -> tuple[list, list[list], list[str], dict]:
+    """(items, units, unit hashes, partitioning): the source's items in key order, or in a permutation seeded
+    by `shuffle_seed` (deterministic; the seed is part of the job's identity), cut into units of `unit_size`."""
+    items = load_items(cfg.source)
+    order = "sorted by key"
+    if cfg.shuffle_seed is not None:
+        random.Random(cfg.shuffle_seed).shuffle(items)
+        order = f"keys sorted, then permuted with seed {cfg.shuffle_seed}"
+    units = partition(items, cfg.unit_size)
+    hashes = [unit_hash(u) for u in units]
+    return items, units, hashes, {"items": len(items), "unit_size": cfg.unit_size, "units": len(units),
+                                  "order": order, "unit_hashes": hashes}
+
+
 def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress: bool = True) -> dict:
     """Caption the corpus into `cfg.output`; returns the summary (also written as caption_summary.json).
     Every path is resolved here, on the driver, before anything is shipped to a worker."""
     cfg = cfg.resolved()
-    items = load_items(cfg.source)
-    units = partition(items, cfg.unit_size)
-    hashes = [unit_hash(u) for u in units]
-    partitioning = {"items": len(items), "unit_size": cfg.unit_size, "units": len(units), "order": "sorted by key",
-                    "unit_hashes": hashes}
+    items, units, hashes, partitioning = plan_units(cfg)
     out = Path(cfg.output)
     manifest, failed, timings, seconds = run_unit_job(
         cfg, ray_address, cfg.identity(), partitioning, units, hashes,

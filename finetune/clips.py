@@ -9,6 +9,9 @@ LLM from the clip's best caption (`count_method`); AudioSet's ontology collapses
 activity detection on its audio (`span_method` `activity`; `none` when it cannot be isolated: such a clip is
 never an A or B). A clip's identity is its AudioSet segment (ytid + start) where its metadata names one, else
 a hash of its decoded audio: the same audio under two keys (AudioSet and AudioCaps) is one clip, in one split.
+A clip cut from a longer recording (a source's `segment_seconds`: its metadata has `span`) is (recording, span):
+its recording is the AudioSet segment or the file, and the splits are decided per recording, so no two
+segments of one recording land in train and test.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class Clip:
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # event -> (first start, last end) s
     split: str = "train"
     source_split: str | None = None
-    identity: str | None = None  # "segment:{ytid}_{start_ms}" or "audio:{sha1 of the decoded samples}"
+    identity: str | None = None  # "segment:{ytid}_{start_ms}" or "audio:{sha1 of the decoded samples}" (+ "@{span ms}")
+    recording: str | None = None  # what a segmented clip was cut from (its split is the recording's); None: itself
     span_method: str | None = None  # strong | activity | none (single-event clips)
 
     def ref(self) -> dict:
@@ -82,6 +86,16 @@ def segment_identity(meta: dict) -> str | None:
     if ytid and start is not None:
         return f"segment:{ytid}_{round(float(start) * 1000)}"
     return f"segment:{meta['segment_id']}" if meta.get("segment_id") else None
+
+
+def clip_identity(meta: dict) -> tuple[str | None, str | None]:
+    """(identity, recording) from a clip's metadata: a clip cut from a recording (`span`) is that recording at
+    its span's start, the recording being its AudioSet segment or its file; otherwise (segment or None, None)."""
+    segment, span = segment_identity(meta), meta.get("span")
+    if not span:
+        return segment, None
+    recording = segment or f"file:{meta.get('source')}:{meta.get('path')}"
+    return f"{recording}@{round(float(span[0]) * 1000)}", recording
 
 
 def audio_identity(clip: audio.Audio) -> str:
@@ -125,19 +139,20 @@ def scan_set(directory: str | Path, ontology: Ontology | None = None) -> list[Cl
             clips.append(Clip(key=key, tar=str(path), offset=offset, size=size,
                               duration=float(meta.get("duration") or 0.0), caption=captions[0] if captions else None,
                               events=events, count_method=method, spans=spans, source_split=meta.get("split"),
-                              identity=segment_identity(meta), span_method="strong" if spans else None))
+                              span_method="strong" if spans else None))
+            clips[-1].identity, clips[-1].recording = clip_identity(meta)
     return clips
 
 
 def assign_split(clips: list[Clip], cfg: SplitConfig, seed: int) -> str:
-    """test / valid / train for the clips of one identity: test if any names a test source split (AudioSet
-    `eval`), else valid if any names a valid one, else a hash of the identity."""
+    """test / valid / train for the clips of one recording (or identity): test if any names a test source split
+    (AudioSet `eval`), else valid if any names a valid one, else a hash of the recording (or identity)."""
     sources = {(c.source_split or "").lower() for c in clips}
     if sources & set(cfg.test_sources):
         return "test"
     if sources & set(cfg.valid_sources):
         return "valid"
-    u = zlib.crc32(f"{seed}/split/{clips[0].identity or clips[0].key}".encode()) / 2**32
+    u = zlib.crc32(f"{seed}/split/{clips[0].recording or clips[0].identity or clips[0].key}".encode()) / 2**32
     return "test" if u < cfg.test else "valid" if u < cfg.test + cfg.valid else "train"
 
 
@@ -206,12 +221,15 @@ def index_clips(cfg: EditDataConfig, llm=None, progress: bool = True) -> list[Cl
     same: dict[str, list[Clip]] = {}
     for clip in clips:
         same.setdefault(clip.identity, []).append(clip)
-    kept = []
+    kept, recordings = [], {}
     for copies in same.values():
         first = copies[0]
         first.caption = first.caption or next((c.caption for c in copies if c.caption), None)
-        first.split = assign_split(copies, cfg.splits, cfg.seed)
+        recordings.setdefault(first.recording or first.identity, []).extend(copies)
         kept.append(first)
+    splits = {name: assign_split(members, cfg.splits, cfg.seed) for name, members in recordings.items()}
+    for first in kept:  # every segment of a recording in its recording's split
+        first.split = splits[first.recording or first.identity]
     if len(kept) < len(clips):
         log.info("%d clips repeat the audio of another clip (same AudioSet segment or decoded audio): one of each "
                  "is used", len(clips) - len(kept))

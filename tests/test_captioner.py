@@ -502,3 +502,29 @@ def test_long_recordings_are_cut_into_clips_read_by_seeking(tiny_models, tmp_pat
     np.testing.assert_allclose(second.samples, long[22050 * 10: 22050 * 20].T, atol=1e-4)  # 16-bit FLAC
     assert json.loads(clips["folder-long_20000"]["json"])["span"] == [20.0, 25.0]
     assert audio.decode(clips["folder-mid"]["flac"]).samples.shape == (1, 160000)
+
+
+def test_units_hold_a_seeded_permutation_of_the_keys_not_one_class_each(tmp_path):
+    """A folder laid out by class (dogs/, rain/) planned in key order gave shards of one class each; units are a
+    seeded permutation of the keys (deterministic, the seed recorded in the job's identity)."""
+    import numpy as np
+    import soundfile as sf
+
+    from captioner.config import CaptionConfig
+    from captioner.job import plan_units
+
+    for cls in ("dogs", "rain"):
+        (tmp_path / "audio" / cls).mkdir(parents=True)
+        for i in range(8):
+            sf.write(tmp_path / "audio" / cls / f"{i:02d}.wav", np.zeros(1600), 16000)
+    cfg = CaptionConfig.model_validate({"source": {"kind": "folder", "audio_dir": str(tmp_path / "audio")},
+                                        "unit_size": 8})
+    _, units, _, partitioning = plan_units(cfg)
+    classes = [{it.id.split("/")[0] for it in unit} for unit in units]
+    assert all(len(c) == 2 for c in classes), classes  # key order: {dogs}, {rain}
+    assert plan_units(cfg)[1] == units and "seed 0" in partitioning["order"]
+    other = plan_units(cfg.model_copy(update={"shuffle_seed": 1}))[1]
+    assert [it.key for it in other[0]] != [it.key for it in units[0]]
+    assert "shuffle_seed" in cfg.identity()
+    assert [{it.id.split("/")[0] for it in u} for u in plan_units(cfg.model_copy(update={"shuffle_seed": None}))[1]] \
+        == [{"dogs"}, {"rain"}]

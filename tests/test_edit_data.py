@@ -299,3 +299,38 @@ def test_planning_refuses_short_backgrounds_and_unmeasurable_events(tiny_models,
     assert all(g.a["key"] != "c" and g.b["key"] != "c" for g in groups)  # a 0.2-s event is too short
     with pytest.raises(ValueError, match="0.4 s"):
         _cfg([tmp_path], tmp_path / "edit", tiny_models, mix={"loudness": "lufs"}, min_event_seconds=0.3)
+
+
+def test_segments_of_a_recording_are_distinct_clips_in_one_split(tmp_path, tiny_models):
+    """A 30-s AudioSet item or file cut into three 10-s clips (`segment_seconds`): each clip is its own identity
+    (recording, span) — three, not one kept and two dropped as repeats — and the three share one split, decided
+    per recording (a file's segments were hashed one by one and spread over train and test)."""
+    from finetune.clips import index_clips
+    from shards.manifest import write_manifest
+    from shards.writer import ShardWriter
+
+    rng = np.random.default_rng(0)
+    directory = tmp_path / "set"
+    open_shard_set(directory, {"segments": 1})
+    metas = []
+    for i, span in enumerate([(0, 10), (10, 20), (20, 30)]):
+        metas.append({"key": f"as-Yabc_{i}", "source": "audioset", "id": f"Yabc_30000_{span[0] * 1000}",
+                      "ytid": "Yabc", "start": 30.0, "span": list(span), "labels": ["Dog"]})
+        metas.append({"key": f"folder-long_{i}", "source": "folder", "id": f"long_{span[0] * 1000}",
+                      "path": "/data/long.wav", "span": list(span), "labels": ["Rain"]})
+    metas += [{"key": f"folder-other{i}", "source": "folder", "id": f"other{i}", "path": f"/data/o{i}.wav",
+               "labels": ["Bell"]} for i in range(6)]
+    with ShardWriter(directory, "audio", 0) as w:
+        for meta in metas:
+            clip = audio.Audio((0.1 * rng.standard_normal((1, 16000))).astype(np.float32), 16000)
+            meta |= {"duration": 1.0, "sample_rate": 16000, "channels": 1, "captions": [f"{meta['labels'][0]}."],
+                     "candidates": []}
+            w.write(meta["key"], {fmt.META: meta, fmt.AUDIO: audio.encode_flac(clip)})
+    write_manifest(directory)
+    cfg = _cfg([directory], tmp_path / "edit", tiny_models, splits={"valid": 0.3, "test": 0.3})
+    clips = {c.key: c for c in index_clips(cfg, progress=False)}
+    assert {f"as-Yabc_{i}" for i in range(3)} <= set(clips) and {f"folder-long_{i}" for i in range(3)} <= set(clips)
+    for prefix in ("as-Yabc_", "folder-long_"):
+        assert len({clips[f"{prefix}{i}"].split for i in range(3)}) == 1
+        assert len({clips[f"{prefix}{i}"].identity for i in range(3)}) == 3
+    assert len({c.split for c in clips.values()}) > 1  # the splits are drawn, not all one
