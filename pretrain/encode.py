@@ -49,6 +49,7 @@ class EncodeConfig(Strict):
     prefix: str = "latent"
     codec: CodecSpec = CodecSpec()
     duration: float = 10.0  # seconds per clip (EzAudio trains on 10 s)
+    peak_normalize: bool = False  # each clip to peak 1 before the VAE (EzAudio's data_config.yml `norm: true`)
     batch_size: int = 16
     stats_clips: int = 256
     # a latent shard set or a T2A bundle whose normalisation to reuse (edit groups for an editor initialised
@@ -60,10 +61,12 @@ class EncodeConfig(Strict):
         return config_dict(self) | {"device": None}
 
 
-def _waves(samples: list[tuple[str, dict]], codec: AudioCodec, duration: float):
+def _waves(samples: list[tuple[str, dict]], codec: AudioCodec, duration: float, peak_normalize: bool = False):
     """Decode a batch to (b, a, s) at the codec's rate and fixed length, one row per audio member (`flac`; an
     edit group's `x.flac`, `xa.flac`, `xb.flac`). Returns (key, member, sample, valid seconds) per row, the
-    waves, and (key, sample, error) for the samples that did not decode (a sample fails as a whole)."""
+    waves, and (key, sample, error) for the samples that did not decode (a sample fails as a whole).
+    peak_normalize: each sample scaled to peak 1 (EzAudio's data_config `norm: true`), an edit group's members by
+    one gain (the loudest's), so that X + A − A is still X."""
     good, waves, bad = [], [], []
     for key, sample in samples:
         rows = []
@@ -80,8 +83,9 @@ def _waves(samples: list[tuple[str, dict]], codec: AudioCodec, duration: float):
         except (audio.AudioError, KeyError) as e:
             bad.append((key, sample, f"encode: {e}"))
             continue
+        gain = 1.0 / (max(float(np.abs(x).max()) for _, x in rows) + 1e-9) if peak_normalize else 1.0
         good += [r for r, _ in rows]
-        waves += [x for _, x in rows]
+        waves += [x * gain for _, x in rows]
     return good, torch.from_numpy(np.stack(waves)) if waves else None, bad
 
 
@@ -97,7 +101,7 @@ def _measure(cfg: EncodeConfig, codec: AudioCodec, shards: list[dict]) -> tuple[
             break
     raw = []
     for start in range(0, len(samples), cfg.batch_size):
-        _, waves, _ = _waves(samples[start: start + cfg.batch_size], codec, cfg.duration)
+        _, waves, _ = _waves(samples[start: start + cfg.batch_size], codec, cfg.duration, cfg.peak_normalize)
         if waves is not None:
             raw += list(codec.encode(waves.to(codec.mean.device), normalize=False).cpu())
     if not raw:
@@ -158,7 +162,7 @@ def encode_shard(cfg: EncodeConfig, codec: AudioCodec, entry: dict, index: int, 
         pending: list[tuple[str, dict]] = []
 
         def flush():
-            good, waves, bad = _waves(pending, codec, cfg.duration)
+            good, waves, bad = _waves(pending, codec, cfg.duration, cfg.peak_normalize)
             for key, sample, error in bad:
                 writer.add_failure(key, "failed", error, json.loads(sample.get(fmt.META, b"{}")))
             if good:

@@ -537,3 +537,30 @@ def test_deepspeed_bf16_checkpoints_hold_fp32_master_weights(tmp_path, latents):
     for k, v in master.items():
         torch.testing.assert_close(raw[k], v.float(), rtol=0, atol=0, msg=k)
         torch.testing.assert_close(ema[k], v.float(), rtol=0, atol=0, msg=k)  # not bf16(master): an EMA of masters
+
+
+def test_encode_peak_normalises_clips_and_edit_groups_by_one_gain(tiny_models):
+    """EzAudio trains on peak-normalised clips (data_config `norm: true`); an edit group's three audios share
+    one gain, so that the remove target is still the background in the source."""
+    from pretrain.codec import AudioCodec, CodecConfig
+    from pretrain.encode import _waves
+    from shards import audio
+    from shards import format as fmt
+
+    codec = AudioCodec(CodecConfig(str(tiny_models["oobleck"])))
+    rng = np.random.default_rng(0)
+    x = (0.01 * rng.standard_normal((1, 24000))).astype(np.float32)
+    a = (0.2 * rng.standard_normal((1, 24000))).astype(np.float32)
+
+    def flac(w):
+        return audio.encode_flac(audio.Audio(w, 24000), bits=24)
+
+    samples = [("clip", {fmt.META: b"{}", fmt.AUDIO: flac(x)}),
+               ("group", {fmt.META: b"{}", "x.flac": flac(x), "xa.flac": flac(x + a), "xb.flac": flac(x)})]
+    _, plain, _ = _waves(samples, codec, 1.0)
+    good, waves, _ = _waves(samples, codec, 1.0, peak_normalize=True)
+    assert waves[0].abs().max() == pytest.approx(1.0, abs=1e-4) and plain[0].abs().max() < 0.1
+    rows = {m: w for (_, m, _, _), w in zip(good, waves)}
+    gain = float(waves[2].abs().max() / plain[2].abs().max())  # the loudest member (X + A) at peak 1
+    assert rows["xa.flac"].abs().max() == pytest.approx(1.0, abs=1e-4)
+    torch.testing.assert_close(rows["x.flac"], plain[1] * gain, rtol=1e-4, atol=1e-6)  # X by the same gain
