@@ -35,7 +35,14 @@ from torch import nn
 from pretrain.codec import AudioCodec, CodecConfig
 from pretrain.dit import EzAudioDiT
 from pretrain.objective import FLOW, Objective
-from pretrain.pipeline import PRECISIONS, TextEncoderRef, download_bundle, fast_path, resolve_ref
+from pretrain.pipeline import (
+    PRECISIONS,
+    TextEncoderRef,
+    download_bundle,
+    embed_component,
+    fast_path,
+    resolve_ref,
+)
 from pretrain.sampler import rescale_cfg
 from pretrain.text import TextEncoder
 from shards import audio, windows
@@ -127,6 +134,9 @@ def write_editor_bundle(directory: Path, weights: Path, codec: CodecConfig, text
     directory.mkdir(parents=True, exist_ok=True)
     for name in (DIT_DIR, LORA_DIR):
         shutil.copytree(weights / name, directory / name, dirs_exist_ok=True)
+    pretrained, subfolder = embed_component(codec.pretrained, directory, "codec", codec.subfolder)
+    codec = dataclasses.replace(codec, pretrained=pretrained, subfolder=subfolder)
+    text_ref = dataclasses.replace(text_ref, pretrained=embed_component(text_ref.pretrained, directory, "text_encoder")[0])
     index = {"format": EDITOR_FORMAT, "version": EDITOR_VERSION, **objective.to_dict(), "codec": codec.to_dict(),
              "text_encoder": dataclasses.asdict(text_ref), "sampler": dataclasses.asdict(sampler), "info": info}
     (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def write_bundle(directory: str | Path, dit: EzAudioDiT, codec: CodecConfig, tex
     objective: capflow's flow matching, or a v-prediction DDPM such as EzAudio's (objective.py)."""
     directory = Path(directory)
     dit.save_pretrained(directory / "dit")
+    pretrained, subfolder = embed_component(codec.pretrained, directory, "codec", codec.subfolder)
+    codec = dataclasses.replace(codec, pretrained=pretrained, subfolder=subfolder)
+    if text_ref is not None:
+        text_ref = dataclasses.replace(text_ref, pretrained=embed_component(text_ref.pretrained, directory,
+                                                                            "text_encoder")[0])
     index = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "stage": stage, **objective.to_dict(),
              "codec": codec.to_dict(), "text_encoder": dataclasses.asdict(text_ref) if text_ref else None,
              "sampler": dataclasses.asdict(sampler), "info": info or {}}
@@ -125,9 +131,34 @@ def download_bundle(repo: str, hint: str = "export one with `capflow pretrain`")
                                 f"be fetched ({type(e).__name__}); {hint}") from None
 
 
-def resolve_ref(ref: str, root: Path) -> str:
+def resolve_ref(ref: str, root: Path, what: str = "component") -> str:
+    """A component a bundle names: its folder inside the bundle (a relative name), or the hub id as recorded. A
+    bundle-relative name whose folder is gone (a bundle copied without it) is one line."""
     candidate = root / ref
-    return str(candidate) if not Path(ref).is_absolute() and candidate.exists() else ref
+    if not Path(ref).is_absolute() and candidate.exists():
+        return str(candidate)
+    if ref in EMBEDDED_NAMES:
+        raise FileNotFoundError(f"{root}: its {what} folder `{ref}` is missing; copy the whole bundle folder")
+    return ref
+
+
+EMBEDDED_NAMES = ("codec", "text_encoder", "clap", "ssl")  # the folders local components are copied into
+
+
+def embed_component(ref: str | None, root: Path, name: str, subfolder: str | None = None) -> tuple[str | None, str | None]:
+    """(reference, subfolder) for a component a bundle names, made portable: a local folder (its `subfolder`) is
+    copied into the bundle as `name` and named relatively; one already inside the bundle keeps its name; a hub
+    id stays an id. A bundle never records a local path (it would break when copied, and leak when pushed)."""
+    if ref is None or (not Path(ref).is_absolute() and (root / ref).exists()):
+        return ref, subfolder
+    path = Path(ref)
+    if not path.exists():
+        return ref, subfolder  # a hub id
+    source = path / subfolder if subfolder else path
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: not a model folder to put in the bundle")
+    shutil.copytree(source, root / name, dirs_exist_ok=True)
+    return name, None
 
 
 class TextToAudio:
@@ -172,12 +203,12 @@ class TextToAudio:
         if index.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{root / BUNDLE_NAME}: format {index.get('format')!r} is not {BUNDLE_FORMAT!r}")
         codec_cfg = CodecConfig(**index["codec"])
-        codec_cfg.pretrained = resolve_ref(codec_cfg.pretrained, root)
+        codec_cfg.pretrained = resolve_ref(codec_cfg.pretrained, root, "codec")
         dit = EzAudioDiT.from_pretrained(root / "dit")
         text_ref = TextEncoderRef(**index["text_encoder"]) if index.get("text_encoder") else None
         text_encoder = None
         if text_ref is not None:  # resolved, so a bundle saved from this model elsewhere still finds it
-            text_ref.pretrained = resolve_ref(text_ref.pretrained, root)
+            text_ref.pretrained = resolve_ref(text_ref.pretrained, root, "text encoder")
         if text_ref is not None and dit.has_text:
             text_dtype = "bfloat16" if dtype == "bf16" else text_ref.dtype
             text_encoder = TextEncoder(text_ref.pretrained, text_ref.max_length, text_dtype)

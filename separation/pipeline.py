@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.pipeline import PRECISIONS, download_bundle, fast_path
+from pretrain.pipeline import PRECISIONS, download_bundle, embed_component, fast_path, resolve_ref
 from shards import audio, windows
 
 from .embedder import Embedder
@@ -39,8 +39,10 @@ def write_separation_bundle(directory: Path, asm: Separator, query_dir: Path | N
     asm.save_pretrained(directory / SEPARATOR_DIR)
     if query_dir is not None:
         shutil.copytree(query_dir, directory / QUERY_DIR, dirs_exist_ok=True)
+    clap = embed_component(section.clap_model, directory, "clap")[0]
+    ssl = None if section.ssl == "none" else embed_component(section.ssl, directory, "ssl")[0]
     index = {"format": FORMAT, "version": 1, "sample_rate": section.sample_rate, "chunk": section.chunk,
-             "clap": section.clap_model, "ssl": None if section.ssl == "none" else section.ssl,
+             "clap": clap, "ssl": ssl,
              "one_stage": section.one_stage, "info": info}
     (directory / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return directory
@@ -76,8 +78,9 @@ class LanguageSeparator:
                              "separation.query_from)")
         asm = Separator.from_pretrained(root / SEPARATOR_DIR).to(device).eval()
         query = QueryModel.from_pretrained(root / QUERY_DIR).to(device).eval() if not index["one_stage"] else None
-        clap = Embedder(index["clap"], device)
-        return cls(asm, query, clap, load_ssl(index.get("ssl"), device), index["sample_rate"], index["chunk"],
+        clap = Embedder(resolve_ref(index["clap"], root, "CLAP"), device)
+        ssl = resolve_ref(index["ssl"], root, "SSL encoder") if index.get("ssl") else None
+        return cls(asm, query, clap, load_ssl(ssl, device), index["sample_rate"], index["chunk"],
                    index["one_stage"], dtype)
 
     @torch.no_grad()

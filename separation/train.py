@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pretrain.checkpoint import STATE_NAME, checkpoint_weights, list_checkpoints
+from pretrain.pipeline import embed_component
 from pretrain.train import Trainer
 from shards.config import config_hash, save_config
 from shards.manifest import read_manifest
@@ -126,9 +127,10 @@ class QueryTrainer(_SeparationTrainer):
     def export(self, use_ema: bool = True) -> Path:
         checkpoint, info = self._export_info()
         s = self.cfg.separation
-        index = {"format": QUERY_FORMAT, "sample_rate": s.sample_rate, "clap": s.clap_model, "info": info}
         with staged_dir(self.out / "export", QUERY_FORMAT) as tmp:
             shutil.copytree(checkpoint_weights(checkpoint, use_ema), tmp / QUERY_DIR)
+            index = {"format": QUERY_FORMAT, "sample_rate": s.sample_rate, "info": info,
+                     "clap": embed_component(s.clap_model, tmp, "clap")[0]}
             (tmp / BUNDLE_NAME).write_text(json.dumps(index, indent=2) + "\n")
             save_config(self.cfg, tmp, "training_config.yaml")
         log.info("exported %s", self.out / "export")

@@ -26,6 +26,8 @@ def test_demo_runs_end_to_end(tmp_path):
     separated = json.loads((work / "separation" / "eval_separations" / "report.json").read_text())
     assert {"sdr", "sdri", "si_sdr", "clap", "clap_a"} <= set(separated["metrics"])
     assert (work / "separation" / "without_clicking.wav").stat().st_size > 1000
+    for index in work.rglob("capflow.json"):  # every bundle is self-contained: no local path in its index
+        assert str(work.resolve()) not in index.read_text() and str(work) not in index.read_text(), index
     sft = json.loads((work / "ezaudio" / "sft" / "export" / "capflow.json").read_text())
     assert sft["objective"] == "v-ddpm" and (work / "ezaudio" / "generated.wav").stat().st_size > 1000
 

@@ -110,3 +110,22 @@ def test_the_fast_path_is_the_default_on_cuda_only():
     assert fast_path("cpu", args.dtype, args.compile) == ("fp32", False)
     args = parser.parse_args(["generate", "--checkpoint", "x", "a dog", "-o", "x.wav", "--dtype", "fp32", "--no-compile"])
     assert fast_path("cuda", args.dtype, args.compile) == ("fp32", False)
+
+
+def test_a_bundle_is_self_contained_and_names_no_local_path(tiny_models, tmp_path):
+    """capflow.json named the codec and Flan-T5 by absolute path: a copied or pushed bundle broke. Local
+    components are copied in and named relatively; a missing one is one line."""
+    import json
+    import shutil
+
+    model = TextToAudio.from_pretrained(tiny_models["t2a-untrained"])
+    model.save_pretrained(tmp_path / "b")
+    index = json.loads((tmp_path / "b" / "capflow.json").read_text())
+    assert (index["codec"]["pretrained"], index["text_encoder"]["pretrained"]) == ("codec", "text_encoder")
+    assert str(tmp_path) not in json.dumps(index) and str(tiny_models["oobleck"]) not in json.dumps(index)
+    shutil.move(tmp_path / "b", tmp_path / "moved")
+    moved = TextToAudio.from_pretrained(tmp_path / "moved")
+    assert torch.isfinite(moved.generate(["a dog"], steps=1, duration=0.2)).all()
+    shutil.rmtree(tmp_path / "moved" / "codec")
+    with pytest.raises(FileNotFoundError, match="its codec folder `codec` is missing"):
+        TextToAudio.from_pretrained(tmp_path / "moved")
