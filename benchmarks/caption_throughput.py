@@ -110,6 +110,78 @@ def layouts(tmp: Path, models: dict, clips: int, samples: int) -> dict[str, floa
     return rates
 
 
+FREEZE_DIR: Path | None = None  # set by frozen_actor; the actor class is pickled by value, with it
+
+
+class _FreezingEngineActor:
+    """The first ALM actor to start freezes its whole process (SIGSTOP) on its second call, in every
+    incarnation Ray restarts: the frozen-GPU case of issue #35 (a hung driver, a stuck NCCL call)."""
+
+    def __init__(self, spec: dict):
+        import ray
+
+        from captioner.pools import EngineActor
+
+        self.inner = EngineActor(spec)
+        claim, me = FREEZE_DIR / "claim", ray.get_runtime_context().get_actor_id()
+        try:
+            with open(claim, "x") as f:
+                f.write(me)
+        except FileExistsError:
+            pass
+        self.frozen = spec["model"].endswith("alm") and claim.read_text() == me
+        self.calls = 0
+
+    def info(self):
+        return self.inner.info()
+
+    def generate(self, requests):
+        import signal
+
+        self.calls += 1
+        if self.frozen and self.calls > 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return self.inner.generate(requests)
+
+
+def frozen_actor(tmp: Path, models: dict, clips: int, samples: int, actors: int = 3) -> dict[str, float]:
+    """clips/s of the pools layout with `actors` ALM actors, none frozen and one frozen, in one run."""
+    import cloudpickle
+    import ray
+
+    import captioner.pools as pools
+    from captioner.job import run_caption_job
+
+    global FREEZE_DIR
+    corpus = synth_corpus(tmp / "frozen_corpus", num_clips=clips, num_missing=0, num_corrupt=0)
+    rates = {}
+    for case in ("none frozen", "one frozen"):
+        FREEZE_DIR = tmp / f"freeze_{case.split()[0]}"
+        FREEZE_DIR.mkdir()
+        original = pools.EngineActor
+        if case == "one frozen":
+            cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            pools.EngineActor = _FreezingEngineActor
+        cfg = CaptionConfig.model_validate({
+            "source": SourceConfig(kind="audioset", audio_dir=str(corpus / "audio"),
+                                   segments=[str(corpus / "balanced_train_segments.csv")]).model_dump(),
+            "output": str(tmp / f"frozen_{case.split()[0]}"), "unit_size": 4, "batch_clips": 2,
+            "alm": {"model": str(models["alm"]), "sampling": {"n": samples, "max_new_tokens": 16}},
+            "labels": {"enabled": False}, "clap": {"model": str(models["clap"]), "threshold": -1.0},
+            "ray": {"workers": actors, "num_cpus": 0.1, "alm": {"actors": actors, "num_cpus": 0.1},
+                    "clap": {"num_cpus": 0.1}, "call_timeout": 15.0, "max_restarts": 1}})
+        try:
+            start = time.perf_counter()
+            summary = run_caption_job(cfg, progress=False)
+            rates[case] = summary["ok"] / (time.perf_counter() - start)
+        finally:
+            pools.EngineActor = original
+            if case == "one frozen":
+                cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+            ray.shutdown()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=48)
@@ -117,7 +189,17 @@ def main() -> None:
     parser.add_argument("--unit-size", type=int, default=16)
     parser.add_argument("--plan-rows", type=int, default=200_000, help="rows of the synthetic planning list")
     parser.add_argument("--layout-clips", type=int, default=32, help="clips of the pools-vs-combined comparison")
+    parser.add_argument("--frozen-only", action="store_true",
+                        help="only the frozen-actor comparison (3 ALM actors, one SIGSTOPped, against none)")
     args = parser.parse_args()
+    if args.frozen_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            models = write_all_tiny_models(Path(tmp) / "models")
+            rates = frozen_actor(Path(tmp), models, args.layout_clips, args.samples)
+        print(f"pools layout, 3 ALM actors, {args.layout_clips} clips: none frozen {rates['none frozen']:.2f} clips/s, "
+              f"one frozen {rates['one frozen']:.2f} clips/s -> {rates['one frozen'] / rates['none frozen']:.2f} "
+              "(2/3 = 0.67 if the frozen one only left the routing; deadlines and restarts cost more)")
+        return
     torch.set_num_threads(1)  # "per core"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

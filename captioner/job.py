@@ -20,11 +20,8 @@ import pyarrow.parquet as pq
 
 from shards import format as fmt
 from shards.config import JobFailed
-from shards.units import (
-    dispatch_units,
-    run_unit_job,
-    worker_count,
-)
+from shards.faults import dispatch_units
+from shards.units import run_unit_job, worker_count
 from shards.writer import write_json_atomic
 
 from .config import CaptionConfig, unit_deadline
@@ -41,7 +38,7 @@ def unit_hash(items) -> str:
     return hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest()[:16]
 
 
-def _run_on_ray(cfg: CaptionConfig, units, out, todo, extras, on_done, on_failed) -> dict[int, str]:
+def _run_on_ray(cfg: CaptionConfig, units, out, report, todo, extras, on_done, on_failed) -> dict[int, str]:
     import ray
 
     cfg_dict = cfg.model_dump(mode="json")
@@ -50,7 +47,7 @@ def _run_on_ray(cfg: CaptionConfig, units, out, todo, extras, on_done, on_failed
         Worker = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(CaptionWorker)
         count = worker_count(cfg.ray.workers)
         return dispatch_units(lambda k: Worker.remote(cfg_dict), count, units, todo, out, extras, on_done,
-                              cfg.ray.max_retries, on_failed, deadline)
+                              cfg.ray.max_retries, on_failed, deadline, report=report)
     plan = plan_pools(cfg, ray.cluster_resources().get("GPU", 0.0))
     log.info("pools: %d ALM, %d LLM, %d CLAP actors (%g GPUs), %d unit writers", plan.alm, plan.llm, plan.clap,
              plan.gpus(), plan.writers)
@@ -58,7 +55,7 @@ def _run_on_ray(cfg: CaptionConfig, units, out, todo, extras, on_done, on_failed
     Writer = ray.remote(num_cpus=plan.writer_cpus)(UnitWriter)
     try:
         return dispatch_units(lambda k: Writer.remote(cfg_dict, *pools, k), plan.writers, units, todo, out, extras,
-                              on_done, cfg.ray.max_retries, on_failed, deadline)
+                              on_done, cfg.ray.max_retries, on_failed, deadline, report=report)
     finally:
         for handle in (h for pool in pools for h in pool):
             ray.kill(handle)
@@ -83,13 +80,13 @@ def run_caption_job(cfg: CaptionConfig, ray_address: str | None = None, progress
     Every path is resolved here, on the driver, before anything is shipped to a worker."""
     cfg = cfg.resolved()
     items, units, hashes, partitioning = plan_units(cfg)
-    out = Path(cfg.output)
+    out, report = Path(cfg.output), Counter()
     manifest, failed, timings, seconds = run_unit_job(
         cfg, ray_address, cfg.identity(), partitioning, units, hashes,
         rows=lambda i: [(it.key, it.meta()) for it in units[i]], local_worker=lambda: CaptionWorker(cfg),
-        on_ray=lambda *run: _run_on_ray(cfg, units, out, *run), plan=f"{len(items)} clips", desc="captioning",
-        progress=progress)
-    summary = summarize(out, manifest, failed, seconds, timings)
+        on_ray=lambda *run: _run_on_ray(cfg, units, out, report, *run), plan=f"{len(items)} clips",
+        desc="captioning", progress=progress)
+    summary = summarize(out, manifest, failed, seconds, timings) | {"faults": dict(report)}
     write_json_atomic(out / SUMMARY_NAME, summary)
     if summary["ok"] == 0:
         raise NoClipsCaptioned(f"no clip was captioned into {out}: statuses {summary['failures'] or '{}'}, failed "

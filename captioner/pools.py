@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from shards.units import ActorPool
+from shards.faults import ActorPool
 
 from .config import CaptionConfig, PoolConfig
 
@@ -88,7 +88,7 @@ def actor_options(role: str, plan: PoolPlan, cfg: CaptionConfig) -> dict:
     gpus = {"alm": plan.alm_gpus, "llm": plan.llm_gpus, "clap": plan.clap_gpus}[role]
     tp = {"alm": plan.alm_tp, "llm": plan.llm_tp, "clap": 1}[role]
     # an engine that dies (OOM, a lost node) is restarted by Ray where the cluster has room (max_restarts); its
-    # callers retry elsewhere (shards.units.ActorPool), so Ray does not retry the call itself
+    # callers retry elsewhere (shards.faults.ActorPool), so Ray does not retry the call itself
     options = {"num_cpus": pool.num_cpus, "max_restarts": cfg.ray.max_restarts, "max_task_retries": 0}
     if tp > 1:
         from ray.util.placement_group import placement_group
@@ -135,11 +135,12 @@ class ClapActor:
 
 class RemoteEngine(ActorPool):
     """An engine pool seen as one engine (`generate`, `name`, `sample_rate`), for CaptionWorker: requests go to
-    the least-loaded live actor, with a deadline; dead or hung actors leave the routing (shards.units)."""
+    the least-loaded healthy actor, with a deadline; hung or restarting actors come back after a probe, dead ones
+    leave the routing (shards.faults)."""
 
     def __init__(self, handles: list, timeout: float | None, start_timeout: float | None = None, offset: int = 0,
                  name: str = "engine"):
-        super().__init__(handles, timeout, offset, name)
+        super().__init__(handles, timeout, offset, name, patience=start_timeout)
         info = self.call("info", timeout=start_timeout)  # any live actor: the first may be the dead one
         self.name, self.sample_rate = info["name"], info["sample_rate"]
 
@@ -149,7 +150,7 @@ class RemoteEngine(ActorPool):
 
 class RemoteClap(ActorPool):
     def __init__(self, handles: list, timeout: float | None, start_timeout: float | None = None, offset: int = 0):
-        super().__init__(handles, timeout, offset, "clap")
+        super().__init__(handles, timeout, offset, "clap", patience=start_timeout)
         self.sample_rate = self.call("info", timeout=start_timeout)["sample_rate"]
 
     def score_many(self, jobs):

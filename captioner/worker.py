@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shards import audio
+from shards.faults import is_infrastructure
 from shards.format import AUDIO, META
 from shards.writer import ShardWriter
 
@@ -31,15 +32,6 @@ from .config import CaptionConfig
 from .engines import Request, clean_caption, dedupe, make_engine
 from .labels import enrichment_prompt
 from .sources import Item
-
-# Exception classes (by name, anywhere in the MRO: Ray re-raises task errors as subclasses of the cause)
-# that mean the machine, not the clip, failed.
-INFRASTRUCTURE = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError", "OwnerDiedError",
-                  "NodeDiedError", "WorkerCrashedError", "OutOfMemoryError", "RaySystemError"}
-
-
-def is_infrastructure(error: BaseException) -> bool:
-    return isinstance(error, (OSError, MemoryError)) or any(c.__name__ in INFRASTRUCTURE for c in type(error).__mro__)
 
 
 def error_text(stage: str, error: BaseException) -> str:

@@ -23,17 +23,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from captioner.clap import ClapScorer
+from captioner.config import unit_deadline
 from captioner.engines import make_engine
 from shards import audio
 from shards import format as fmt
 from shards.audio import conform
 from shards.config import JobFailed
+from shards.faults import dispatch_units
 from shards.mix import group_gain, place, seeded_rng
-from shards.units import (
-    dispatch_units,
-    run_unit_job,
-    worker_count,
-)
+from shards.units import run_unit_job, worker_count
 from shards.writer import ShardWriter, write_json_atomic
 
 from .clips import index_clips, read_clip
@@ -215,8 +213,10 @@ def run_edit_data(cfg: EditDataConfig, ray_address: str | None = None, progress:
         count = worker_count(cfg.ray.workers)  # "auto": one per GPU, as captioning
         cfg_dict = cfg.model_dump(mode="json")
         ray_units = [[asdict(g) for g in u] for u in units]
+        # a unit's deadline, as captioning's: its model load, then calls per batch (a hung worker never blocks)
+        deadline = unit_deadline(cfg.ray, cfg.unit_size, cfg.batch_groups)
         return dispatch_units(lambda k: Worker.remote(cfg_dict), count, ray_units, todo, out, extras, on_done,
-                              cfg.ray.max_retries, on_failed)
+                              cfg.ray.max_retries, on_failed, deadline)
 
     manifest, failed, timings, seconds = run_unit_job(
         cfg, ray_address, cfg.identity(), partitioning, units, hashes,

@@ -3,13 +3,8 @@
 
 - `init_ray`: join a cluster or start a local Ray; a cluster that cannot be joined is one line, raised before
   the job writes anything.
-- `ActorPool`: resident actors (engines, CLAP) seen as one callee. Calls go to the least-loaded live actor and
-  have a deadline; an actor that dies for good (after Ray's restarts, which replace a crashed actor where the
-  cluster has room) or misses its deadline (killed, so that Ray restarts it) leaves the routing, and the call
-  is retried on the actors that live. A pool with no live actor raises `PoolExhausted`.
-- `dispatch_units`: units over resident worker actors, a deadline per unit, a dead or hung worker replaced,
-  a failed unit retried, then handed to `on_failed` (which writes it as a shard of failed rows).
-- `run_units_in_process`: the same retry-then-report policy in this process.
+- the failure policy (actor pools, unit dispatch on Ray, which errors are the machine's) is `faults.py`'s;
+- `run_units_in_process`: its retry-then-report policy in this process (no infrastructure to fail).
 - `run_unit_job`: a job's frame around them: refuse a resume of another job, run the pending units with a
   progress bar, write their failures as rows, then the manifest.
 - `check_done_units`: a rerun refuses shards of another job or of other items.
@@ -22,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -39,10 +33,6 @@ log = logging.getLogger(__name__)
 
 class ClusterUnavailable(JobFailed):
     """The Ray cluster named by --ray-address cannot be joined."""
-
-
-class PoolExhausted(RuntimeError):
-    """Every actor of a pool is dead or missed its deadline."""
 
 
 def init_ray(env_vars: list[str], address: str | None) -> None:
@@ -77,82 +67,6 @@ def init_ray(env_vars: list[str], address: str | None) -> None:
             f"cannot join the Ray cluster at {address}: {reason}. Check the address (the head's `ray start --head` "
             "prints it); a head with token authentication (RAY_AUTH_MODE=token) needs its token here too "
             "(RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), a head without it RAY_AUTH_MODE=disabled here") from None
-
-
-class ActorPool:
-    """Calls on a pool of actors: least-loaded live actor first (ties in rotation from `offset`), a deadline
-    per call (`timeout` seconds; None: none), dead and hung actors dropped. Thread-safe."""
-
-    def __init__(self, handles: list, timeout: float | None = None, offset: int = 0, name: str = "pool"):
-        import ray
-
-        if not handles:
-            raise ValueError(f"an empty actor pool ({name})")
-        self._ray, self.handles, self.timeout, self.name = ray, list(handles), timeout, name
-        self.inflight = [0] * len(handles)
-        self.backoff = [0.0] * len(handles)  # an actor Ray is restarting is tried again after this time
-        self.dead: dict[int, str] = {}
-        self._turn = offset
-        self._lock = threading.Lock()
-        self.timings: dict[str, float] = defaultdict(float)
-
-    def live(self) -> list[int]:
-        return [i for i in range(len(self.handles)) if i not in self.dead]
-
-    def _pick(self, tried: set[int]) -> int | None:
-        with self._lock:
-            live = [i for i in self.live() if i not in tried]
-            if not live:
-                return None
-            self._turn += 1
-            n, now = len(self.handles), time.monotonic()
-            i = min(live, key=lambda k: (self.backoff[k] > now, self.inflight[k], (k - self._turn) % n))
-            self.inflight[i] += 1
-            wait = self.backoff[i] - now
-        if wait > 0:  # only restarting actors are left: wait for the next one to be back
-            time.sleep(wait)
-        return i
-
-    def _drop(self, i: int, why: str, kill: bool) -> None:
-        with self._lock:
-            if i in self.dead:
-                return
-            self.dead[i] = why
-        log.warning("%s actor %d leaves the routing (%s); %d of %d live", self.name, i, why, len(self.live()),
-                    len(self.handles))
-        if kill:  # a hung actor: Ray restarts it where it has restarts left (other callers then reach the new one)
-            try:
-                self._ray.kill(self.handles[i], no_restart=False)
-            except Exception:  # noqa: BLE001  (already gone)
-                pass
-
-    def call(self, method: str, *args, stage: str | None = None, timeout: float | None = None):
-        """`method(*args)` on one live actor; on an actor's death or a missed deadline, on another."""
-        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
-
-        timeout = self.timeout if timeout is None else timeout
-        tried: set[int] = set()
-        start = time.perf_counter()
-        while (i := self._pick(tried)) is not None:
-            tried.add(i)
-            try:
-                result = self._ray.get(getattr(self.handles[i], method).remote(*args), timeout=timeout)
-            except GetTimeoutError:
-                self._drop(i, f"no answer to {method} within {timeout:g} s", kill=True)
-                continue
-            except ActorUnavailableError:  # Ray is restarting it: other actors first, this one again later
-                self.backoff[i] = time.monotonic() + 2.0
-                tried.discard(i)
-                continue
-            except RayActorError as e:  # dead for good: its restarts are spent (or it cannot be scheduled)
-                self._drop(i, f"died: {str(e).strip().splitlines()[0][:200]}", kill=False)
-                continue
-            finally:
-                with self._lock:
-                    self.inflight[i] -= 1
-            self.timings[stage or method] += time.perf_counter() - start
-            return result
-        raise PoolExhausted(f"no live {self.name} actor: " + "; ".join(f"{k}: {w}" for k, w in sorted(self.dead.items())))
 
 
 def check_done_units(out: Path, job_hash: str, unit_hashes: list[str]) -> None:
@@ -208,60 +122,6 @@ def write_failed_unit(out: Path, prefix: str, index: int, rows: list[tuple[str, 
         for key, meta in rows:
             writer.add_failure(key, "failed", f"unit failed after its retries: {error}", meta)
     return writer.stats
-
-
-def dispatch_units(make_worker, count: int, units, todo, out: Path, extras, on_done, retries: int,
-                   on_failed=None, unit_timeout: float | None = None) -> dict[int, str]:
-    """Units over resident Ray actors (any class with process_unit), one unit in flight per actor. A unit
-    whose worker died or missed `unit_timeout` is retried on a fresh worker; a unit that fails more than
-    `retries` times is reported (returned) and handed to `on_failed(i, error)`."""
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-
-    workers = [make_worker(k) for k in range(min(count, len(todo)))]
-    made = len(workers)
-    queue, attempts, failed, running = list(todo), Counter(), {}, {}
-
-    def submit(worker):
-        if queue:
-            i = queue.pop(0)
-            running[worker.process_unit.remote(i, units[i], str(out), extras[i])] = (i, worker, time.monotonic())
-
-    def fail(i: int, error: str) -> None:
-        attempts[i] += 1
-        if attempts[i] <= retries:
-            log.warning("unit %d failed (attempt %d of %d), retrying: %s", i, attempts[i], retries + 1, error)
-            queue.append(i)
-            return
-        failed[i] = error
-        log.error("unit %d failed %d times, giving up: %s", i, attempts[i], error)
-        if on_failed is not None:
-            on_failed(i, error)
-
-    for w in workers:
-        submit(w)
-    while running:
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=None if unit_timeout is None else 5.0)
-        if not ready:  # a deadline check: a worker past it is killed, replaced, and its unit retried
-            now = time.monotonic()
-            for ref, (i, worker, started) in list(running.items()):
-                if now - started > unit_timeout:
-                    running.pop(ref)
-                    ray.kill(worker, no_restart=True)
-                    fail(i, f"no result within {unit_timeout:g} s (worker killed)")
-                    made += 1
-                    submit(make_worker(made))
-            continue
-        i, worker, _ = running.pop(ready[0])
-        try:
-            on_done(ray.get(ready[0]))
-        except (RayTaskError, RayActorError) as e:
-            if isinstance(e, RayActorError):  # the actor died (OOM, node loss): replace it
-                made += 1
-                worker = make_worker(made)
-            fail(i, str(e).strip().splitlines()[-1])
-        submit(worker)
-    return failed
 
 
 def run_units_in_process(worker, units, todo, out, extras, on_done, retries: int, on_failed=None) -> dict[int, str]:

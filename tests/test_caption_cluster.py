@@ -333,18 +333,22 @@ class FaultyEngineActor(FakeEngineActor):
             served = FAULT_DIR / "served"
             if served.exists():
                 (FAULT_DIR / f"fault-{os.getpid()}").write_text("")
-                if (FAULT_DIR / "mode").read_text() == "dies":
+                mode = (FAULT_DIR / "mode").read_text()
+                if mode == "dies":
                     os._exit(1)
+                if mode == "freezes":  # the whole process stops (SIGSTOP): its probes get no answer either
+                    os.kill(os.getpid(), signal.SIGSTOP)
                 time.sleep(3600)
             served.write_text("")
         return super().generate(requests)
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode", ["dies", "hangs"])
+@pytest.mark.parametrize("mode", ["dies", "hangs", "freezes"])
 def test_an_engine_actor_lost_for_good_mid_job_leaves_the_routing(corpus, tmp_path, monkeypatch, mode):
-    """Two ALM actors; one serves a request, then dies on every call (even after Ray restarts it) or hangs past
-    the call deadline. The job finishes on the live one: every clip exactly once, no unit lost."""
+    """Two ALM actors; one serves a request, then dies on every call (even after Ray restarts it), hangs past
+    the call deadline, or freezes (SIGSTOP on its process) in every incarnation. The job finishes on the live
+    one: every clip exactly once, no unit lost, none a failed row."""
     global FAULT_DIR
     (tmp_path / "faults").mkdir()
     (tmp_path / "faults" / "mode").write_text(mode)
