@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _evaluate(args) -> int:
@@ -19,8 +20,17 @@ def _evaluate(args) -> int:
             overrides.append(f"{key}={json.dumps(value)}")
     if args.metrics:
         overrides.append(f"metrics={json.dumps(args.metrics.split(','))}")
+    if args.strict:
+        overrides.append("strict=true")
     cfg = load_config(EvalConfig, args.config, overrides)
     report = evaluate(cfg)
+    from .evaluate import skipped_generated
+
+    if skipped := skipped_generated(report):
+        first = next(iter(skipped))
+        print(f"warning: {len(skipped)} of {report['n_generated']} generated clips could not be scored (first: "
+              f"{first}: {skipped[first]}); the metrics are over the rest; see {cfg.out}/report.md (--strict "
+              "refuses such a set)", file=sys.stderr)
     for name, result in report["metrics"].items():
         value = result.get("value")
         print(f"{name:<8} {'n/a' if value is None else f'{value:.4f}'}  ({result.get('backbone') or 'waveform'}, "
@@ -41,6 +51,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="report folder (default ./eval)")
     p.add_argument("--config", default=None, help="YAML config (evaluation.evaluate.EvalConfig); flags override it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a generated set with an unreadable, empty or non-finite clip (default: score the rest "
+                        "and say how many were left out)")
     p.set_defaults(func=_evaluate)
 
 

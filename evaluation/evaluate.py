@@ -53,6 +53,7 @@ class EvalConfig(Strict):
     out: str = "eval"
     cache_dir: str | None = None  # default: OUT/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    strict: bool = False  # refuse, before any backbone loads, a generated set with an unreadable or empty clip
 
 
 @dataclass
@@ -233,6 +234,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     for clip_id, caption in _captions(cfg.captions).items():
         if clip_id in generated:
             generated[clip_id].caption = caption
+    if cfg.strict:
+        check_generated(generated)
     reference = collect(cfg.reference) if cfg.reference else {}
     needs_reference = {"fd", "kl", "fad", "fad_inf", "clap_a", "lsd", "mel"} & set(cfg.metrics)
     if needs_reference and not reference and not any(c.reference for c in generated.values()):
@@ -266,6 +269,29 @@ def evaluate(cfg: EvalConfig) -> dict:
     report["seconds_per_clip"] = round(report["seconds"] / max(1, len(generated)), 4)
     _write(Path(cfg.out), report)
     return report
+
+
+def check_generated(generated: dict[str, Clip]) -> None:
+    """Every generated clip decodes (finite samples, not empty), or one line naming the first that does not."""
+    bad = {}
+    for clip_id, clip in tqdm(generated.items(), desc="checking generated clips", unit="clip", leave=False):
+        try:
+            if clip.load().samples.size == 0:
+                bad[clip_id] = "empty"
+        except (audio.AudioError, OSError) as e:
+            bad[clip_id] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if bad:
+        first = next(iter(bad))
+        raise ValueError(f"--strict: {len(bad)} of {len(generated)} generated clips cannot be scored (first: "
+                         f"{first}: {bad[first]}); fix or remove them, or drop --strict to score the rest")
+
+
+def skipped_generated(report: dict) -> dict[str, str]:
+    """The generated clips some metric could not score (unreadable, empty, non-finite), with the reason."""
+    out: dict[str, str] = {}
+    for result in report["metrics"].values():
+        out.update(result.get("skipped", {}).get("generated", {}))
+    return out
 
 
 def _metrics(cfg: EvalConfig, generated: dict[str, Clip], reference: dict[str, Clip], embedded: dict[str, Embedded],
@@ -406,7 +432,21 @@ def _write(out: Path, report: dict) -> None:
     lines += [""] + [f"- audio preparation `{k}`: {v}" for k, v in sorted(preparations.items())]
     lines += ["", f"{report['n_generated']} generated clips, {report['n_reference']} reference clips, "
               f"{report['seconds_per_clip']} s per clip to evaluate.{made}"]
+    if {"fd", "kl", "is"} & set(report["metrics"]):
+        lines += ["", "FD, KL and IS are on PANNs CNN14 (16 kHz), the backbone the published text-to-audio results "
+                  "(AudioLDM, Tango, EzAudio) were computed with; audioldm_eval's current default backbone is MERT, "
+                  "whose numbers are not comparable with those."]
+    if skipped := skipped_generated(report):
+        lines += ["", f"{len(skipped)} generated clips could not be scored: "
+                  + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:10])]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    per_clip = {name: r["per_clip"] for name, r in report["metrics"].items() if r.get("per_clip")}
+    if per_clip:  # one row per clip, a column per metric that has per-clip values (as fadtk writes them)
+        ids = sorted({i for values in per_clip.values() for i in values})
+        with open(out / "per_clip.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", *per_clip])
+            writer.writerows([i, *(values.get(i, "") for values in per_clip.values())] for i in ids)
     clap = report["metrics"].get("clap", {}).get("per_clip")
     clap_a = report["metrics"].get("clap_a", {}).get("per_clip")
     if not clap:

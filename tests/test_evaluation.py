@@ -86,6 +86,8 @@ def test_identical_sets_score_zero_and_reports_carry_the_protocol(clips, tiny_mo
     assert m["fd"]["reference_cached"] and m["fd"]["value"] > 0  # reference embedded once, by the first run
     assert m["clap"]["n_pairs"] == 9 and (tmp_path / "noisy" / "clap_per_clip.png").is_file()
     assert m["clap_a"]["n_pairs"] == 9 and (tmp_path / "noisy" / "clap_vs_clap_a.png").is_file()
+    rows = (tmp_path / "noisy" / "per_clip.csv").read_text().splitlines()  # as fadtk writes per-clip scores
+    assert rows[0] == "id,clap,clap_a" and len(rows) == 10
     expected = []
     for path in sorted((clips / "ref").iterdir()):
         r, _ = sf.read(path)
@@ -313,3 +315,25 @@ def test_official_checkpoint_layouts_load_and_code_is_refused(tiny_models, tmp_p
     torch.save({"model": Exploit()}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match="Weights only load failed"):
         _state_dict(tmp_path / "evil.pth")
+
+
+def test_unscorable_generated_clips_are_said_and_strict_refuses(clips, tiny_models, tmp_path, capsys):
+    """A generated set with a non-finite and an empty file: the console says how many were left out (the report
+    too), and --strict refuses the set in one line before any backbone loads."""
+    import shutil
+
+    from capflow.cli import main
+
+    shutil.copytree(clips / "gen", tmp_path / "gen")
+    sf.write(tmp_path / "gen" / "nan.wav", np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    (tmp_path / "gen" / "empty.wav").write_bytes(b"")
+    args = ["evaluate", str(tmp_path / "gen"), "--metrics", "is", "--models", str(tiny_models["clap"].parent),
+            "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 of 11 generated clips could not be scored" in err
+    assert "2 generated clips could not be scored" in (tmp_path / "ev" / "report.md").read_text()
+    assert "MERT" in (tmp_path / "ev" / "report.md").read_text()
+    assert main([*args, "--strict"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--strict: 2 of 11 generated clips cannot be scored" in errors[0]
