@@ -115,8 +115,25 @@ def load_editor_module(cfg: FinetuneConfig) -> tuple[EditorModule, TextEncoderRe
 
 
 def _model_ref(ref: str | None) -> str | None:
-    """A model reference compared by what it names: a local directory by its resolved path, else the hub id."""
-    return str(Path(ref).resolve()) if ref and Path(ref).exists() else ref
+    """A model reference compared by what it names: a local folder by its contents (config and weights: a
+    bundle holds a copy of the codec it was trained with), else the hub id."""
+    if not ref or not Path(ref).is_dir():
+        return ref
+    import hashlib
+
+    from shards.validate import sha256_file
+
+    files = sorted(p for p in Path(ref).rglob("*") if p.is_file() and (p.suffix in (".safetensors", ".bin")
+                                                                        or p.name == "config.json"))
+    digest = hashlib.sha256()
+    for p in files:
+        text = p.read_text() if p.name == "config.json" else None
+        if text is not None:  # diffusers records its version and the class name: not what the codec computes
+            config = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+            digest.update(json.dumps(config, sort_keys=True).encode())
+        else:
+            digest.update(sha256_file(p).encode())
+    return f"weights:{digest.hexdigest()[:16]}"
 
 
 BEST_DIR, BEST_NAME, BEST_FORMAT = "best", MARKER, "capflow-editor-best"  # the best-so-far weights
@@ -248,10 +265,10 @@ class EditTrainer(Trainer):
         score = super().validate()
         if self.cfg.edit.export == "best":
             # the EMA's or the fp32 masters' values (a collective under DeepSpeed: every rank)
-            values = self.ema_weights() if self.ema is not None else self.master_weights()
+            values = self.ema_weights() if self.ema is not None else self.weights.masters()
             best = self.best() if self.acc.is_main_process else None
             if self.acc.is_main_process and score is not None and (best is None or score > best["validation_clap"]):
-                with staged_dir(self.out / BEST_DIR, BEST_FORMAT) as tmp, self._weights(values):
+                with staged_dir(self.out / BEST_DIR, BEST_FORMAT) as tmp, self.weights.module_holding(values):
                     self.unwrapped.save_pretrained(tmp)
                     (tmp / BEST_NAME).write_text(json.dumps({"format": BEST_FORMAT, "step": validated,
                                                            "validation_clap": score}) + "\n")

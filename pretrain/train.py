@@ -52,6 +52,7 @@ from .flow import flow_loss, span_mask
 from .objective import FLOW, Objective
 from .pipeline import BUNDLE_FORMAT, bundle_objective
 from .text import TextEncoder
+from .weights import TrainedWeights
 
 log = logging.getLogger("capflow.pretrain")
 SETTLE_EVERY = 100  # steps whose numbers may wait on the device for a log (one host read per this many at least)
@@ -206,6 +207,7 @@ class Trainer:
             model.compile()  # in place: parameter names, state dicts and checkpoints stay the module's own
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        self.weights = TrainedWeights(self.unwrapped, self.model.optimizer if plugin is not None else None)
         # an adversarial objective's discriminator and its own optimizer (saved and resumed with the rest)
         self.discriminator = self.opt_d = None
         self.last_d_loss = float("nan")
@@ -219,8 +221,8 @@ class Trainer:
         if cfg.ema.enabled:
             e = cfg.ema
             # DeepSpeed bf16/fp16: the EMA follows this rank's fp32 master partitions, never the rounded module
-            self.ema_flats = self.master_partitions()
-            followed = self.ema_flats or self.trainable()
+            self.ema_flats = self.weights.partitions()
+            followed = self.ema_flats or self.weights.params()
             self.ema = LerpEMA(followed, decay=e.decay, use_ema_warmup=e.warmup == "power",
                                 inv_gamma=e.inv_gamma, power=e.power, update_after_step=e.update_after_step,
                                 foreach=True)  # one multi-tensor lerp per step, in place
@@ -237,9 +239,9 @@ class Trainer:
             ema_values = None
             if self.ema is not None and (path / EMA_DIR).is_dir():
                 saved = self.unwrapped.saved_weights(path / EMA_DIR)
-                ema_values = [saved[name] for name in self._trainable_names()]
+                ema_values = [saved[name] for name in self.weights.names()]
                 if self.ema_flats is not None:  # this rank's partitions of the saved EMA
-                    ema_values = self._partitions_of(dict(zip(self._trainable_names(), ema_values)))
+                    ema_values = self.weights.ema_partitions(dict(zip(self.weights.names(), ema_values)))
             load_loop_state(path, self.state, self.ema, ema_values)
             log.info("resumed from %s at step %d (micro-batch %d)", path, self.state.step, self.state.micro)
         self.stream = self.make_stream()
@@ -292,10 +294,6 @@ class Trainer:
     @property
     def unwrapped(self) -> torch.nn.Module:
         return self.acc.unwrap_model(self.model)
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        """The parameters the optimizer and the EMA follow (a frozen base model's are left out)."""
-        return [p for p in self.unwrapped.parameters() if p.requires_grad]
 
     def _finite_everywhere(self, *values: torch.Tensor) -> torch.Tensor:
         """A device bool: every value is finite on every rank (an all-reduce on the device, no host read)."""
@@ -364,7 +362,7 @@ class Trainer:
         parameter must be there; frozen ones keep what the module was built with)."""
         models.pop(0)
         state = self.unwrapped.saved_weights(Path(input_dir) / RAW_DIR)
-        missing = [n for n in self._trainable_names() if n not in state]
+        missing = [n for n in self.weights.names() if n not in state]
         if missing:
             raise ValueError(f"{input_dir}/{RAW_DIR} lacks {len(missing)} trained tensors ({missing[:3]}); is this "
                              "checkpoint from another model?")
@@ -372,87 +370,17 @@ class Trainer:
         if unexpected:
             raise ValueError(f"{input_dir}/{RAW_DIR} has tensors this model lacks ({unexpected[:3]})")
 
-    def _trainable_names(self) -> list[str]:
-        return [n for n, p in self.unwrapped.named_parameters() if p.requires_grad]
-
-    def master_weights(self) -> dict[str, torch.Tensor]:
-        """float32 values of the trainable parameters that the module holds in lower precision: DeepSpeed
-        bf16/fp16 keeps the fp32 master weights in its optimizer partitions, gathered here (a collective: every
-        rank calls it). Empty when the module itself is float32 (DDP, one device, autocast mixed precision)."""
-        if not self.is_deepspeed:
-            return {}
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        out = {}
-        for name, p in self.unwrapped.named_parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                full = safe_get_full_fp32_param(p)
-                if full is not None:
-                    out[name] = full.detach()
-        return out
-
-    def master_partitions(self) -> list[torch.Tensor] | None:
-        """This rank's fp32 master partitions (flat, one per parameter group) when DeepSpeed trains the module in
-        bf16/fp16 (ZeRO 1/2: `single_partition_of_fp32_groups`; stage 0 bf16: `fp32_groups_flat_partition`);
-        None when the module itself is float32."""
-        if not self.is_deepspeed or all(p.dtype == torch.float32 for p in self.trainable()):
-            return None
-        engine_optimizer = self.model.optimizer
-        for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
-            if flats := getattr(engine_optimizer, attr, None):
-                return list(flats)
-        raise ValueError(f"ema.enabled with DeepSpeed's {type(engine_optimizer).__name__} (ZeRO stage 3?): the EMA "
-                         "follows the fp32 master partitions of ZeRO stages 0-2; use stage 2 or ema.enabled false")
-
-    @contextlib.contextmanager
-    def _masters_set_to(self, flats: list[torch.Tensor]):
-        """The fp32 master partitions temporarily hold `flats` (the EMA's): DeepSpeed's gather and scatter of
-        full parameters then read and write those."""
-        saved = [f.detach().clone() for f in self.ema_flats]
-        try:
-            with torch.no_grad():
-                for f, v in zip(self.ema_flats, flats):
-                    f.copy_(v)
-            yield
-        finally:
-            with torch.no_grad():
-                for f, s in zip(self.ema_flats, saved):
-                    f.copy_(s)
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer and the EMA follow (a frozen base model's are left out)."""
+        return self.weights.params()
 
     def ema_weights(self) -> dict[str, torch.Tensor]:
         """The EMA's float32 values by parameter name (under DeepSpeed a collective: every rank calls it)."""
-        if self.ema_flats is None:
-            return dict(zip(self._trainable_names(), self.ema.shadow_params))
-        with self._masters_set_to(self.ema.shadow_params):
-            return self.master_weights()
-
-    def _partitions_of(self, values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Full fp32 values by name -> this rank's partitions of them (the inverse of ema_weights)."""
-        from deepspeed.utils import safe_set_full_fp32_param
-
-        params = dict(self.unwrapped.named_parameters())
-        with self._masters_set_to(self.ema_flats):
-            for name, value in values.items():
-                safe_set_full_fp32_param(params[name], value.to(params[name].device, torch.float32))
-            return [f.detach().clone() for f in self.ema_flats]
-
-    @contextlib.contextmanager
-    def _weights(self, values: dict[str, torch.Tensor]):
-        """The module's parameters temporarily set to `values` (by name, any dtype), so that its own
-        save_pretrained writes them as they are."""
-        params = dict(self.unwrapped.named_parameters())
-        originals = {n: params[n].data for n in values}
-        try:
-            for n, v in values.items():
-                params[n].data = v
-            yield
-        finally:
-            for n, d in originals.items():
-                params[n].data = d
+        return self.weights.ema_values(self.ema.shadow_params, partitioned=self.ema_flats is not None)
 
     def weights_finite(self) -> bool:
         """Every trained weight (and the EMA) is finite, on every rank."""
-        finite = all(torch.isfinite(p).all() for p in self.trainable())
+        finite = all(torch.isfinite(p).all() for p in self.weights.params())
         if self.ema is not None:
             finite = finite and all(torch.isfinite(p).all() for p in self.ema.shadow_params)
         return self._all_finite(torch.tensor(0.0 if finite else float("nan")))
@@ -516,7 +444,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.ema_flats or self.trainable())
+            self.ema.step(self.ema_flats or self.weights.params())
         st.step += 1
         st.samples += samples * self.acc.num_processes
         return {"step": st.step, "ok": ok, "loss_sum": loss_sum, "grad_norm": grad_norm, "micro_batches": done,
@@ -609,14 +537,14 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp))
-        master = self.master_weights()  # a collective under DeepSpeed: every rank takes part
+        master = self.weights.masters()  # a collective under DeepSpeed: every rank takes part
         ema = self.ema_weights() if self.ema is not None else None  # likewise
         self.acc.wait_for_everyone()  # every rank's shard of the state is on disk before the rename
         if self.acc.is_main_process:
-            with self._weights(master):  # float32 from the master copy, never the bf16 module's rounding
+            with self.weights.module_holding(master):  # float32 from the master copy, never the bf16 module's rounding
                 self.unwrapped.save_pretrained(tmp / RAW_DIR)
             if ema is not None:
-                with self._weights(ema):
+                with self.weights.module_holding(ema):
                     self.unwrapped.save_pretrained(tmp / EMA_DIR)
             save_loop_state(tmp, self.state, self.ema)
             save_config(self.cfg, tmp)
@@ -644,7 +572,7 @@ class Trainer:
             if self.validator is None:
                 self.validator = self.make_validator()
             params = dict(self.unwrapped.named_parameters())
-            with self._weights({n: v.to(params[n].dtype) for n, v in ema.items()}):  # in the module's precision
+            with self.weights.module_holding({n: v.to(params[n].dtype) for n, v in ema.items()}):  # in the module's precision
                 score = self.validator.run(self.unwrapped, self.state.step, self.out / "validation")
             if score is not None:
                 self.last_val_clap = score

@@ -266,10 +266,11 @@ def test_size_and_text_encoder_come_from_the_tensors_and_the_card_credits_ezaudi
         assert len(errors) == 1 and message in errors[0], errors
     assert not (tmp_path / "b").exists()
 
-    relative = os.path.relpath(tiny_models["flan-t5"])  # a relative --text-encoder is recorded absolute
+    relative = os.path.relpath(tiny_models["flan-t5"])  # a relative --text-encoder is copied into the bundle
     assert main([*base, "--dit", str(files["dit"]), "--text-encoder", relative, "-o", str(tmp_path / "b")]) == 0
     index = json.loads((tmp_path / "b" / "capflow.json").read_text())
-    assert index["text_encoder"]["pretrained"] == str(Path(tiny_models["flan-t5"]).resolve())
+    assert index["text_encoder"]["pretrained"] == "text_encoder"
+    assert (tmp_path / "b" / "text_encoder" / "config.json").read_text() == (Path(relative) / "config.json").read_text()
     source = index["info"]["imported_from"]
     assert source["dit"]["sha256"] == sha256_file(files["dit"]) and source["vae"]["sha256"] == sha256_file(files["vae"])
     card = (tmp_path / "b" / "README.md").read_text()

@@ -175,7 +175,8 @@ def test_act_resumes_exactly_with_both_optimizers_and_exports_only_the_separator
         assert (list_checkpoints(tmp_path / "part")[-1] / name).is_file()
     weights = load_file(export / "separator" / "model.safetensors")
     assert weights and not any(k.startswith(("cd.", "disc", "scales")) for k in weights)
-    assert sorted(p.name for p in export.iterdir()) == ["capflow.json", "separator", "training_config.yaml"]
+    # the separator, and the local CLAP and SSL encoder it needs (a bundle is self-contained); no discriminator
+    assert sorted(p.name for p in export.iterdir()) == ["capflow.json", "clap", "separator", "ssl", "training_config.yaml"]
     LanguageSeparator.from_pretrained(export)  # one-stage: no query model needed
 
 
