@@ -356,9 +356,16 @@ def _model_metric(m: str, cfg: EvalConfig, emb: Embedded, gen_ids: list[str], re
         if not paired:
             raise ValueError("KL pairs generated and reference clips by id, and no id is shared")
         result = M.kl_divergence(emb.stack("generated", paired, "logits"), emb.stack("reference", paired, "logits"))
+        fraction = len(paired) / len(gen_ids)
         return {"value": result["kl_softmax"], "kl_sigmoid": result["kl_sigmoid"], "n_pairs": len(paired),
+                "paired_fraction": round(fraction, 4),
                 "input": "CNN14 logits (fc_audioset before the sigmoid), paired by id; value = KL (softmax), "
-                         "kl_sigmoid = KL_Sigmoid", "matches": "audioldm_eval calculate_kl"}
+                         "kl_sigmoid = KL_Sigmoid", "matches": "audioldm_eval calculate_kl",
+                # audioldm_eval pairs by file name with its extension and reports -1 below 99 % paired; capflow pairs
+                # by id (the name without extension, so x.wav pairs with x.flac) and reports the fraction instead
+                "pairing": "by id (name without extension); audioldm_eval pairs by name with extension and returns "
+                           "-1 when under 99 % of the clips pair" + (f": here {fraction:.1%} paired, so it would "
+                                                                   "print -1" if fraction < 0.99 else "")}
     if m == "clap":
         scored = [i for i in gen_ids if generated[i].caption]
         if not scored:
