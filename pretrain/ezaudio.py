@@ -226,10 +226,11 @@ def text_encoder_ref(ref: str | None, model: EzAudioDiT, size: str) -> str:
 
 
 def provenance(ref: str, path: Path) -> dict:
-    """What an import read: the reference given, the file's sha256, and the hub revision when downloaded."""
+    """What an import read: the hub reference or the local file's name (a bundle never records a local path),
+    the file's sha256, and the hub revision when downloaded."""
     from shards.validate import sha256_file
 
-    entry = {"ref": ref, "sha256": sha256_file(path)}
+    entry = {"ref": Path(ref).name if Path(ref).exists() else ref, "sha256": sha256_file(path)}
     if "/snapshots/" in path.as_posix():  # a hub cache path: .../models--OWNER--NAME/snapshots/REVISION/...
         entry["revision"] = path.as_posix().split("/snapshots/")[1].split("/")[0]
     return entry
