@@ -266,7 +266,9 @@ def import_ezaudio(dit: str | Path, vae: str | Path, out: str | Path, size: str 
                          f"{model.config.latent_channels}: not the VAE this DiT was trained on")
     sampler = SamplerDefaults(steps=100, cfg=5.0, rescale=0.75, method="ddim", duration=10.0)
     info = {"imported_from": {"dit": provenance(str(dit), dit_path), "vae": provenance(str(vae), vae_path),
-                              "size": size, "text_encoder": text_ref},
+                              "size": size,
+                              "text_encoder": "a local folder, copied into text_encoder/" if Path(text_ref).exists()
+                              else text_ref},
             "license": LICENSE}
     with staged_dir(out, BUNDLE_FORMAT) as tmp:
         autoencoder.save_pretrained(tmp / "codec")
