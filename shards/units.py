@@ -126,19 +126,26 @@ def write_failed_unit(out: Path, prefix: str, index: int, rows: list[tuple[str, 
 
 def run_units_in_process(worker, units, todo, out, extras, on_done, retries: int, on_failed=None) -> dict[int, str]:
     """Every unit in this process (any worker with process_unit), with the same retry-then-report policy as
-    on Ray."""
+    on Ray (shards/faults.py): a unit that failed on its input is written as failed rows; one that failed for
+    the machine (out of memory, a full disk) is left pending, with no shard, for the rerun."""
+    from .faults import is_infrastructure
+
     failed = {}
     tries = retries + 1
     for i in todo:
+        machine = False
         for attempt in range(1, tries + 1):
             try:
                 on_done(worker.process_unit(i, units[i], out, extras[i]))
                 failed.pop(i, None)
                 break
             except Exception as e:  # noqa: BLE001  (reported with its message, as Ray reports a task error)
-                failed[i] = f"{type(e).__name__}: {e}"
+                failed[i], machine = f"{type(e).__name__}: {e}", is_infrastructure(e)
                 log.warning("unit %d failed (attempt %d of %d): %s", i, attempt, tries, failed[i])
-        if i in failed:
+        if i in failed and machine:
+            failed[i] = f"left pending (the machine failed, not the unit): {failed[i]}"
+            log.error("unit %d: %s", i, failed[i])
+        elif i in failed:
             log.error("unit %d failed %d times, giving up: %s", i, tries, failed[i])
             if on_failed is not None:
                 on_failed(i, failed[i])

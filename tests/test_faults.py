@@ -307,3 +307,24 @@ def test_a_pool_of_one_actor_survives_a_hang(clock):
     ray = OneHang(0, clock, n=1, restarts=1)
     pool = faults.ActorPool(ray.actors, timeout=10.0, name="alm", ray_api=ray)
     assert pool.call("square", 7) == 49 and pool.counts["suspect"] == 1 and pool.counts["back"] == 1
+
+
+def test_in_process_units_follow_the_same_policy():
+    """In this process too, a unit that failed for the machine (a full disk) is left pending with no failed
+    rows, and only one that failed on its input is written as failed rows."""
+    import errno
+
+    from shards.units import run_units_in_process
+
+    class Worker:
+        def process_unit(self, i, unit, out, extra):
+            if i == 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            if i == 2:
+                raise ValueError("a clip the engine refuses")
+            return {"unit": i}
+
+    done, written = [], []
+    failed = run_units_in_process(Worker(), [[0], [1], [2]], [0, 1, 2], "out", {i: {} for i in range(3)},
+                                  lambda r: done.append(r["unit"]), 1, lambda i, e: written.append(i))
+    assert done == [0] and written == [2] and sorted(failed) == [1, 2] and "left pending" in failed[1]
