@@ -119,11 +119,9 @@ def _captions(path: str | None) -> dict[str, str]:
         return {}
     p = Path(path)
     if p.is_file() and p.suffix.lower() in (".jsonl", ".csv", ".tsv"):
-        if p.suffix.lower() == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        else:
-            with open(p, newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+        from shards.cli import read_rows
+
+        rows = read_rows(p)
         if rows and not {"id", "caption"} <= set(rows[0]):
             raise ValueError(f"--captions {p}: needs `id` and `caption` columns, found {sorted(rows[0])}")
         return {str(r["id"]): r["caption"] for r in rows if r.get("caption")}

@@ -27,20 +27,14 @@ def read_prompts(path: Path) -> list[dict]:
     """{id, caption} rows of a prompts file: JSONL or CSV/TSV with `id` and `caption` (or `prompt`/`text`)
     columns, e.g. AudioCaps' test captions with their ids; or plain text, one prompt per line (blank and `#`
     lines skipped), ids made from the line number and the prompt."""
-    import csv
+    from shards.cli import read_rows
 
     if not path.is_file():
         raise FileNotFoundError(f"--prompts-file {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif suffix in (".csv", ".tsv"):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    else:
+    if path.suffix.lower() not in (".jsonl", ".csv", ".tsv"):
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
         return [{"id": f"{i:04d}_{_slug(line)}", "caption": line} for i, line in enumerate(lines)]
-    out = []
+    rows, out = read_rows(path), []
     for n, row in enumerate(rows):
         caption = next((row[k] for k in ("caption", "prompt", "text") if row.get(k) is not None), None)
         if caption is None:

@@ -10,6 +10,17 @@ import sys
 from pathlib import Path
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a JSONL (one object per line) or CSV/TSV (with a header) file."""
+    import csv
+
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+
+
 def read_batch(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
                path_keys: tuple[str, ...] = ("input", "output")) -> list[dict]:
     """The jobs of a --batch JSONL file (one JSON object per line; `path_keys` relative to the file)."""
