@@ -186,4 +186,13 @@ class UnitWriter:
             clap=RemoteClap(clap, timeout, start, offset))
 
     def process_unit(self, index: int, items, directory: str, extra_stats: dict | None = None) -> dict:
-        return self.worker.process_unit(index, items, directory, extra_stats)
+        """The unit's result, with what its pools' actors went through meanwhile (`faults`: actors that turned
+        suspect, restarting or dead, and came back), which the job's summary adds up."""
+        result = self.worker.process_unit(index, items, directory, extra_stats)
+        faults: dict[str, int] = {}
+        for pool in (self.worker.alm, self.worker.llm, self.worker.clap):
+            for state, n in (pool.counts if pool is not None else {}).items():
+                faults[f"actors_{state}"] = faults.get(f"actors_{state}", 0) + n
+            if pool is not None:
+                pool.counts.clear()
+        return {**result, "faults": faults}

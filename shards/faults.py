@@ -266,6 +266,7 @@ def dispatch_units(make_worker, count: int, units, todo, out, extras, on_done, r
                     unit_failed(i, error, infrastructure=False)
                     idle.append(worker)
             else:
+                report.update(result.get("faults", {}) if isinstance(result, dict) else {})  # its actors' states
                 on_done(result)
                 idle.append(worker)
         now = clock()

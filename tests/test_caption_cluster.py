@@ -367,6 +367,8 @@ def test_an_engine_actor_lost_for_good_mid_job_leaves_the_routing(corpus, tmp_pa
     assert list((tmp_path / "faults").glob("fault-*")), "the faulty actor was never called again"
     plan = json.loads((tmp_path / "out" / "manifest.json").read_text())["partitioning"]
     assert summary["ok"] == 9 and summary["failed_units"] == {} and summary["shards"] == plan["units"]
+    lost = {"dies": "actors_restarting", "hangs": "actors_suspect", "freezes": "actors_suspect"}[mode]
+    assert summary["faults"].get(lost, 0) >= 1, summary["faults"]  # the summary says what the actors went through
     assert validate(tmp_path / "out") == []  # no key twice, every planned unit a shard, every item a row
     rows = [r for p in sorted((tmp_path / "out").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert len(rows) == len({r["key"] for r in rows}) == plan["items"]
