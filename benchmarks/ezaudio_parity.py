@@ -3,12 +3,18 @@ random weights, saved as EzAudio saves it: {'model': state_dict}) imported with 
 
 - the largest difference between its output and the imported EzAudioDiT's on the same inputs (expected 0 up to
   float rounding: t·1000 of the timestep embedding);
+- EzAudio's VAE built by EzAudio's own `load_vae` (src/modules/stable_vae, stable-audio-tools' Oobleck) from its
+  own `ckpts/vae/config.json` (random weights, saved as EzAudio's 1m.pt), converted by capflow: the largest
+  difference of the encoder's posterior mean and of the decode on the same input;
 - the largest difference between EzAudio's own `inference()` loop (src/inference.py: DDIM, CFG with rescale)
   and capflow's v-DDPM sampler on the same noise, text embeddings and scheduler.
 
-Needs einops (EzAudio's dependency). CPU, a small configuration; the same code runs the dit-l shapes.
+Needs einops (EzAudio's dependency). EzAudio's VAE code imports torchaudio, alias_free_torch,
+vector_quantize_pytorch and audiotools at module level for parts the Oobleck VAE never calls (resampling, anti-aliased
+activations, quantisers); where they are not installed, empty stand-ins take their place so the import runs.
+CPU, batch 1; the default is EzAudio-L's DiT (dit-l) and EzAudio's full VAE.
 
-    python benchmarks/ezaudio_parity.py --ezaudio-src PATH [--preset small --frames 50 --steps 100]
+    python benchmarks/ezaudio_parity.py --ezaudio-src PATH [--preset dit-l --frames 50 --steps 100]
 """
 
 from __future__ import annotations
@@ -45,16 +51,69 @@ def build_maskdit(src: Path, c):
                    rope_mode="shared", use_conv=True, skip=True, skip_norm=True)
 
 
+def build_vae(src: Path, directory: Path):
+    """EzAudio's own VAE from its ckpts/vae/config.json, random weights saved as its 1m.pt and loaded back by its
+    `load_vae` (strict)."""
+    import json
+    import types
+
+    class StandIn(types.ModuleType):  # any attribute: a name imported, never called on the Oobleck path
+        def __getattr__(self, attr):
+            return None
+
+    standins = []
+    for name in ("torchaudio", "alias_free_torch", "vector_quantize_pytorch", "audiotools"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = StandIn(name)
+            standins.append(name)
+    sys.path.insert(0, str(src / "src"))
+    stable_vae = importlib.import_module("modules.stable_vae")
+    for name in standins:  # gone again: other packages probe for them
+        del sys.modules[name]
+    config = json.loads((src / "ckpts" / "vae" / "config.json").read_text())
+    model = stable_vae.models.autoencoders.create_autoencoder_from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(0.5 + 0.5 * torch.rand_like(p) if name.endswith("weight_g") else 0.1 * torch.randn_like(p))
+    (directory / "config.json").write_text(json.dumps(config))
+    torch.save({"state_dict": {f"autoencoder.{k}": v for k, v in model.state_dict().items()}}, directory / "1m.pt")
+    return stable_vae.load_vae(str(directory / "1m.pt")).eval()
+
+
+def vae_parity(src: Path) -> None:
+    from pretrain.ezaudio import convert_vae, vae_config
+    from pretrain.ezaudio import load_vae as capflow_vae
+
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs = build_vae(src, Path(tmp))
+        state = torch.load(Path(tmp) / "1m.pt", weights_only=True)["state_dict"]
+    converted = convert_vae(state)
+    ours = capflow_vae(converted, vae_config(converted, 4), "1m.pt").eval()
+    wave = 0.1 * torch.randn(1, 1, 480 * 50)  # 1 s at 24 kHz
+    with torch.no_grad():
+        mean_theirs = theirs.encoder(wave).chunk(2, dim=1)[0]
+        mean_ours = ours.encode(wave).latent_dist.mean
+        z = torch.randn(1, 128, 50)
+        dec_theirs, dec_ours = theirs.decoder(z), ours.decode(z).sample
+    print(f"EzAudio's VAE ({sum(p.numel() for p in theirs.parameters()) / 1e6:.1f} M parameters, its config.json) vs "
+          f"capflow's converted codec: encode mean max |diff| {float((mean_theirs - mean_ours).abs().max()):.2e} "
+          f"(scale {float(mean_theirs.abs().max()):.2f}), decode max |diff| "
+          f"{float((dec_theirs - dec_ours).abs().max()):.2e} (scale {float(dec_theirs.abs().max()):.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ezaudio-src", type=Path, required=True, help="a checkout of EzAudio's repository")
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="dit-l")
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--steps", type=int, default=100, help="DDIM steps (EzAudio: 100; below 50 its float32 "
                         "schedule turns the first step NaN at eta 1, which capflow's float64 schedule avoids)")
     args = parser.parse_args()
     c = preset(args.preset)
     torch.manual_seed(0)
+    vae_parity(args.ezaudio_src.resolve())
     theirs = build_maskdit(args.ezaudio_src.resolve(), c).eval()
     with torch.no_grad():
         for p in theirs.parameters():  # random everywhere (EzAudio zero-initialises some layers)

@@ -5,7 +5,8 @@ synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> valid
 -> edit groups from the captioned shards -> encode them -> fine-tune the instruction editor -> edit a clip
 and the held-out groups -> evaluate the edits per operation -> Imagic edits (toward a text; inpainting) -> separation: query model,
 separator (ACT), separate held-out mixtures and evaluate them against the no-processing row -> import an
-EzAudio-format release (tiny, written by the demo) and generate from it.
+release in EzAudio's own files and VAE structure (tiny, written by the demo), generate, encode with its VAE and
+fine-tune from it.
 """
 
 from __future__ import annotations
@@ -235,19 +236,24 @@ def run_demo(workdir: str | Path = "demo") -> Path:
                                                             if v.get("value") is not None))
     log.info("query model %s, separator %s", query_export, separator_export)
 
-    _step(20, f"start from public weights: import an EzAudio-format release (tiny, written here), generate and "
-              f"fine-tune from it -> {workdir / 'ezaudio'}")
-    release_files = write_tiny_ezaudio(workdir / "ezaudio" / "release", {"oobleck": workdir / "models" / "oobleck"})
+    _step(20, f"start from public weights: import a release in EzAudio's own files and structure (tiny, random, "
+              f"written here), generate, encode the shards with its VAE and fine-tune from it -> {workdir / 'ezaudio'}")
+    release_files = write_tiny_ezaudio(workdir / "ezaudio" / "release")
     bundle = import_ezaudio(release_files["dit"], release_files["vae"], workdir / "ezaudio" / "bundle",
                             text_encoder=str((workdir / "models" / "flan-t5").resolve()))
     ez = TextToAudio.from_pretrained(bundle)
     wave = ez.generate(["A sine tone then a chirp."], steps=8, duration=2.0)[0]
     audio.write(workdir / "ezaudio" / "generated.wav", audio.Audio(wave.numpy(), ez.codec.sample_rate))
     log.info("EzAudio-format bundle (objective %s, DDIM) generated %s", ez.objective.name, workdir / "ezaudio" / "generated.wav")
-    # fine-tuning from it continues in its objective (v-prediction): two steps of stage sft on the demo's latents
+    # as configs/encode/ezaudio-vae.yaml: the bundle's own VAE, peak-normalised clips, posterior samples
+    run_encode(demo_encode_config(workdir).model_copy(update={
+        "output": str(workdir / "ezaudio" / "latent"), "peak_normalize": True, "normalization_from": str(bundle),
+        "codec": demo_encode_config(workdir).codec.model_copy(update={"pretrained": str(bundle / "codec"),
+                                                                       "sample_posterior": True})}))
+    # fine-tuning from it continues in its objective (v-prediction): two steps of stage sft on those latents
     tuned = run_pretrain(load_config(PretrainConfig, _packaged("pretrain_tiny_align.yaml"), [
         "stage=sft", f"output_dir={workdir / 'ezaudio' / 'sft'}", f"init_from={bundle}", "steps=2", "save_every=2",
-        f"data.shards=[{workdir / 'shards' / 'latent'}]", f"text_encoder.pretrained={workdir / 'models' / 'flan-t5'}",
+        f"data.shards=[{workdir / 'ezaudio' / 'latent'}]", f"text_encoder.pretrained={workdir / 'models' / 'flan-t5'}",
         "validation.every=0"]))
     log.info("fine-tuned it (2 steps of stage sft, objective %s) -> %s", bundle_objective(tuned).name, tuned)
     log.info("demo finished: everything is under %s", workdir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -97,52 +98,93 @@ def ezaudio_dit_state(dit) -> dict[str, torch.Tensor]:
     return out
 
 
-def stable_audio_vae_state(vae) -> dict[str, torch.Tensor]:
-    """A diffusers AutoencoderOobleck's weights under stable-audio-tools' names (`autoencoder.` + its
-    Sequential `layers`: conv, blocks, snake, conv; a block's residual units, snake, conv; snake parameters
-    (c,)), as EzAudio's 1m.pt stores them. The inverse of pretrain.ezaudio.convert_vae."""
-    import re
-
-    stages = len(vae.config.downsampling_ratios)
-    enc = {"res_unit1": 0, "res_unit2": 1, "res_unit3": 2, "snake1": 3, "conv1": 4}
-    dec = {"snake1": 0, "conv_t1": 1, "res_unit1": 2, "res_unit2": 3, "res_unit3": 4}
-    unit = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}
-    out = {}
-    for name, value in vae.state_dict().items():
-        side, rest = name.split(".", 1)
-        if m := re.match(r"block\.(\d+)\.(\w+)\.(.*)", rest):
-            i, part, tail = int(m.group(1)), m.group(2), m.group(3)
-            if part.startswith("res_unit"):
-                sub, tail = tail.split(".", 1)
-                tail = f"layers.{unit[sub]}.{tail}"
-            index = (enc if side == "encoder" else dec)[part]
-            key = f"{side}.layers.{i + 1}.layers.{index}.{tail}"
-        else:
-            part, tail = rest.split(".", 1)
-            key = f"{side}.layers.{ {'conv1': 0, 'snake1': stages + 1, 'conv2': stages + 2}[part] }.{tail}"
-        out["autoencoder." + key] = value.reshape(-1) if key.rsplit(".", 1)[-1] in ("alpha", "beta") else value
-    return out
+# EzAudio's VAE as its ckpts/vae/config.json builds it (stable-audio-tools' Oobleck: 24 kHz mono, channels 128,
+# c_mults 1/2/4/8, strides 2/4/6/10, encoder output 256 = mean + scale of 128 latent channels), and a tiny one of
+# the same structure: encoder output twice the latent width and the first conv's width of its own, EzAudio's hop.
+EZAUDIO_VAE = {"channels": 128, "c_mults": [1, 2, 4, 8], "strides": [2, 4, 6, 10], "latent_dim": 128,
+               "in_channels": 1, "sample_rate": 24000}
+EZAUDIO_VAE_TINY = {**EZAUDIO_VAE, "channels": 8, "c_mults": [1, 1, 2, 2], "latent_dim": 8}
 
 
-def write_tiny_ezaudio(directory: str | Path, models: dict[str, Path], seed: int = 0) -> dict[str, Path]:
-    """A tiny EzAudio release in EzAudio's own files: `dit.pt` ({'model': MaskDiT state dict}) and `vae/1m.pt`
-    ({'state_dict': stable-audio-tools VAE}) with `vae/config.json`, random weights (none left at zero)."""
+def stable_audio_vae_state(config: dict = EZAUDIO_VAE, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under stable-audio-tools' names and shapes (`autoencoder.encoder.layers...`: weight-normed
+    convs, SnakeBeta's log-scale alpha/beta of shape (c,), residual units of kernel 7 then 1, strided convs of
+    kernel 2·stride), as EzAudio's 1m.pt holds them (`{'state_dict': ...}`): written from the published
+    architecture, not from capflow's converter."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+
+    def conv(name, cin, cout, k, bias=True, transposed=False):
+        shape = (cin, cout, k) if transposed else (cout, cin, k)  # weight_norm over dim 0 either way
+        out[f"{name}.weight_v"] = torch.randn(shape, generator=g)
+        out[f"{name}.weight_g"] = 0.5 + 0.5 * torch.rand(shape[0], 1, 1, generator=g)
+        if bias:
+            out[f"{name}.bias"] = 0.01 * torch.randn(cout, generator=g)
+
+    def snake(name, c):
+        out[f"{name}.alpha"] = 0.1 * torch.randn(c, generator=g)
+        out[f"{name}.beta"] = 0.1 * torch.randn(c, generator=g)
+
+    def unit(name, c):
+        snake(f"{name}.layers.0", c)
+        conv(f"{name}.layers.1", c, c, 7)
+        snake(f"{name}.layers.2", c)
+        conv(f"{name}.layers.3", c, c, 1)
+
+    ch, mults, strides, latent = config["channels"], [1] + config["c_mults"], config["strides"], config["latent_dim"]
+    depth = len(mults)
+    conv("encoder.layers.0", config["in_channels"], ch * mults[0], 7)
+    for i in range(depth - 1):
+        block = f"encoder.layers.{i + 1}.layers"
+        for j in range(3):
+            unit(f"{block}.{j}", ch * mults[i])
+        snake(f"{block}.3", ch * mults[i])
+        conv(f"{block}.4", ch * mults[i], ch * mults[i + 1], 2 * strides[i])
+    snake(f"encoder.layers.{depth}", ch * mults[-1])
+    conv(f"encoder.layers.{depth + 1}", ch * mults[-1], 2 * latent, 3)
+    conv("decoder.layers.0", latent, ch * mults[-1], 7)
+    for n, i in enumerate(range(depth - 1, 0, -1)):
+        block = f"decoder.layers.{n + 1}.layers"
+        snake(f"{block}.0", ch * mults[i])
+        conv(f"{block}.1", ch * mults[i], ch * mults[i - 1], 2 * strides[i - 1], transposed=True)
+        for j in range(3):
+            unit(f"{block}.{j + 2}", ch * mults[i - 1])
+    snake(f"decoder.layers.{depth}", ch * mults[0])
+    conv(f"decoder.layers.{depth + 1}", ch * mults[0], config["in_channels"], 7, bias=False)
+    return {f"autoencoder.{k}": v for k, v in out.items()}
+
+
+def ezaudio_vae_config_json(config: dict = EZAUDIO_VAE) -> dict:
+    """EzAudio's ckpts/vae/config.json for this VAE config (the parts a loader reads)."""
+    side = {"channels": config["channels"], "c_mults": config["c_mults"], "strides": config["strides"], "use_snake": True}
+    return {"model_type": "autoencoder", "sample_rate": config["sample_rate"], "audio_channels": config["in_channels"],
+            "model": {"encoder": {"type": "oobleck", "config": {**side, "in_channels": config["in_channels"],
+                                                                "latent_dim": 2 * config["latent_dim"]}},
+                      "decoder": {"type": "oobleck", "config": {**side, "out_channels": config["in_channels"],
+                                                                "latent_dim": config["latent_dim"], "final_tanh": False}},
+                      "bottleneck": {"type": "vae"}, "latent_dim": config["latent_dim"],
+                      "downsampling_ratio": math.prod(config["strides"]), "io_channels": config["in_channels"]}}
+
+
+def write_tiny_ezaudio(directory: str | Path, seed: int = 0, text_dim: int = 32,
+                       vae: dict = EZAUDIO_VAE_TINY) -> dict[str, Path]:
+    """A tiny EzAudio release in EzAudio's own layout (`ckpts/s3/*.pt` = {'model': MaskDiT state dict},
+    `ckpts/vae/1m.pt` = {'state_dict': stable-audio-tools VAE}, `ckpts/vae/config.json`), random weights: the VAE
+    at EzAudio's structure (`stable_audio_vae_state`), the DiT tiny with text width `text_dim`."""
     import json
-
-    from diffusers import AutoencoderOobleck
 
     from .dit import EzAudioDiT, preset
 
     directory = Path(directory)
-    (directory / "vae").mkdir(parents=True, exist_ok=True)
+    (directory / "ckpts" / "s3").mkdir(parents=True, exist_ok=True)
+    (directory / "ckpts" / "vae").mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    vae = AutoencoderOobleck.from_pretrained(models["oobleck"])
-    dit = EzAudioDiT(preset("tiny", latent_channels=vae.config.decoder_input_channels, text_dim=32))
+    dit = EzAudioDiT(preset("tiny", latent_channels=vae["latent_dim"], text_dim=text_dim))
     with torch.no_grad():
         for p in dit.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    torch.save({"model": ezaudio_dit_state(dit)}, directory / "dit.pt")
-    torch.save({"state_dict": stable_audio_vae_state(vae)}, directory / "vae" / "1m.pt")
-    (directory / "vae" / "config.json").write_text(json.dumps({"sample_rate": vae.config.sampling_rate,
-                                                               "audio_channels": vae.config.audio_channels}))
-    return {"dit": directory / "dit.pt", "vae": directory / "vae" / "1m.pt"}
+    files = {"dit": directory / "ckpts" / "s3" / "ezaudio_s3_tiny.pt", "vae": directory / "ckpts" / "vae" / "1m.pt"}
+    torch.save({"model": ezaudio_dit_state(dit)}, files["dit"])
+    torch.save({"state_dict": stable_audio_vae_state(vae, seed)}, files["vae"])
+    (directory / "ckpts" / "vae" / "config.json").write_text(json.dumps(ezaudio_vae_config_json(vae)))
+    return files

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderOobleck, DDIMScheduler
+from diffusers import DDIMScheduler
 
 from pretrain.dit import EzAudioDiT
 from pretrain.ezaudio import EZAUDIO_SCHEDULER, import_ezaudio, load_checkpoint
@@ -21,7 +21,7 @@ from pretrain.tiny import ezaudio_dit_state, write_tiny_ezaudio
 @pytest.fixture(scope="module")
 def ezaudio(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("ezaudio")
-    files = write_tiny_ezaudio(root / "release", tiny_models)
+    files = write_tiny_ezaudio(root / "release")
     bundle = import_ezaudio(files["dit"], files["vae"], root / "bundle", text_encoder=str(tiny_models["flan-t5"]))
     return files, bundle
 
@@ -53,14 +53,26 @@ def test_checkpoint_has_ezaudios_layout_and_imports_to_the_same_dit(ezaudio):
     assert "EzAudio" in (bundle / "README.md").read_text()
 
 
-def test_vae_converts_to_an_oobleck_that_decodes_as_the_original(ezaudio, tiny_models):
-    _, bundle = ezaudio
-    original = AutoencoderOobleck.from_pretrained(tiny_models["oobleck"]).eval()
-    converted = AutoencoderOobleck.from_pretrained(bundle / "codec").eval()
-    assert converted.config.downsampling_ratios == original.config.downsampling_ratios
-    z = torch.randn(1, original.config.decoder_input_channels, 6)
+def test_the_release_vae_decodes_in_the_bundle_as_stable_audio_tools(ezaudio):
+    """The tiny release's VAE has EzAudio's structure (encoder output twice the latent width, a first conv of its
+    own width, hop 480 at 24 kHz); the bundle's codec encodes and decodes it as stable-audio-tools' Oobleck."""
+    import sat_oobleck
+
+    from pretrain.codec import AudioCodec, CodecConfig
+    from pretrain.tiny import EZAUDIO_VAE_TINY
+
+    files, bundle = ezaudio
+    state = torch.load(files["vae"], weights_only=True)["state_dict"]
+    assert state["autoencoder.encoder.layers.6.weight_v"].shape[0] == 2 * EZAUDIO_VAE_TINY["latent_dim"]
+    assert state["autoencoder.encoder.layers.0.weight_v"].shape[0] == EZAUDIO_VAE_TINY["channels"]
+    codec = AudioCodec(CodecConfig(str(bundle / "codec")))
+    assert (codec.latent_channels, codec.hop, codec.sample_rate) == (8, 480, 24000)
+    wave = 0.1 * torch.randn(1, 1, 480 * 6, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(1, 8, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(converted.decode(z).sample, original.decode(z).sample, rtol=0, atol=0)
+        torch.testing.assert_close(codec.encode(wave), sat_oobleck.encode_mean(state, wave, EZAUDIO_VAE_TINY),
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(codec.decode(z), sat_oobleck.decode(state, z, EZAUDIO_VAE_TINY), rtol=1e-4, atol=1e-4)
 
 
 def _ddim_step(v, t, prev, x, alphas, generator, eta=1.0):
@@ -253,7 +265,7 @@ def test_size_and_text_encoder_come_from_the_tensors_and_the_card_credits_ezaudi
     from pretrain.tiny import ezaudio_dit_state, write_tiny_ezaudio
     from shards.validate import sha256_file
 
-    files = write_tiny_ezaudio(tmp_path / "release", tiny_models)
+    files = write_tiny_ezaudio(tmp_path / "release")
     xl = EzAudioDiT(preset("dit-xl", depth=1, latent_channels=8))
     torch.save({"model": ezaudio_dit_state(xl)}, tmp_path / "xl.pt")
     base = ["import", "ezaudio", "--vae", str(files["vae"])]
@@ -290,9 +302,9 @@ def ezaudio_shaped(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ezaudio_shaped")
     (root / "ckpts" / "vae").mkdir(parents=True)
-    state = sat_oobleck.vae_state()
+    state = sat_oobleck.stable_audio_vae_state()
     torch.save({"state_dict": state}, root / "ckpts" / "vae" / "1m.pt")
-    (root / "ckpts" / "vae" / "config.json").write_text(json.dumps(sat_oobleck.ezaudio_config_json()))
+    (root / "ckpts" / "vae" / "config.json").write_text(json.dumps(sat_oobleck.ezaudio_vae_config_json()))
     dit = EzAudioDiT(preset("dit-l", depth=1))
     torch.save({"model": ezaudio_dit_state(dit)}, root / "ckpts" / "dit.pt")
     return root, state, write_tiny_t5(root / "flan-t5-large-width", d_model=1024)
@@ -330,7 +342,7 @@ def test_a_vae_of_another_shape_is_one_line_naming_the_tensor(ezaudio_shaped, tm
     from capflow.cli import main
 
     root, _, t5 = ezaudio_shaped
-    bad = sat_oobleck.vae_state()
+    bad = sat_oobleck.stable_audio_vae_state()
     bad["autoencoder.decoder.layers.1.layers.1.weight_v"] = bad["autoencoder.decoder.layers.1.layers.1.weight_v"][:, :-1]
     torch.save({"state_dict": bad}, tmp_path / "bad.pt")
     assert main(["import", "ezaudio", "--dit", str(root / "ckpts" / "dit.pt"), "--vae", str(tmp_path / "bad.pt"),

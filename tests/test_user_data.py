@@ -60,7 +60,7 @@ def test_import_onto_the_download_folder_is_refused_untouched(tmp_path, tiny_mod
     from capflow.cli import main
     from pretrain.tiny import write_tiny_ezaudio
 
-    files = write_tiny_ezaudio(tmp_path / "release", tiny_models)
+    files = write_tiny_ezaudio(tmp_path / "release")
     download = _user_folder(tmp_path / "ezaudio")
     args = ["import", "ezaudio", "--dit", str(files["dit"]), "--vae", str(files["vae"]), "--text-encoder",
             str(tiny_models["flan-t5"])]
