@@ -4,7 +4,7 @@ synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> valid
 -> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate
 -> edit groups from the captioned shards -> encode them -> fine-tune the instruction editor -> edit a clip
 and the held-out groups -> evaluate the edits per operation -> Imagic edits (toward a text; inpainting) -> separation: query model,
-separator (ACT), separate held-out mixtures and evaluate them against the no-processing row -> import an
+separator (ACT), separate held-out mixtures and evaluate them against the no-processing row -> import a
 release in EzAudio's own files and VAE structure (tiny, written by the demo), generate, encode with its VAE and
 fine-tune from it.
 """

@@ -54,7 +54,7 @@ def plan_pools(cfg: CaptionConfig, cluster_gpus: float) -> PoolPlan:
     GPU per 16 (each GPU shared by 1 / clap.num_gpus actors), the ALM every remaining whole GPU, and there
     are as many unit writers as GPUs (`ray.workers: auto`)."""
     r = cfg.ray
-    has_llm = cfg.labels.enabled
+    has_llm = cfg.labels.uses_llm
     alm_tp, llm_tp = _tp(cfg.alm), _tp(cfg.labels.engine if has_llm else None)
     if cluster_gpus <= 0:
         plan = PoolPlan(writers=2 if r.workers == "auto" else int(r.workers), alm=_count(r.alm, 1) if cfg.alm else 0,
@@ -166,7 +166,8 @@ def start_pools(cfg: CaptionConfig, plan: PoolPlan) -> tuple[list, list, list]:
         return [remote.options(**actor_options(role, plan, cfg)).remote(spec) for _ in range(count)]
 
     alm = pool("alm", EngineActor, plan.alm, cfg.alm.model_dump(mode="json")) if cfg.alm else []
-    llm = pool("llm", EngineActor, plan.llm, cfg.labels.engine.model_dump(mode="json")) if cfg.labels.enabled else []
+    llm = pool("llm", EngineActor, plan.llm, cfg.labels.engine.model_dump(mode="json")) \
+        if cfg.labels.uses_llm else []
     clap = pool("clap", ClapActor, plan.clap, cfg.clap.model_dump(mode="json"))
     return alm, llm, clap
 

@@ -2,6 +2,7 @@
 
 Layout written (the same files a real AudioSet download has):
     DIR/balanced_train_segments.csv   segment CSV (comment header, quoted label ids)
+    DIR/eval_segments.csv             the same for the evaluation split
     DIR/class_labels_indices.csv      index,mid,display_name
     DIR/ontology.json                 the ontology nodes of the labels used
     DIR/audioset_train_strong.tsv     strong labels (segment_id, start, end, label)
@@ -71,13 +72,15 @@ def _event(kind: str, n: int, rng: np.random.Generator, sample_rate: int = SAMPL
     return sig * env
 
 
-def make_clip(rng: np.random.Generator, duration: float) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+def make_clip(rng: np.random.Generator, duration: float, single: bool = False
+              ) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """A clip of 1-3 events (0.5-4 s each), or of one long event (3-8 s: room for edit groups around it)."""
     n = int(duration * SAMPLE_RATE)
     clip = rng.standard_normal(n) * 0.003  # faint background so no clip is digital silence
     events = []
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(1 if single else rng.integers(1, 4)):
         kind = str(rng.choice(list(CLASSES)))
-        length = rng.uniform(0.5, min(4.0, duration))
+        length = rng.uniform(3.0, min(8.0, duration)) if single else rng.uniform(0.5, min(4.0, duration))
         start = round(rng.uniform(0, duration - length), 2)
         end = round(start + length, 2)
         a, b = int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)
@@ -87,8 +90,11 @@ def make_clip(rng: np.random.Generator, duration: float) -> tuple[np.ndarray, li
 
 
 def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 2, num_corrupt: int = 2,
-                 seed: int = 0) -> Path:
-    """Write the corpus; returns DIR. Deterministic for a given seed."""
+                 seed: int = 0, eval_share: float = 0.2, single_share: float = 0.5) -> Path:
+    """Write the corpus; returns DIR. Deterministic for a given seed. Every 1/`eval_share`-th clip is listed in
+    eval_segments.csv (AudioSet's evaluation split), the rest in balanced_train_segments.csv; `single_share` of
+    the clips hold one long event (3-8 s), the others 1-3 shorter ones. Classes are drawn at random per clip, so
+    sorted keys are not sorted by class."""
     directory = Path(directory)
     audio_dir = directory / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +104,7 @@ def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 
         ytid = f"syn{i:04d}{''.join(rng.choice(list('abcdefghijkLMNOPQ_-'), 3))}"
         start = float(rng.choice([0.0, 30.0, 70.5]))
         duration = 10.0 if i % 6 else 7.5  # AudioSet has some clips shorter than 10 s
-        clip, events = make_clip(rng, duration)
+        clip, events = make_clip(rng, duration, single=rng.random() < single_share)
         mids = sorted({m for _, _, m in events} | {PARENT_OF[m] for _, _, m in events})  # weak: with parents
         segments.append((ytid, start, start + duration, mids))
         start_ms = round(start * 1000)
@@ -111,13 +117,16 @@ def synth_corpus(directory: str | Path, num_clips: int = 24, num_missing: int = 
         else:
             write(path, Audio(clip[None], SAMPLE_RATE))
 
-    with open(directory / "balanced_train_segments.csv", "w", newline="") as f:
-        f.write("# Segments csv created by capflow synth-corpus\n")
-        f.write(f"# num_ytids={len(segments)}, num_segs={len(segments)}, "
-                f"num_unique_labels={len(CLASSES) + len(PARENTS)}\n")
-        f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
-        for ytid, s, e, mids in segments:
-            f.write(f'{ytid}, {s:.3f}, {e:.3f}, "{",".join(mids)}"\n')
+    every = round(1 / eval_share) if eval_share else 0
+    splits = {"balanced_train": [seg for i, seg in enumerate(segments) if not every or i % every != every - 1],
+              "eval": [seg for i, seg in enumerate(segments) if every and i % every == every - 1]}
+    for split, rows in splits.items():
+        with open(directory / f"{split}_segments.csv", "w", newline="") as f:
+            f.write("# Segments csv created by capflow synth-corpus\n")
+            f.write(f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(CLASSES) + len(PARENTS)}\n")
+            f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
+            for ytid, s, e, mids in rows:
+                f.write(f'{ytid}, {s:.3f}, {e:.3f}, "{",".join(mids)}"\n')
     with open(directory / "class_labels_indices.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "mid", "display_name"])

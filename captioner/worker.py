@@ -30,7 +30,7 @@ from shards.writer import ShardWriter
 from .clap import ClapScorer, keep_best
 from .config import CaptionConfig
 from .engines import Request, clean_caption, dedupe, make_engine
-from .labels import enrichment_prompt
+from .labels import enrichment_prompt, template_caption
 from .sources import Item
 
 
@@ -51,7 +51,7 @@ class CaptionWorker:
         """Local engines from the config, or the given ones (Ray pool proxies with the same methods)."""
         self.cfg = cfg if isinstance(cfg, CaptionConfig) else CaptionConfig.model_validate(cfg)
         self.alm = alm or (make_engine(self.cfg.alm) if self.cfg.alm else None)
-        self.llm = llm or (make_engine(self.cfg.labels.engine) if self.cfg.labels.enabled else None)
+        self.llm = llm or (make_engine(self.cfg.labels.engine) if self.cfg.labels.uses_llm else None)
         self.clap = clap or ClapScorer(self.cfg.clap)
         # Pool proxies run the ALM and the LLM call at the same time; local engines run one after the other
         # (they seed torch's process-wide RNG per request, so overlapping them would mix their streams).
@@ -99,6 +99,12 @@ class CaptionWorker:
 
     def _label_candidates(self, clips) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = defaultdict(list)
+        labels = self.cfg.labels
+        if labels.enabled and labels.method == "template":
+            for item, _, _ in clips:
+                if text := template_caption(item.strong, item.labels, labels.use_weak):
+                    out[item.key].append({"text": text, "kind": "labels", "engine": "template"})
+            return out
         if not self.llm:
             return out
         requests, owners = [], []

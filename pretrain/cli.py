@@ -1,4 +1,4 @@
-"""Model and training commands: `capflow encode | pretrain | generate | model-info` (also `python -m pretrain ...`;
+"""Model and training commands: `capflow encode | train-codec | pretrain | generate | model-info` (also `python -m pretrain ...`;
 `python -m pretrain --config C` alone trains, for `accelerate launch -m pretrain --config C`)."""
 
 from __future__ import annotations
@@ -158,6 +158,21 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _train_codec(args) -> int:
+    from shards.config import load_config
+
+    from .codec_train import CodecTrainConfig, run_train_codec
+
+    out = run_train_codec(load_config(CodecTrainConfig, args.config, args.set), resume=args.resume)
+    scores = json.loads((out / "capflow.json").read_text()).get("reconstruction") if (out / "capflow.json").is_file() else None
+    if scores:
+        t, u = scores["trained"], scores["untrained"]
+        print(f"held-out reconstruction ({t['clips']} clips): MR-STFT {t['mrstft']:.3f} (untrained {u['mrstft']:.3f}), "
+              f"SI-SDR {t['si_sdr']:.1f} dB (untrained {u['si_sdr']:.1f} dB)")
+    print(f"exported {out}\nencode with it: capflow encode --config C --set codec.pretrained={out} --set codec.subfolder=null")
+    return 0
+
+
 def _import(args) -> int:
     from .ezaudio import import_ezaudio
 
@@ -184,6 +199,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("train-codec", help="train an Oobleck VAE on audio shards (the codec `encode` and bundles use)")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/codec/tiny.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory: continue the same run exactly")
+    p.set_defaults(func=_train_codec)
 
     p = sub.add_parser("import", help="public weights as a capflow bundle: `import ezaudio` (EzAudio-L/XL DiT + VAE)")
     p.add_argument("source", choices=["ezaudio"], help="whose checkpoints (ezaudio: OpenSound/EzAudio)")

@@ -47,6 +47,14 @@ def oobleck_class():
                 width = encoder_hidden_size * list(channel_multiples)[-1]  # stable-audio-tools: WNConv1d(k=3) to it
                 self.encoder.conv2 = weight_norm(nn.Conv1d(width, encoder_output_channels, kernel_size=3, padding=1))
 
+        @staticmethod
+        def saved_weights(directory) -> dict[str, torch.Tensor]:
+            """What save_pretrained wrote to `directory`, by state-dict names (a trainer's resume reads it)."""
+            from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+            from safetensors.torch import load_file
+
+            return load_file(f"{directory}/{SAFETENSORS_WEIGHTS_NAME}")
+
     return OobleckVAE
 
 

@@ -23,9 +23,15 @@ class STFTDiscriminator(nn.Module):
                    nn.Conv2d(channels, 1, (3, 3), padding=1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (b, s) -> (b, 1, t, f')
+    def forward(self, wave: torch.Tensor, features: bool = False):
+        """(b, s) -> scores (b, 1, t, f'); with `features`, (scores, every convolution's output)."""
         z = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True)  # (b, f, t)
-        return self.net(torch.view_as_real(z).permute(0, 3, 2, 1))
+        x, maps = torch.view_as_real(z).permute(0, 3, 2, 1), []
+        for layer in self.net:
+            x = layer(x)
+            if features and isinstance(layer, nn.Conv2d):
+                maps.append(x)
+        return (x, maps[:-1]) if features else x
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):
@@ -33,8 +39,12 @@ class MultiScaleSTFTDiscriminator(nn.Module):
         super().__init__()
         self.scales = nn.ModuleList([STFTDiscriminator(n, channels) for n in n_ffts])
 
-    def forward(self, wave: torch.Tensor) -> list[torch.Tensor]:
-        return [d(wave) for d in self.scales]
+    def forward(self, wave: torch.Tensor, features: bool = False):
+        """Scores per scale; with `features`, (scores per scale, feature maps of every scale in one list)."""
+        if not features:
+            return [d(wave) for d in self.scales]
+        outs = [d(wave, features=True) for d in self.scales]
+        return [o[0] for o in outs], [m for o in outs for m in o[1]]
 
 
 def discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
@@ -45,3 +55,9 @@ def discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> to
 def generator_loss(fake: list[torch.Tensor]) -> torch.Tensor:
     """LSGAN: E[(D(G(m)) − 1)²], summed over scales."""
     return sum(F.mse_loss(f, torch.ones_like(f)) for f in fake)
+
+
+def feature_matching_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over feature maps of |D_l(x) − D_l(G(m))|₁ relative to |D_l(x)|₁ (EnCodec's, as stable-audio-tools'
+    EncodecDiscriminator loss computes it)."""
+    return sum((r - f).abs().mean() / (r.abs().mean() + 1e-8) for r, f in zip(real, fake)) / len(real)

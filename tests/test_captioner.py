@@ -397,6 +397,34 @@ def test_killed_job_resumes_to_identical_shards(reference_run, corpus, tiny_mode
 
 
 @pytest.mark.timeout(120)
+def test_template_captions_come_from_the_labels_without_an_llm(corpus, tiny_models, tmp_path, monkeypatch):
+    """labels.method template: one caption per clip from its strong labels in time order ("with" for an event
+    that begins while the previous sounds), no LLM loaded; the demo's path to captions that name the sounds."""
+    import captioner.worker as worker_module
+    from captioner.labels import template_caption
+    from captioner.synth import CLASSES
+
+    strong = [{"label": "Chirp", "start": 3.0, "end": 5.0}, {"label": "Sine tone", "start": 0.5, "end": 2.0},
+              {"label": "Hum", "start": 4.0, "end": 8.0}]
+    assert template_caption(strong, []) == "Sine tone, then chirp with hum."
+    assert template_caption([], ["Hum", "Clicking"]) is None
+    assert template_caption([], ["Hum", "Clicking"], use_weak=True) == "Hum and clicking."
+    monkeypatch.setattr(worker_module, "make_engine", lambda cfg: pytest.fail(f"loaded {cfg.model}"))
+    cfg = _config(corpus, tiny_models, tmp_path / "out", alm=None, **{"labels.method": "template", "ray.workers": 0})
+    assert run_caption_job(cfg, progress=False)["ok"] > 0
+    from shards.reader import iter_tar_samples
+
+    names, seen = {name.lower() for name in CLASSES.values()}, 0
+    for tar in sorted((tmp_path / "out").glob("*.tar")):
+        for _, members in iter_tar_samples(tar):
+            meta = json.loads(members["json"])
+            events = [e["label"].lower() for e in meta["strong_labels"]]  # time-ordered
+            said = meta["captions"][0].lower().rstrip(".").replace(" with ", ", then ").split(", then ")
+            assert len(meta["captions"]) == 1 and said == events and set(said) <= names, (meta["captions"], events)
+            seen += 1
+    assert seen >= 8
+
+
 def test_human_captions_are_kept_for_sft(corpus, tiny_models, tmp_path):
     """AudioCaps-style manifest: one row per caption, rows of a clip merge; human captions are kept."""
     clips = sorted((corpus / "audio").glob("*.flac"))[2:4]
