@@ -1,7 +1,7 @@
 """`capflow demo`: the whole chain on the embedded default, offline, on one CPU machine.
 
 synthetic AudioSet-format corpus -> tiny models -> caption on local Ray -> validate -> stats -> release
--> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate
+-> train the codec -> encode to latents -> pretrain "mask" -> pretrain "align" (init from the mask export) -> generate -> evaluate
 -> edit groups from the captioned shards -> encode them -> fine-tune the instruction editor -> edit a clip
 and the held-out groups -> evaluate the edits per operation -> Imagic edits (toward a text; inpainting) -> separation: query model,
 separator (ACT), separate held-out mixtures and evaluate them against the no-processing row -> import a
@@ -26,6 +26,7 @@ from finetune.edit_eval import edit_test_set
 from finetune.editor import InstructionEditor
 from finetune.imagic import ImagicConfig, ImagicEditor
 from finetune.train import run_finetune
+from pretrain.codec_train import CodecTrainConfig, run_train_codec
 from pretrain.config import PretrainConfig
 from pretrain.encode import EncodeConfig, run_encode
 from pretrain.ezaudio import import_ezaudio
@@ -54,10 +55,11 @@ def _step(n: int, text: str) -> None:
 def demo_caption_config(workdir: Path) -> CaptionConfig:
     """configs/caption/tiny.yaml's settings with every path under `workdir` (the file assumes ./demo)."""
     corpus, models = workdir / "corpus", workdir / "models"
-    overrides = [f"source.audio_dir={corpus / 'audio'}", f"source.segments=[{corpus / 'balanced_train_segments.csv'}]",
+    overrides = [f"source.audio_dir={corpus / 'audio'}",
+                 f"source.segments=[{corpus / 'balanced_train_segments.csv'},{corpus / 'eval_segments.csv'}]",
                  f"source.class_labels={corpus / 'class_labels_indices.csv'}", f"source.ontology={corpus / 'ontology.json'}",
                  f"source.strong=[{corpus / 'audioset_train_strong.tsv'}]", f"output={workdir / 'shards' / 'audio'}",
-                 f"alm.model={models / 'alm'}", f"labels.engine.model={models / 'llm'}", f"clap.model={models / 'clap'}"]
+                 f"alm.model={models / 'alm'}", f"clap.model={models / 'clap'}"]
     return load_config(CaptionConfig, _packaged("caption_tiny.yaml"), overrides)
 
 
@@ -68,7 +70,12 @@ def _packaged(name: str) -> Path:
 def demo_encode_config(workdir: Path) -> EncodeConfig:
     return load_config(EncodeConfig, _packaged("encode_tiny.yaml"), [
         f"input={workdir / 'shards' / 'audio'}", f"output={workdir / 'shards' / 'latent'}",
-        f"codec.pretrained={workdir / 'models' / 'oobleck'}"])
+        f"codec.pretrained={workdir / 'runs' / 'codec' / 'export'}"])
+
+
+def demo_codec_config(workdir: Path) -> CodecTrainConfig:
+    return load_config(CodecTrainConfig, _packaged("codec_tiny.yaml"), [
+        f"output_dir={workdir / 'runs' / 'codec'}", f"data.shards=[{workdir / 'shards' / 'audio'}]"])
 
 
 def demo_edit_data_config(workdir: Path) -> EditDataConfig:
@@ -157,14 +164,20 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     log.info("publish it with: hf upload YOUR_USER/capflow-demo %s . --repo-type dataset --exclude '.*' "
              "(or capflow shards release ... --push-to-hub YOUR_USER/capflow-demo)", workdir / "release")
 
-    _step(7, f"encode the captioned shards to VAE latents -> {workdir / 'shards' / 'latent'}")
+    _step(7, f"train the codec (a tiny Oobleck VAE) on the captioned shards -> {workdir / 'runs' / 'codec'}")
+    codec = run_train_codec(demo_codec_config(workdir))
+    scores = json.loads((codec / "capflow.json").read_text())["reconstruction"]
+    log.info("held-out reconstruction: MR-STFT %.3f (untrained %.3f), SI-SDR %.1f dB (untrained %.1f dB)",
+             scores["trained"]["mrstft"], scores["untrained"]["mrstft"], scores["trained"]["si_sdr"],
+             scores["untrained"]["si_sdr"])
+    _step(8, f"encode the captioned shards to VAE latents with it -> {workdir / 'shards' / 'latent'}")
     manifest = run_encode(demo_encode_config(workdir))
     log.info("%d latent clips in %d shards", manifest["num_samples"], manifest["num_shards"])
-    for n, stage in ((8, "mask"), (9, "align")):
+    for n, stage in ((9, "mask"), (10, "align")):
         _step(n, f"pretrain stage {stage!r} on the tiny preset -> {workdir / 'runs' / stage}")
         export = run_pretrain(demo_pretrain_config(workdir, stage))
 
-    _step(10, "generate from the align export (a few CPU steps of training: noise is expected; the path is what runs)")
+    _step(11, "generate from the align export (a few CPU steps of training: noise is expected; the path is what runs)")
     t2a = TextToAudio.from_pretrained(export)
     prompts = ["A sine tone then a chirp.", "Clicking over a low hum.", "A burst of noise.", "A rising chirp."]
     waves = t2a.generate(prompts, steps=8, duration=2.0)
@@ -174,7 +187,7 @@ def run_demo(workdir: str | Path = "demo") -> Path:
         audio.write(generated / f"{i:02d}.wav", audio.Audio(wave.numpy(), t2a.codec.sample_rate))
     (generated / "prompts.jsonl").write_text("".join(json.dumps({"id": f"{i:02d}", "path": f"{i:02d}.wav",
                                                                  "caption": p}) + "\n" for i, p in enumerate(prompts)))
-    _step(11, f"evaluate the generated clips against the corpus -> {workdir / 'eval'}")
+    _step(12, f"evaluate the generated clips against the corpus -> {workdir / 'eval'}")
     report = evaluate(EvalConfig(generated=str(generated / "prompts.jsonl"), reference=str(workdir / "corpus" / "audio"),
                                  models=str(workdir / "models"), metrics=["fd", "is", "fad", "clap"],
                                  out=str(workdir / "eval")))
@@ -182,31 +195,31 @@ def run_demo(workdir: str | Path = "demo") -> Path:
              ", ".join(f"{k} {v['value']:.3f}" for k, v in report["metrics"].items()))
 
     edit_cfg = demo_edit_data_config(workdir)
-    _step(12, f"edit groups (add/remove/replace) from the captioned shards -> {edit_cfg.output}")
+    _step(13, f"edit groups (add/remove/replace) from the captioned shards -> {edit_cfg.output}")
     summary = run_edit_data(edit_cfg)
     edit_stats = write_stats(edit_cfg.output)["edit"]
     log.info("%d groups (%s), %d triplets; SNR median %.1f dB", summary["ok"], summary["splits"],
              sum(edit_stats["triplets"].values()), edit_stats["snr_db"].get("p50", float("nan")))
-    _step(13, f"encode the edit groups to latents -> {workdir / 'shards' / 'edit-latent'}")
+    _step(14, f"encode the edit groups to latents -> {workdir / 'shards' / 'edit-latent'}")
     encode_edit = demo_encode_config(workdir).model_copy(update={  # normalised as the T2A model's latents
         "input": edit_cfg.output, "output": str(workdir / "shards" / "edit-latent"), "normalization_from": str(export)})
     run_encode(encode_edit)
 
-    _step(14, f"fine-tune the align export into an instruction editor -> {workdir / 'runs' / 'edit'}")
+    _step(15, f"fine-tune the align export into an instruction editor -> {workdir / 'runs' / 'edit'}")
     editor_dir = run_finetune(demo_finetune_config(workdir))
     editor = InstructionEditor.from_pretrained(editor_dir)
-    _step(15, f"edit a clip and the held-out edit groups -> {workdir / 'edits'}")
+    _step(16, f"edit a clip and the held-out edit groups -> {workdir / 'edits'}")
     source = next(p for p in sorted((workdir / "corpus" / "audio").glob("*.flac")) if _decodes(p))
     editor.edit_file(source, workdir / "edits" / "remove_the_hum.wav", "Remove the hum", steps=4)  # streamed
     edits = edit_test_set(editor, edit_cfg.output, workdir / "edits" / "test", steps=4)
-    _step(16, f"evaluate the edits per operation -> {workdir / 'edits' / 'eval'}")
+    _step(17, f"evaluate the edits per operation -> {workdir / 'edits' / 'eval'}")
     report = evaluate(EvalConfig(generated=str(edits), models=str(workdir / "models"), out=str(workdir / "edits" / "eval"),
                                  metrics=["clap", "clap_src", "lsd", "mel"]))  # FD per operation: see README
     log.info("edits: %s; %.3f s per edit (random tiny models: the protocol is what runs)",
              ", ".join(f"{op} CLAP {r['clap']['value']:.3f} LSD {r['lsd']['value']:.2f}" for op, r in report["groups"].items()),
              report["making_seconds_per_clip"])
 
-    _step(17, "non-rigid (Imagic) edits on the align export: toward a text, and inpainting a span")
+    _step(18, "non-rigid (Imagic) edits on the align export: toward a text, and inpainting a span")
     imagic = ImagicEditor(t2a, ImagicConfig(embed_steps=10, tune_steps=10, lora_rank=4, etas=[0.4, 0.7, 1.0],
                                             clap_model=str(workdir / "models" / "clap")))
     clip = audio.decode(source)  # Imagic edits one clip of the model's length: the first 2 s of the source
@@ -219,10 +232,10 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     filled = imagic.edit(clip, "Sound of a hum", steps=4)
     audio.write(workdir / "edits" / "imagic_inpaint_1-2s.wav", filled.audio)
 
-    _step(18, "language-queried separation: train the query model, then the separator with ACT")
+    _step(19, "language-queried separation: train the query model, then the separator with ACT")
     query_export = run_separation(demo_separation_config(workdir, "query"))
     separator_export = run_separation(demo_separation_config(workdir, "separator"))
-    _step(19, f"separate held-out mixtures and one file -> {workdir / 'separation'}")
+    _step(20, f"separate held-out mixtures and one file -> {workdir / 'separation'}")
     separator = LanguageSeparator.from_pretrained(separator_export)
     separator.separate_file(source, "clicking", workdir / "separation" / "clicking.wav",
                             residual=workdir / "separation" / "without_clicking.wav")  # streamed, file to file
@@ -236,7 +249,7 @@ def run_demo(workdir: str | Path = "demo") -> Path:
                                                             if v.get("value") is not None))
     log.info("query model %s, separator %s", query_export, separator_export)
 
-    _step(20, f"start from public weights: import a release in EzAudio's own files and structure (tiny, random, "
+    _step(21, f"start from public weights: import a release in EzAudio's own files and structure (tiny, random, "
               f"written here), generate, encode the shards with its VAE and fine-tune from it -> {workdir / 'ezaudio'}")
     release_files = write_tiny_ezaudio(workdir / "ezaudio" / "release")
     bundle = import_ezaudio(release_files["dit"], release_files["vae"], workdir / "ezaudio" / "bundle",

@@ -38,3 +38,12 @@ def test_separation_configs_validate(path):
 
     cfg = load_config(SeparationConfig, path)
     assert cfg.stage in ("query", "separator") and cfg.data.shards
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "codec").glob("*.yaml")), ids=lambda p: p.name)
+def test_codec_configs_validate(path):
+    from pretrain.codec_train import CodecTrainConfig
+
+    cfg = load_config(CodecTrainConfig, path)
+    assert cfg.stage == "codec" and cfg.data.shards
+    assert 2 * cfg.codec.architecture.latent_dim == cfg.codec.architecture.vae_config()["encoder_output_channels"]
