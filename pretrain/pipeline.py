@@ -223,17 +223,28 @@ class TextToAudio:
 
     # ---- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[str], *, negative: str | None = None, steps: int | None = None,
-                 cfg: float | None = None, rescale: float | None = None, seed: int | list[int] = 0,
-                 duration: float | None = None, method: str | None = None, source: torch.Tensor | None = None,
-                 t_start: float = 0.0, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 progress: bool = False) -> torch.Tensor:
-        """Waveforms (b, a, samples) at codec.sample_rate for the prompts.
+    def generate(self, prompts: list[str], *, duration: float | None = None, source: torch.Tensor | None = None,
+                 context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Waveforms (b, a, samples) at codec.sample_rate for the prompts (`sample_latents`, decoded).
 
         source (b, c, n): normalised latents to start from at t_start (editing); default: pure noise at 0.
         context (b, c, n) + mask (b, n) (True: generate): the masked-context input, for inpainting; the frames
         outside the mask are taken from the context in the result.
         """
+        duration = duration or self.sampler.duration
+        latents = self.sample_latents(prompts, duration=duration, source=source, context=context, **kwargs)
+        wave = self.codec.decode(latents)
+        n = latents.shape[-1]
+        target = round(duration * self.codec.sample_rate) if source is None and context is None else n * self.codec.hop
+        return torch.nn.functional.pad(wave, (0, max(0, target - wave.shape[-1])))[..., :target]
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], *, negative: str | None = None, steps: int | None = None,
+                       cfg: float | None = None, rescale: float | None = None, seed: int | list[int] = 0,
+                       duration: float | None = None, method: str | None = None, source: torch.Tensor | None = None,
+                       t_start: float = 0.0, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                       progress: bool = False) -> torch.Tensor:
+        """Normalised latents (b, c, n) for the prompts, as `generate` decodes them (its arguments)."""
         s = self.sampler
         steps, cfg, rescale = steps or s.steps, s.cfg if cfg is None else cfg, s.rescale if rescale is None else rescale
         duration, method = duration or s.duration, method or s.method
@@ -264,9 +275,7 @@ class TextToAudio:
                                         t_start=t_start, method=method, eta=s.eta, generator=generator, progress=progress)
         if context is not None:  # EzAudio's editing: the known frames are the context's exactly
             latents = torch.where(mask[:, None, :], latents, context)
-        wave = self.codec.decode(latents)
-        target = round(duration * self.codec.sample_rate) if source is None and context is None else n * self.codec.hop
-        return torch.nn.functional.pad(wave, (0, max(0, target - wave.shape[-1])))[..., :target]
+        return latents
 
     @torch.no_grad()
     def inpaint(self, clip, text: str, start: float, end: float, boundary: float = 2.0, fade: float = 0.05,

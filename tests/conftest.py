@@ -23,7 +23,8 @@ def rng():
 def corpus(tmp_path_factory):
     from captioner.synth import synth_corpus
 
-    return synth_corpus(tmp_path_factory.mktemp("corpus"), num_clips=10, num_missing=1, num_corrupt=1)
+    # one split (balanced_train_segments.csv) as the caption tests read it
+    return synth_corpus(tmp_path_factory.mktemp("corpus"), num_clips=10, num_missing=1, num_corrupt=1, eval_share=0)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,15 @@ def test_demo_runs_end_to_end(tmp_path):
         assert str(work.resolve()) not in index.read_text() and str(work) not in index.read_text(), index
     sft = json.loads((work / "ezaudio" / "sft" / "export" / "capflow.json").read_text())
     assert sft["objective"] == "v-ddpm" and (work / "ezaudio" / "generated.wav").stat().st_size > 1000
+    # the learning report: the codec and the text conditioning learned; the untrained (before) model fails each bar
+    learned = json.loads((work / "report.json").read_text())
+    codec = learned["codec"]
+    assert codec["trained"]["mrstft"] < 0.5 * codec["untrained"]["mrstft"]
+    after, before = learned["after"]["caption_margin"], learned["before"]["caption_margin"]
+    assert after["right"] < after["wrong"] and after["right_lower_share"] >= 0.6, after
+    assert not before["right"] < before["wrong"] and before["right_lower_share"] < 0.6, before
+    assert "| after |" in (work / "report.md").read_text()
+    assert len(list((work / "report" / "after").glob("*.png"))) == len(learned["after"]["classes"])
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
