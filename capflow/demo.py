@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.config import CaptionConfig
@@ -74,9 +75,13 @@ def demo_encode_config(workdir: Path) -> EncodeConfig:
         f"codec.pretrained={workdir / 'runs' / 'codec' / 'export'}"])
 
 
-def demo_codec_config(workdir: Path) -> CodecTrainConfig:
+def _steps(steps: int | None) -> list[str]:
+    return [f"steps={steps}", f"save_every={steps}"] if steps else []
+
+
+def demo_codec_config(workdir: Path, steps: int | None = None) -> CodecTrainConfig:
     return load_config(CodecTrainConfig, _packaged("codec_tiny.yaml"), [
-        f"output_dir={workdir / 'runs' / 'codec'}", f"data.shards=[{workdir / 'shards' / 'audio'}]"])
+        f"output_dir={workdir / 'runs' / 'codec'}", f"data.shards=[{workdir / 'shards' / 'audio'}]", *_steps(steps)])
 
 
 def demo_edit_data_config(workdir: Path) -> EditDataConfig:
@@ -109,8 +114,8 @@ def _decodes(path: Path) -> bool:
         return False
 
 
-def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
-    overrides = [f"output_dir={workdir / 'runs' / stage}", f"data.shards=[{workdir / 'shards' / 'latent'}]"]
+def demo_pretrain_config(workdir: Path, stage: str, steps: int | None = None) -> PretrainConfig:
+    overrides = [f"output_dir={workdir / 'runs' / stage}", f"data.shards=[{workdir / 'shards' / 'latent'}]", *_steps(steps)]
     if stage == "align":
         overrides += [f"init_from={workdir / 'runs' / 'mask' / 'export'}",
                       f"text_encoder.pretrained={workdir / 'models' / 'flan-t5'}",
@@ -118,7 +123,17 @@ def demo_pretrain_config(workdir: Path, stage: str) -> PretrainConfig:
     return load_config(PretrainConfig, _packaged(f"pretrain_tiny_{stage}.yaml"), overrides)
 
 
-DEMO_CLIPS = 120  # enough single-event clips per class for the models to learn names, in the demo's minutes
+@dataclass(frozen=True)
+class DemoScale:
+    """How much the demo trains. `make demo` runs FULL (about 10 min on 2 cores); the test suite QUICK, a
+    shortened chain that still checks the learning margins. None: the packaged config's steps."""
+
+    clips: int = 120  # enough single-event clips per class for the models to learn names
+    codec_steps: int | None = None
+    align_steps: int | None = None
+
+
+FULL, QUICK = DemoScale(), DemoScale(clips=60, codec_steps=60, align_steps=200)
 MARKER = ".capflow-demo"  # written into a demo folder: capflow may clear what it wrote there, nothing else
 DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval", "edits", "separation", "ezaudio",
               "report", "report.md", "report.json")
@@ -140,11 +155,11 @@ def prepare_workdir(workdir: Path) -> None:
     (workdir / MARKER).write_text("written by `capflow demo`; the demo may clear its own parts here\n")
 
 
-def run_demo(workdir: str | Path = "demo") -> Path:
+def run_demo(workdir: str | Path = "demo", scale: DemoScale = FULL) -> Path:
     workdir = Path(workdir)
     prepare_workdir(workdir)
     _step(1, f"synthetic AudioSet-format corpus -> {workdir / 'corpus'}")
-    synth_corpus(workdir / "corpus", num_clips=DEMO_CLIPS)
+    synth_corpus(workdir / "corpus", num_clips=scale.clips)
     _step(2, f"tiny random models -> {workdir / 'models'}")
     write_all_tiny_models(workdir / "models")
 
@@ -168,7 +183,7 @@ def run_demo(workdir: str | Path = "demo") -> Path:
              "(or capflow shards release ... --push-to-hub YOUR_USER/capflow-demo)", workdir / "release")
 
     _step(7, f"train the codec (a tiny Oobleck VAE) on the captioned shards -> {workdir / 'runs' / 'codec'}")
-    codec = run_train_codec(demo_codec_config(workdir))
+    codec = run_train_codec(demo_codec_config(workdir, scale.codec_steps))
     scores = json.loads((codec / "capflow.json").read_text())["reconstruction"]
     log.info("held-out reconstruction: MR-STFT %.3f (untrained %.3f), SI-SDR %.1f dB (untrained %.1f dB)",
              scores["trained"]["mrstft"], scores["untrained"]["mrstft"], scores["trained"]["si_sdr"],
@@ -178,7 +193,7 @@ def run_demo(workdir: str | Path = "demo") -> Path:
     log.info("%d latent clips in %d shards", manifest["num_samples"], manifest["num_shards"])
     for n, stage in ((9, "mask"), (10, "align")):
         _step(n, f"pretrain stage {stage!r} on the tiny preset -> {workdir / 'runs' / stage}")
-        export = run_pretrain(demo_pretrain_config(workdir, stage))
+        export = run_pretrain(demo_pretrain_config(workdir, stage, scale.align_steps if stage == "align" else None))
 
     _step(11, "generate from the align export (a few CPU steps of training: noise is expected; the path is what runs)")
     t2a = TextToAudio.from_pretrained(export)

@@ -37,6 +37,7 @@ class DataConfig(Strict):
     caption_dropout: float = 0.1  # EzAudio: 10 % empty captions (classifier-free guidance)
     segment_steps: int = 1000  # the stream is re-seeded every this many batches; resume skips < this many
     strict: bool = False  # raise on a bad sample instead of counting and skipping it
+    holdout_split: str | None = None  # samples of this split (metadata `split`, e.g. eval) are never trained on
 
 
 class MaskingConfig(Strict):

@@ -46,7 +46,7 @@ class LatentDecoder(SampleDecoder):
         caption = "" if not captions or rng.random() < self.caption_dropout else rng.choice(captions)
         valid = int(out["meta"].get("latent", {}).get("valid_frames", latent.shape[-1]))
         return {"key": out["key"], "latent": latent, "valid_frames": valid, "caption": caption,
-                "captioned": bool(captions)}
+                "captioned": bool(captions), "split": out["meta"].get("split")}
 
 
 def check_latent(key: str, latent: np.ndarray, shape: tuple[int, ...] | None) -> None:
@@ -78,7 +78,10 @@ class LatentBatches:
                              self.latent_shape)
 
     def select(self):
-        return (lambda s: s["captioned"]) if self.cfg.stage != "mask" else None
+        captioned, holdout = self.cfg.stage != "mask", self.cfg.data.holdout_split
+        if not captioned and holdout is None:
+            return None
+        return lambda s: (s["captioned"] or not captioned) and (holdout is None or s["split"] != holdout)
 
     def to_batch(self, batch: dict) -> dict:
         return to_training_batch(batch)
