@@ -195,7 +195,7 @@ def run_demo(workdir: str | Path = "demo", scale: DemoScale = FULL) -> Path:
         _step(n, f"pretrain stage {stage!r} on the tiny preset -> {workdir / 'runs' / stage}")
         export = run_pretrain(demo_pretrain_config(workdir, stage, scale.align_steps if stage == "align" else None))
 
-    _step(11, "generate from the align export (a few CPU steps of training: noise is expected; the path is what runs)")
+    _step(11, f"generate from the align export -> {workdir / 'generated'} (what the models learned: step 22)")
     t2a = TextToAudio.from_pretrained(export)
     prompts = ["A sine tone then a chirp.", "Clicking over a low hum.", "A burst of noise.", "A rising chirp."]
     waves = t2a.generate(prompts, steps=8, duration=2.0)

@@ -86,8 +86,9 @@ class CodecTrainConfig(PretrainConfig):
     @model_validator(mode="after")
     def _check_codec(self) -> CodecTrainConfig:
         if self.validation.every:
-            raise ValueError(f"validation.every: {self.validation.every} would be ignored: a codec is checked with "
-                             "`capflow train-codec --report` on held-out clips; set validation.every: 0")
+            raise ValueError(f"validation.every: {self.validation.every} would be ignored: a codec is checked by the "
+                             "held-out reconstruction report at the end of training (codec.report_clips); set "
+                             "validation.every: 0")
         if self.init_from:
             raise ValueError("init_from: a codec trains from scratch here; resume a run with --resume latest")
         return self
