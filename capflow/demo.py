@@ -117,6 +117,7 @@ def _decodes(path: Path) -> bool:
 def demo_pretrain_config(workdir: Path, stage: str, steps: int | None = None) -> PretrainConfig:
     overrides = [f"output_dir={workdir / 'runs' / stage}", f"data.shards=[{workdir / 'shards' / 'latent'}]", *_steps(steps)]
     if stage == "align":
+        overrides += [f"validation.every={steps}"] if steps else []  # the validation run at the end, whatever the length
         overrides += [f"init_from={workdir / 'runs' / 'mask' / 'export'}",
                       f"text_encoder.pretrained={workdir / 'models' / 'flan-t5'}",
                       f"validation.clap_model={workdir / 'models' / 'clap'}"]
@@ -133,7 +134,7 @@ class DemoScale:
     align_steps: int | None = None
 
 
-FULL, QUICK = DemoScale(), DemoScale(clips=60, codec_steps=60, align_steps=200)
+FULL, QUICK = DemoScale(), DemoScale(clips=48, codec_steps=40, align_steps=100)
 MARKER = ".capflow-demo"  # written into a demo folder: capflow may clear what it wrote there, nothing else
 DEMO_PARTS = ("corpus", "models", "shards", "release", "runs", "generated", "eval", "edits", "separation", "ezaudio",
               "report", "report.md", "report.json")
